@@ -1,0 +1,38 @@
+# `make test` and `make bench` each do their own set-up first: a venv (kept in a cache
+# folder outside the clone so clean clones reuse it), the dependencies, the extension.
+VENV ?= $(or $(FUSED_RESNET_VENV),$(HOME)/.cache/fused_resnet/venv)
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-$(shell sha1sum requirements-dev.txt | cut -c1-12)
+EXT_STAMP := build/.ext-stamp
+CSRC := $(shell find csrc -type f) setup.py pyproject.toml
+MAX_JOBS ?= $(shell nproc)
+
+.PHONY: test bench setup build clean
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) benchmarks/bench_blocks.py
+
+setup: $(DEPS_STAMP) $(EXT_STAMP)
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(DEPS_STAMP): requirements-dev.txt | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# Rebuilt when a C++/CUDA source or the build script changes.
+$(EXT_STAMP): $(CSRC) $(DEPS_STAMP)
+	@mkdir -p build
+	@start=$$(date +%s); \
+	MAX_JOBS=$(MAX_JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps -e . && \
+	echo "extension built in $$(( $$(date +%s) - start )) s"
+	touch $@
+
+build: $(EXT_STAMP)
+
+clean:
+	rm -rf build fused_resnet/_C*.so *.egg-info

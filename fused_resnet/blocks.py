@@ -1,0 +1,275 @@
+"""Per-block autograd: the fused training and eval dataflow of DESIGN.md §1 on any backend.
+
+A residual block is a *chain* of conv->BN units (two for a basic block, three for a
+bottleneck; ReLU between them) plus an optional projection *shortcut* unit, ended by
+``out = relu(bn_last(y_last) + shortcut)``. Bottleneck and basic block run the same
+code; they differ only in the length of the chain.
+
+Training forward (batch statistics)::
+
+    y1, stats1 = conv(x)                        # stats in the conv epilogue
+    scale1, shift1 = bn_finalize(stats1)        # + running-stat update
+    y2, stats2 = conv(relu(y1*scale1+shift1))   # BN+ReLU in the next conv's prologue
+    ...
+    out = block_end(y_last, scale_last, shift_last, x or y_d [, scale_d, shift_d])
+
+Only ``x``, the raw conv outputs ``y_i``, ``out`` and per-channel vectors are saved.
+Inference (no gradient, fixed statistics) folds every BN into its conv's epilogue:
+one conv kernel per unit and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+from .ops import Backend
+
+Tensor = torch.Tensor
+# Per unit, the tensors handed to the autograd Function, in this order.
+UNIT_TENSORS = ("weight", "bn_weight", "bn_bias", "running_mean", "running_var",
+                "num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    stride: int
+    padding: int
+    dilation: int
+    groups: int
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    batch_stats: bool  # normalise with the batch's statistics (training, or no running stats)
+    update: bool  # update the running statistics (training with running stats)
+    momentum: float | None
+    eps: float
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    conv: ConvSpec
+    norm: NormSpec
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Everything static about one call of a block: shapes of the computation, not data."""
+
+    chain: tuple[UnitSpec, ...]
+    shortcut: UnitSpec | None
+    backend: Backend
+
+    @property
+    def units(self) -> tuple[UnitSpec, ...]:
+        return self.chain + ((self.shortcut,) if self.shortcut else ())
+
+    @property
+    def fixed_stats(self) -> bool:
+        return not any(u.norm.batch_stats for u in self.units)
+
+
+@dataclass
+class _UnitOut:
+    """What a unit's forward leaves for the next unit and for backward."""
+
+    y: Tensor  # raw conv output
+    scale: Tensor  # BN as y*scale + shift
+    shift: Tensor
+    mean: Tensor  # statistics xhat = (y - mean) * invstd is taken with
+    invstd: Tensor
+    count: int  # values per channel behind the statistics
+
+
+def _split_units(tensors: tuple, n_units: int) -> list[tuple]:
+    k = len(UNIT_TENSORS)
+    assert len(tensors) == k * n_units
+    return [tensors[i * k:(i + 1) * k] for i in range(n_units)]
+
+
+def _unit_forward(ops: Backend, spec: UnitSpec, tensors: tuple, inp: Tensor,
+                  prologue: _UnitOut | None) -> _UnitOut:
+    """conv (with the previous BN+ReLU as prologue) -> statistics -> BN coefficients."""
+    weight, gamma, beta, running_mean, running_var, nbt = tensors
+    c, n = spec.conv, spec.norm
+    y, mean, m2 = ops.conv_fwd(
+        x=inp, weight=weight, stride=c.stride, padding=c.padding, dilation=c.dilation,
+        groups=c.groups, in_scale=prologue.scale if prologue else None,
+        in_shift=prologue.shift if prologue else None, in_relu=prologue is not None,
+        out_scale=None, out_shift=None, residual=None, res_scale=None, res_shift=None,
+        out_relu=False, stats=n.batch_stats)
+    count = y.shape[0] * y.shape[2] * y.shape[3]
+    if n.batch_stats:
+        scale, shift, invstd = ops.bn_finalize(
+            mean=mean, m2=m2, count=count, weight=gamma, bias=beta,
+            running_mean=running_mean if n.update else None,
+            running_var=running_var if n.update else None,
+            num_batches_tracked=nbt if n.update else None, momentum=n.momentum, eps=n.eps,
+            update_running_stats=n.update)
+    else:
+        scale, shift, invstd = reference.bn_eval_affine(running_mean, running_var, gamma, beta,
+                                                        n.eps, y.dtype)
+        mean = running_mean.to(scale.dtype)
+    return _UnitOut(y, scale, shift, mean, invstd, count)
+
+
+def forward_train(plan: BlockPlan, x: Tensor, tensors: tuple) -> tuple[Tensor, list[_UnitOut]]:
+    """The unfolded dataflow (raw ``y`` + statistics); returns ``out`` and each unit's state."""
+    ops = plan.backend
+    units = _split_units(tensors, len(plan.units))
+    outs: list[_UnitOut] = []
+    h, prev = x, None
+    for spec, t in zip(plan.chain, units):
+        prev = _unit_forward(ops, spec, t, h, prev)
+        outs.append(prev)
+        h = prev.y
+    residual, res_scale, res_shift = x, None, None
+    if plan.shortcut is not None:
+        sc = _unit_forward(ops, plan.shortcut, units[-1], x, None)
+        outs.append(sc)
+        residual, res_scale, res_shift = sc.y, sc.scale, sc.shift
+    last = outs[len(plan.chain) - 1]
+    out = ops.block_end(y=last.y, scale=last.scale, shift=last.shift, residual=residual,
+                        res_scale=res_scale, res_shift=res_shift)
+    return out, outs
+
+
+def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
+    """Fixed statistics, no gradient: every BN folded into its conv's epilogue."""
+    ops = plan.backend
+    units = _split_units(tensors, len(plan.units))
+
+    def conv(spec: UnitSpec, t: tuple, inp: Tensor, fold: bool, relu: bool, **epilogue):
+        weight, gamma, beta, running_mean, running_var, _ = t
+        scale = shift = None
+        if fold:
+            scale, shift, _ = reference.bn_eval_affine(running_mean, running_var, gamma, beta,
+                                                       spec.norm.eps, inp.dtype)
+        c = spec.conv
+        args = dict(in_scale=None, in_shift=None, in_relu=False, out_scale=scale,
+                    out_shift=shift, residual=None, res_scale=None, res_shift=None,
+                    out_relu=relu, stats=False)
+        args.update(epilogue)
+        return ops.conv_fwd(x=inp, weight=weight, stride=c.stride, padding=c.padding,
+                            dilation=c.dilation, groups=c.groups, **args)[0]
+
+    residual, res_scale, res_shift = x, None, None
+    if plan.shortcut is not None:
+        # The projection's BN is applied in the last conv's epilogue, in fp32.
+        t = units[-1]
+        residual = conv(plan.shortcut, t, x, fold=False, relu=False)
+        res_scale, res_shift, _ = reference.bn_eval_affine(t[3], t[4], t[1], t[2],
+                                                           plan.shortcut.norm.eps, x.dtype)
+    h = x
+    for i, (spec, t) in enumerate(zip(plan.chain, units)):
+        if i < len(plan.chain) - 1:
+            h = conv(spec, t, h, fold=True, relu=True)
+        else:
+            h = conv(spec, t, h, fold=True, relu=True, residual=residual, res_scale=res_scale,
+                     res_shift=res_shift)
+    return h
+
+
+def _bn_grads(sum_dz: Tensor, sum_dz_xhat: Tensor, tensors: tuple, needs: tuple) -> tuple:
+    """``dgamma = sum(dz*xhat)``, ``dbeta = sum(dz)``, cast to the parameters' dtypes."""
+    _, gamma, beta, *_ = tensors
+    dgamma = sum_dz_xhat.to(gamma.dtype) if needs[1] and gamma is not None else None
+    dbeta = sum_dz.to(beta.dtype) if needs[2] and beta is not None else None
+    return dgamma, dbeta
+
+
+class ResidualBlockFunction(torch.autograd.Function):
+    """Autograd of one fused residual block (bottleneck or basic), any backend.
+
+    ``apply(plan, x, *unit_tensors)`` with :data:`UNIT_TENSORS` for every unit of
+    ``plan.units``. Backward runs the fused backward ops and honours
+    ``needs_input_grad`` (frozen weights skip their wgrad).
+    """
+
+    @staticmethod
+    def forward(ctx, plan: BlockPlan, x: Tensor, *tensors: Tensor) -> Tensor:
+        out, outs = forward_train(plan, x, tensors)
+        ctx.plan = plan
+        ctx.counts = [u.count for u in outs]
+        ctx.input_size = list(x.shape)
+        weights = [t[0] for t in _split_units(tensors, len(plan.units))]
+        vectors = [v for u in outs for v in (u.y, u.scale, u.shift, u.mean, u.invstd)]
+        ctx.save_for_backward(x, out, *weights, *vectors)
+        ctx.bn_params = [(t[1], t[2]) for t in _split_units(tensors, len(plan.units))]
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor):
+        plan: BlockPlan = ctx.plan
+        ops = plan.backend
+        n_units, n_chain = len(plan.units), len(plan.chain)
+        x, out, *rest = ctx.saved_tensors
+        weights, flat = rest[:n_units], rest[n_units:]
+        outs = [_UnitOut(*flat[5 * i:5 * i + 5], ctx.counts[i]) for i in range(n_units)]
+        k = len(UNIT_TENSORS)
+        needs = ctx.needs_input_grad  # (plan, x, *unit tensors)
+        unit_needs = [needs[2 + i * k:2 + (i + 1) * k] for i in range(n_units)]
+        unit_tensors = [(weights[i], *ctx.bn_params[i]) for i in range(n_units)]
+        grads: list = [None] * (k * n_units)
+
+        def coeffs(i: int, sum_dz: Tensor, sum_dz_xhat: Tensor):
+            u = outs[i]
+            return reference.bn_bwd_coeffs(sum_dz, sum_dz_xhat, u.count, u.scale, u.mean,
+                                           u.invstd, plan.units[i].norm.batch_stats)
+
+        def set_grads(i: int, dw, sum_dz, sum_dz_xhat):
+            dgamma, dbeta = _bn_grads(sum_dz, sum_dz_xhat, unit_tensors[i], unit_needs[i])
+            grads[i * k:i * k + 3] = [dw, dgamma, dbeta]
+
+        def wgrad(i: int, inp: Tensor, prologue: _UnitOut | None, dz: Tensor, abc):
+            if not unit_needs[i][0]:
+                return None
+            c = plan.units[i].conv
+            return ops.conv_bwd_weight(
+                x=inp, in_scale=prologue.scale if prologue else None,
+                in_shift=prologue.shift if prologue else None, in_relu=prologue is not None,
+                dz=dz, y=outs[i].y, a=abc[0], b=abc[1], c=abc[2], weight=weights[i],
+                stride=c.stride, padding=c.padding, dilation=c.dilation, groups=c.groups)
+
+        def dgrad(i: int, dz: Tensor, abc, input_size, residual=None, prev: _UnitOut | None = None):
+            c = plan.units[i].conv
+            return ops.conv_bwd_data(
+                dz=dz, y=outs[i].y, a=abc[0], b=abc[1], c=abc[2], weight=weights[i],
+                input_size=list(input_size), stride=c.stride, padding=c.padding,
+                dilation=c.dilation, groups=c.groups, residual=residual,
+                prev_y=prev.y if prev else None, prev_scale=prev.scale if prev else None,
+                prev_shift=prev.shift if prev else None, prev_mean=prev.mean if prev else None,
+                prev_invstd=prev.invstd if prev else None)
+
+        last = outs[n_chain - 1]
+        sc = outs[n_chain] if plan.shortcut else None
+        dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d = ops.block_end_bwd(
+            d_out=d_out.contiguous(memory_format=reference.memory_format(out)), out=out,
+            y=last.y, mean=last.mean, invstd=last.invstd, y_d=sc.y if sc else None,
+            mean_d=sc.mean if sc else None, invstd_d=sc.invstd if sc else None)
+
+        # Shortcut: identity passes dz on; a projection runs its own dgrad/wgrad.
+        d_shortcut = dz if needs[1] else None
+        if sc is not None:
+            abc = coeffs(n_chain, sum_dz, sum_dz_xhat_d)
+            set_grads(n_chain, wgrad(n_chain, x, None, dz, abc), sum_dz, sum_dz_xhat_d)
+            d_shortcut = dgrad(n_chain, dz, abc, ctx.input_size)[0] if needs[1] else None
+
+        # Chain, last unit first: dgrad of conv i yields dz of unit i-1 and its BN sums.
+        for i in range(n_chain - 1, -1, -1):
+            abc = coeffs(i, sum_dz, sum_dz_xhat)
+            prev = outs[i - 1] if i > 0 else None
+            inp = prev.y if prev else x
+            set_grads(i, wgrad(i, inp, prev, dz, abc), sum_dz, sum_dz_xhat)
+            upstream = needs[1] or any(any(unit_needs[j][:3]) for j in range(i))
+            if not upstream:
+                break
+            if prev is not None:
+                dz, sum_dz, sum_dz_xhat = dgrad(i, dz, abc, prev.y.shape, prev=prev)
+            else:
+                dx = dgrad(i, dz, abc, ctx.input_size, residual=d_shortcut)[0]
+                return (None, dx, *grads)
+        return (None, None, *grads)

@@ -1,0 +1,106 @@
+"""``convert()`` / ``unconvert()``: swap torchvision ResNet blocks for fused twins and back.
+
+The swap keeps the very same submodule objects (weights, buffers, device, dtype,
+train/eval state, hooks on the block itself), so module names and state_dict keys do
+not change. torchvision is needed only for ``unconvert`` and the builders.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+from torch import nn
+
+from . import ops
+from .modules import FusedBasicBlock, FusedBottleneck, _FusedBlock, unfusable_reason
+
+_FUSED_ATTRS = ("backend", "_ops", "_ops_error")
+
+
+def _torchvision_blocks() -> dict[type, type]:
+    """torchvision block class -> fused twin (empty when torchvision is not installed)."""
+    try:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+    except ImportError:
+        return {}
+    return {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock}
+
+
+def _chain_of(block: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    names = [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
+    return [(getattr(block, c), getattr(block, b)) for c, b in names if hasattr(block, c)]
+
+
+def _retype(block: nn.Module, cls: type) -> nn.Module:
+    """A ``cls`` instance sharing ``block``'s state (submodules, buffers, flags, hooks)."""
+    twin = cls.__new__(cls)
+    twin.__dict__.update(block.__dict__)
+    for attr in _FUSED_ATTRS:
+        twin.__dict__.pop(attr, None)
+    return twin
+
+
+def _swap(model: nn.Module, decide) -> nn.Module:
+    """Replace each submodule ``m`` for which ``decide(name, m)`` returns a module."""
+    root = decide("", model)
+    if root is not None:
+        return root
+    for name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            new = decide(f"{name}.{child_name}" if name else child_name, child)
+            if new is not None:
+                setattr(parent, child_name, new)
+    return model
+
+
+def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True) -> nn.Module:
+    """Swap every torchvision ``Bottleneck`` / ``BasicBlock`` in ``model`` for its fused twin.
+
+    Works on any model that holds torchvision blocks (classifiers, detection backbones).
+    A block that cannot be fused (say, a non-standard shortcut or norm layer) stays as it
+    was; all of them are listed in one warning. An explicitly named ``backend`` that
+    cannot serve the model's device and dtype raises here. Returns the converted model
+    (``model`` itself when ``inplace``, else a converted deep copy).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    pairs = _torchvision_blocks()
+    backend = ops.default_backend() if backend == "auto" else backend
+    if backend != "auto":
+        ops.get_backend(backend)  # unknown or not built: raise before touching the model
+    skipped: list[str] = []
+
+    def decide(name: str, m: nn.Module):
+        cls = pairs.get(type(m))
+        if cls is None:
+            return None
+        reason = unfusable_reason(m, _chain_of(m))
+        if reason:
+            skipped.append(f"{name or '<root>'}: {reason}")
+            return None
+        fused = _retype(m, cls)
+        fused.backend = backend
+        fused._ops, fused._ops_error = None, None
+        fused.resolve_backend(strict=backend != "auto")
+        return fused
+
+    model = _swap(model, decide)
+    if skipped:
+        warnings.warn(f"fused_resnet.convert left {len(skipped)} block(s) unfused:\n  "
+                      + "\n  ".join(skipped), stacklevel=2)
+    return model
+
+
+def unconvert(model: nn.Module, *, inplace: bool = True) -> nn.Module:
+    """Give torchvision blocks back for every fused block in ``model`` (same state)."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    back = {fused: tv for tv, fused in _torchvision_blocks().items()}
+    if not back:
+        raise ImportError("fused_resnet.unconvert needs torchvision")
+
+    def decide(name: str, m: nn.Module):
+        return _retype(m, back[type(m)]) if isinstance(m, _FusedBlock) else None
+
+    return _swap(model, decide)

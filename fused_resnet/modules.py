@@ -1,0 +1,312 @@
+"""Drop-in fused ResNet blocks, ``convert()`` / ``unconvert()`` and the ResNet builders.
+
+``FusedBottleneck`` and ``FusedBasicBlock`` have the submodules, parameters and buffers
+of torchvision's ``Bottleneck`` / ``BasicBlock`` (v1.5: the stride sits on the 3x3), so
+torchvision checkpoints load unchanged in both directions. Their forward runs the fused
+ops instead of the submodules, so forward/backward hooks registered on the inner
+``conv*`` / ``bn*`` modules do not fire (hooks on the block itself do).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import ops
+from .blocks import (
+    BlockPlan,
+    ConvSpec,
+    NormSpec,
+    ResidualBlockFunction,
+    UnitSpec,
+    forward_inference,
+    forward_train,
+)
+
+Tensor = torch.Tensor
+
+
+def _conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1,
+             dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation,
+                     groups=groups, bias=False, dilation=dilation)
+
+
+def _conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+# ------------------------------------------------------------------ what can be fused
+def _is_frozen_bn(m: nn.Module) -> bool:
+    # torchvision.ops.FrozenBatchNorm2d, matched by name so torchvision stays optional.
+    return type(m).__name__ == "FrozenBatchNorm2d" and hasattr(m, "running_var")
+
+
+def _conv_problem(conv: nn.Module, name: str) -> str | None:
+    if type(conv) is not nn.Conv2d:
+        return f"{name} is a {type(conv).__name__}, not an nn.Conv2d"
+    if conv.bias is not None:
+        return f"{name} has a bias"
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return f"{name} uses padding {conv.padding!r} ({conv.padding_mode})"
+    for attr in ("stride", "padding", "dilation", "kernel_size"):
+        v = getattr(conv, attr)
+        if v[0] != v[1]:
+            return f"{name} has an asymmetric {attr} {v}"
+    return None
+
+
+def _norm_problem(bn: nn.Module, name: str) -> str | None:
+    if _is_frozen_bn(bn):
+        return None
+    if isinstance(bn, nn.SyncBatchNorm):
+        return f"{name} is an nn.SyncBatchNorm (synchronised BN is not fused yet)"
+    if type(bn) is not nn.BatchNorm2d:
+        return f"{name} is a {type(bn).__name__}, not an nn.BatchNorm2d or FrozenBatchNorm2d"
+    return None
+
+
+def _shortcut_units(downsample: nn.Module | None) -> list[tuple[nn.Module, nn.Module]] | str:
+    if downsample is None:
+        return []
+    if (not isinstance(downsample, nn.Sequential) or len(downsample) != 2):
+        return "the shortcut is not the standard Sequential(conv1x1, norm)"
+    return [(downsample[0], downsample[1])]
+
+
+def unfusable_reason(block: nn.Module, chain: list[tuple[nn.Module, nn.Module]]) -> str | None:
+    """Why ``block`` (conv/BN pairs ``chain`` + its downsample) cannot run fused, or None."""
+    shortcut = _shortcut_units(block.downsample)
+    if isinstance(shortcut, str):
+        return shortcut
+    named = [(f"conv{i + 1}", c, f"bn{i + 1}", b) for i, (c, b) in enumerate(chain)]
+    named += [("downsample.0", c, "downsample.1", b) for c, b in shortcut]
+    for cname, conv, bname, bn in named:
+        problem = _conv_problem(conv, cname) or _norm_problem(bn, bname)
+        if problem:
+            return problem
+    if shortcut and shortcut[0][0].kernel_size != (1, 1):
+        return "the shortcut conv is not 1x1"
+    return None
+
+
+def _unit_spec(conv: nn.Conv2d, bn: nn.Module) -> UnitSpec:
+    c = ConvSpec(conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
+    if _is_frozen_bn(bn):
+        return UnitSpec(c, NormSpec(False, False, None, float(bn.eps)))
+    has_running = bn.running_mean is not None
+    return UnitSpec(c, NormSpec(batch_stats=bn.training or not has_running,
+                                update=bn.training and has_running,
+                                momentum=bn.momentum, eps=float(bn.eps)))
+
+
+def _unit_tensors(conv: nn.Conv2d, bn: nn.Module) -> tuple:
+    return (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+            getattr(bn, "num_batches_tracked", None))
+
+
+def _out_size(size: int, conv: nn.Conv2d) -> int:
+    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+# ----------------------------------------------------------------------------- blocks
+class _FusedBlock(nn.Module):
+    """Shared machinery: backend choice, input checks and the fused forward."""
+
+    expansion: int
+
+    def _init_backend(self, backend: str | None) -> None:
+        self.backend = ops.default_backend() if backend in (None, "auto") else backend
+        if self.backend != "auto":
+            ops.get_backend(self.backend)  # unknown or not built: fail now, not in forward
+        self._ops: ops.Backend | None = None
+        self._ops_error: str | None = None
+        self.resolve_backend(strict=False)
+
+    def _chain(self) -> list[tuple[nn.Module, nn.Module]]:
+        raise NotImplementedError
+
+    @property
+    def backend_in_use(self) -> str | None:
+        """The backend the fused forward runs now (None if none can serve the block)."""
+        return self._ops.name if self._ops is not None else None
+
+    def resolve_backend(self, strict: bool = True) -> None:
+        """(Re)choose the backend for the block's current device and dtype.
+
+        ``strict``: raise when the requested backend cannot serve them. When not strict
+        (construction on the CPU of a block meant for a GPU), the error is kept and
+        raised by ``forward`` instead.
+        """
+        w = self.conv1.weight
+        try:
+            self._ops, self._ops_error = ops.resolve_backend(self.backend, w.device, w.dtype), None
+        except (RuntimeError, TypeError) as e:
+            self._ops, self._ops_error = None, str(e)
+            if strict:
+                raise
+
+    def set_backend(self, backend: str) -> "_FusedBlock":
+        """Switch to ``backend`` (``"auto"`` re-chooses); raises if it cannot serve the block."""
+        self.backend = ops.default_backend() if backend == "auto" else backend
+        self.resolve_backend(strict=True)
+        return self
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() may change device or dtype: choose the backend again.
+        module = super()._apply(fn, recurse)
+        if "_ops" in self.__dict__:
+            self.resolve_backend(strict=self.backend != "auto")
+        return module
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, in_use={self.backend_in_use!r}"
+
+    # -- forward ------------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> None:
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} expects a Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} expects a 4-D input (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        w = self.conv1.weight
+        if x.shape[1] != self.conv1.in_channels:
+            raise ValueError(f"{name} expects {self.conv1.in_channels} input channels, got "
+                             f"{x.shape[1]} (input shape {tuple(x.shape)})")
+        if x.device != w.device:
+            raise ValueError(f"{name}: input is on {x.device} but the parameters are on "
+                             f"{w.device}")
+        if x.dtype not in ops.SUPPORTED_DTYPES:
+            raise TypeError(f"{name}: unsupported input dtype {x.dtype}; use one of "
+                            f"{ops.SUPPORTED_DTYPES}")
+        if x.dtype != w.dtype:
+            raise TypeError(f"{name}: input dtype {x.dtype} differs from the parameters' "
+                            f"dtype {w.dtype}; convert one to the other")
+
+    def _check_batch_stats(self, x: Tensor, units: list, plan: BlockPlan) -> None:
+        """nn.BatchNorm2d's check: batch statistics need more than one value per channel."""
+        h, w = x.shape[2], x.shape[3]
+        sizes = []
+        for conv, _ in units[:len(plan.chain)]:
+            h, w = _out_size(h, conv), _out_size(w, conv)
+            sizes.append((conv.out_channels, h, w))
+        for conv, _ in units[len(plan.chain):]:
+            sizes.append((conv.out_channels, _out_size(x.shape[2], conv),
+                          _out_size(x.shape[3], conv)))
+        for spec, (c, h, w) in zip(plan.units, sizes):
+            if spec.norm.batch_stats and x.shape[0] * h * w == 1:
+                size = torch.Size([x.shape[0], c, h, w])
+                raise ValueError("Expected more than 1 value per channel when training, "
+                                 f"got input size {size}")
+
+    def _plan(self) -> tuple[list, BlockPlan]:
+        chain = self._chain()
+        reason = unfusable_reason(self, chain)
+        if reason:
+            raise ValueError(f"{type(self).__name__} cannot run fused: {reason}")
+        if self._ops is None:
+            raise RuntimeError(f"{type(self).__name__}: {self._ops_error}")
+        units = chain + _shortcut_units(self.downsample)
+        specs = [_unit_spec(c, b) for c, b in units]
+        plan = BlockPlan(tuple(specs[:len(chain)]), specs[len(chain)] if self.downsample else None,
+                         self._ops)
+        return units, plan
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        units, plan = self._plan()
+        if x.shape[0] == 0:
+            return self._eager_forward(x)  # empty output; BN counters tick as in torchvision
+        self._check_batch_stats(x, units, plan)
+        tensors = tuple(t for c, b in units for t in _unit_tensors(c, b))
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(
+            t is not None and t.requires_grad for t in tensors))
+        if not grad:
+            # No autograd graph: nothing is saved; running stats still update in training.
+            if plan.fixed_stats:
+                return forward_inference(plan, x, tensors)
+            return forward_train(plan, x, tensors)[0]
+        return ResidualBlockFunction.apply(plan, x, *tensors)
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
+        """torchvision's forward through the submodules (used for empty batches, N == 0)."""
+        chain = self._chain()
+        out = x
+        for i, (conv, bn) in enumerate(chain):
+            out = bn(conv(out))
+            if i < len(chain) - 1:
+                out = self.relu(out)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class FusedBottleneck(_FusedBlock):
+    """torchvision ``Bottleneck`` (v1.5) whose forward runs the fused kernels.
+
+    Same signature, submodules and state_dict keys as torchvision's block, plus
+    ``backend``: ``"auto" | "reference" | "cpp" | "triton" | "cuda"`` (default
+    ``$FUSED_RESNET_BACKEND`` or ``"auto"``: the fastest backend that serves the block's
+    device and dtype). Hooks on the inner ``conv*``/``bn*`` modules do not fire.
+    """
+
+    expansion: int = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
+                 dilation: int = 1, norm_layer: Callable[..., nn.Module] | None = None, *,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = _conv1x1(inplanes, width)
+        self.bn1 = norm_layer(width)
+        self.conv2 = _conv3x3(width, width, stride, groups, dilation)
+        self.bn2 = norm_layer(width)
+        self.conv3 = _conv1x1(width, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self._init_backend(backend)
+
+    def _chain(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
+
+
+class FusedBasicBlock(_FusedBlock):
+    """torchvision ``BasicBlock`` whose forward runs the fused kernels.
+
+    Same signature, submodules and state_dict keys as torchvision's block, plus
+    ``backend`` (see :class:`FusedBottleneck`). Hooks on the inner modules do not fire.
+    """
+
+    expansion: int = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
+                 dilation: int = 1, norm_layer: Callable[..., nn.Module] | None = None, *,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        if dilation > 1:
+            raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.stride = stride
+        self._init_backend(backend)
+
+    def _chain(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]

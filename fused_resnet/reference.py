@@ -1,0 +1,321 @@
+"""Plain PyTorch semantics of every fused op: the oracle for all tests and the
+``"reference"`` backend.
+
+Conventions shared by every backend (DESIGN.md §1):
+
+* Tensors are logical NCHW; any memory format is accepted, and an op's output keeps
+  the memory format of its main input.
+* Per-channel vectors (scale, shift, mean, m2, invstd, BN-backward sums) are in the
+  *statistics dtype*: float64 for float64 data, else float32 (:func:`stat_dtype`).
+* Conv math accumulates in the statistics dtype; the fused prologue's activation is
+  rounded to the data dtype before the GEMM, as a kernel that feeds tensor cores does.
+* ReLU follows PyTorch: NaN propagates forward, and backward masks where the
+  pre-activation is ``<= 0`` (so a NaN pre-activation lets the gradient through).
+* Optional tensors that are absent are ``None``; statistics that were not asked for
+  come back as empty ``(0,)`` tensors so every op has a fixed number of outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+Tensor = torch.Tensor
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of statistics and per-channel coefficients for data of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def memory_format(t: Tensor) -> torch.memory_format:
+    """The memory format an op's output should take to match ``t``."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _per_channel(v: Tensor) -> Tensor:
+    return v.view(1, -1, 1, 1)
+
+
+def _affine(t: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
+    """``t*scale + shift`` per channel, in ``scale``'s (statistics) dtype."""
+    if scale is None:
+        return t
+    return t.to(scale.dtype) * _per_channel(scale) + _per_channel(shift)
+
+
+def _relu_mask_grad(grad: Tensor, pre_activation: Tensor) -> Tensor:
+    """Backward of ReLU as PyTorch's ``threshold_backward``: zero where ``pre <= 0``."""
+    return torch.where(pre_activation <= 0, torch.zeros_like(grad), grad)
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    return t.sum(dim=(0, 2, 3))
+
+
+def _empty_stats(like: Tensor) -> Tensor:
+    return torch.empty(0, dtype=stat_dtype(like.dtype), device=like.device)
+
+
+def channel_stats(y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel ``mean`` and ``m2`` (sum of squared deviations) of ``y`` over N, H, W.
+
+    Two-pass, so exact up to rounding even when ``|mean| >> std``.
+    """
+    acc = y.to(stat_dtype(y.dtype))
+    mean = acc.mean(dim=(0, 2, 3))
+    m2 = ((acc - _per_channel(mean)) ** 2).sum(dim=(0, 2, 3))
+    return mean, m2
+
+
+def conv_fwd(
+    x: Tensor,
+    weight: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int = 1,
+    in_scale: Tensor | None = None,
+    in_shift: Tensor | None = None,
+    in_relu: bool = False,
+    out_scale: Tensor | None = None,
+    out_shift: Tensor | None = None,
+    residual: Tensor | None = None,
+    res_scale: Tensor | None = None,
+    res_shift: Tensor | None = None,
+    out_relu: bool = False,
+    stats: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Convolution with a fused input prologue and output epilogue.
+
+    prologue:  a = [relu](x*in_scale + in_shift)      (zero padding applies to ``a``)
+    conv:      c = conv2d(a, weight)                    (accumulated in the stat dtype)
+    stats:     mean, m2 of ``c`` per output channel     (when ``stats``; else empty)
+    epilogue:  y = [relu](c*out_scale + out_shift + [residual*res_scale + res_shift])
+
+    Returns ``(y, mean, m2)`` with ``y`` in ``x``'s dtype and memory format.
+    """
+    acc_dtype = stat_dtype(x.dtype)
+    a = x
+    if in_scale is not None:
+        a = _affine(x, in_scale, in_shift)
+        if in_relu:
+            a = torch.relu(a)
+        a = a.to(x.dtype)
+    elif in_relu:
+        a = torch.relu(x)
+    c = F.conv2d(a.to(acc_dtype), weight.to(acc_dtype), None, stride, padding, dilation, groups)
+    mean, m2 = channel_stats(c) if stats else (_empty_stats(x), _empty_stats(x))
+    y = _affine(c, out_scale, out_shift)
+    if residual is not None:
+        y = y + _affine(residual, res_scale, res_shift)
+    if out_relu:
+        y = torch.relu(y)
+    return y.to(x.dtype).contiguous(memory_format=memory_format(x)), mean, m2
+
+
+def bn_finalize(
+    mean: Tensor,
+    m2: Tensor,
+    count: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    momentum: float | None,
+    eps: float,
+    update_running_stats: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch statistics -> per-channel ``(scale, shift, invstd)``; updates running stats.
+
+    scale = weight * invstd, shift = bias - mean * scale, invstd = 1/sqrt(m2/count + eps).
+    When ``update_running_stats``, does exactly what ``nn.BatchNorm2d`` does in training:
+    ``num_batches_tracked += 1``; the factor is ``momentum``, or ``1/num_batches_tracked``
+    (read on the device) when ``momentum`` is None; ``running_var`` takes the unbiased
+    variance ``m2/(count-1)``. Mutates ``running_mean``, ``running_var``,
+    ``num_batches_tracked`` in place.
+    """
+    invstd = torch.rsqrt(m2 / count + eps)
+    scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.to(shift.dtype)
+    if update_running_stats:
+        assert running_mean is not None and running_var is not None
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        if momentum is None:
+            assert num_batches_tracked is not None, "momentum=None needs num_batches_tracked"
+            factor = 1.0 / num_batches_tracked.to(mean.dtype)
+        else:
+            factor = momentum
+        unbiased = m2 / max(count - 1, 1)
+        running_mean.copy_(running_mean + factor * (mean.to(running_mean.dtype) - running_mean))
+        running_var.copy_(running_var + factor * (unbiased.to(running_var.dtype) - running_var))
+    return scale, shift, invstd
+
+
+def bn_eval_affine(
+    running_mean: Tensor, running_var: Tensor, weight: Tensor | None, bias: Tensor | None,
+    eps: float, dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Eval-mode BN as ``(scale, shift, invstd)`` from the running statistics."""
+    sd = stat_dtype(dtype)
+    invstd = torch.rsqrt(running_var.to(sd) + eps)
+    scale = invstd * weight.to(sd) if weight is not None else invstd
+    shift = -running_mean.to(sd) * scale
+    if bias is not None:
+        shift = shift + bias.to(sd)
+    return scale, shift, invstd
+
+
+def block_end(
+    y: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    residual: Tensor,
+    res_scale: Tensor | None = None,
+    res_shift: Tensor | None = None,
+) -> Tensor:
+    """``relu(y*scale + shift + [residual*res_scale + res_shift])`` in ``y``'s dtype."""
+    out = torch.relu(_affine(y, scale, shift) + _affine(residual, res_scale, res_shift))
+    return out.to(y.dtype).contiguous(memory_format=memory_format(y))
+
+
+def block_end_bwd(
+    d_out: Tensor,
+    out: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    y_d: Tensor | None = None,
+    mean_d: Tensor | None = None,
+    invstd_d: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward of :func:`block_end` up to the BN-backward sums.
+
+    dz = d_out masked by ``out > 0``: the gradient of both bn3's output and the shortcut.
+    Returns ``(dz, sum(dz), sum(dz*xhat), sum(dz*xhat_d))`` with ``xhat = (y-mean)*invstd``
+    (and ``xhat_d`` for the projection's ``y_d``; empty when there is none).
+    """
+    dz = _relu_mask_grad(d_out, out)
+    acc = dz.to(mean.dtype)
+    xhat = (y.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd)
+    sum_dz_xhat_d = _empty_stats(d_out)
+    if y_d is not None:
+        xhat_d = (y_d.to(mean.dtype) - _per_channel(mean_d)) * _per_channel(invstd_d)
+        sum_dz_xhat_d = _channel_sum(acc * xhat_d)
+    return (dz.contiguous(memory_format=memory_format(d_out)), _channel_sum(acc),
+            _channel_sum(acc * xhat), sum_dz_xhat_d)
+
+
+def bn_bwd_coeffs(
+    sum_dz: Tensor,
+    sum_dz_xhat: Tensor,
+    count: int,
+    scale: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    batch_stats: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel ``(a, b, c)`` with ``dy = a*dz + b*y + c``: BN backward as an affine map.
+
+    With batch statistics, ``dy = scale*(dz - mean(dz) - xhat*mean(dz*xhat))``; with fixed
+    (running or frozen) statistics, ``dy = scale*dz``. ``y`` is the raw conv output.
+    """
+    if not batch_stats:
+        zero = torch.zeros_like(scale)
+        return scale, zero, zero
+    b = -scale * invstd * sum_dz_xhat / count
+    c = -scale * sum_dz / count - b * mean
+    return scale, b, c
+
+
+def _bn_bwd_apply(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """``a*dz + b*y + c`` per channel, in the statistics dtype."""
+    return (dz.to(a.dtype) * _per_channel(a) + y.to(a.dtype) * _per_channel(b)
+            + _per_channel(c))
+
+
+def conv_bwd_data(
+    dz: Tensor,
+    y: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    weight: Tensor,
+    input_size: list[int],
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int = 1,
+    residual: Tensor | None = None,
+    prev_y: Tensor | None = None,
+    prev_scale: Tensor | None = None,
+    prev_shift: Tensor | None = None,
+    prev_mean: Tensor | None = None,
+    prev_invstd: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Data gradient of a conv whose output went through BN, with the next BN's sums.
+
+    prologue:  dy = a*dz + b*y + c          (the BN backward of this conv's output ``y``)
+    dgrad:     dx = conv2d_input(dy, weight) (+ ``residual``, a gradient to add)
+    epilogue:  when ``prev_y`` is given (the input was ``relu(prev_y*prev_scale+prev_shift)``):
+               dx masked by that ReLU, and ``sum(dx)``, ``sum(dx*xhat_prev)`` per channel.
+
+    Returns ``(dx, sum_dx, sum_dx_xhat)`` (sums empty without ``prev_y``); ``dx`` in
+    ``dz``'s dtype and memory format.
+    """
+    dy = _bn_bwd_apply(dz, y, a, b, c).to(dz.dtype)
+    acc_dtype = a.dtype
+    dx = conv2d_input(list(input_size), weight.to(acc_dtype), dy.to(acc_dtype), stride, padding,
+                      dilation, groups)
+    if residual is not None:
+        dx = dx + residual.to(acc_dtype)
+    sum_dx = sum_dx_xhat = _empty_stats(dz)
+    if prev_y is not None:
+        dx = _relu_mask_grad(dx, _affine(prev_y, prev_scale, prev_shift))
+        xhat = (prev_y.to(acc_dtype) - _per_channel(prev_mean)) * _per_channel(prev_invstd)
+        sum_dx, sum_dx_xhat = _channel_sum(dx), _channel_sum(dx * xhat)
+    return dx.to(dz.dtype).contiguous(memory_format=memory_format(dz)), sum_dx, sum_dx_xhat
+
+
+def conv_bwd_weight(
+    x: Tensor,
+    in_scale: Tensor | None,
+    in_shift: Tensor | None,
+    in_relu: bool,
+    dz: Tensor,
+    y: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    weight: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int = 1,
+) -> Tensor:
+    """Weight gradient with both operands recomputed on the fly.
+
+    The input activation is rebuilt from ``x`` by the forward prologue, the output
+    gradient from ``dz`` by the BN-backward map ``a*dz + b*y + c``. Returns ``dw`` in
+    ``weight``'s dtype (``weight`` gives only shape and dtype).
+    """
+    act = x
+    if in_scale is not None:
+        act = _affine(x, in_scale, in_shift)
+        if in_relu:
+            act = torch.relu(act)
+        act = act.to(x.dtype)
+    elif in_relu:
+        act = torch.relu(x)
+    dy = _bn_bwd_apply(dz, y, a, b, c).to(dz.dtype)
+    acc_dtype = a.dtype
+    dw = conv2d_weight(act.to(acc_dtype), list(weight.shape), dy.to(acc_dtype), stride, padding,
+                       dilation, groups)
+    return dw.to(weight.dtype)

@@ -1,0 +1,107 @@
+"""Shared test set-up: seeds, devices, the DESIGN.md §5 tolerance table, block factories."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+from torch import nn
+
+import fused_resnet
+from fused_resnet import ops
+
+# Relative error ||out - ref|| / ||ref|| against a float64 oracle (DESIGN.md §5).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3,
+             torch.bfloat16: 8e-3}
+TF32_TOLERANCE = 5e-3
+
+HAS_CUDA = torch.cuda.is_available()
+CPU_BACKENDS = [b for b in ("reference", "cpp") if ops.cannot_serve(b, "cpu", torch.float32) is None]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped visibly without one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # A fresh seed per test (derived from its name) so cases differ but reruns agree.
+    torch.manual_seed(hash(request.node.nodeid) % (2**31))
+    yield
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN anywhere in ``out`` is an infinite error."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    if torch.isnan(out64).any() and not torch.isnan(ref64).any():
+        return float("inf")
+    denom = ref64.norm().item()
+    num = (out64 - ref64).norm().item()
+    return num / denom if denom > 0 else num
+
+
+def tolerance(dtype: torch.dtype, plain_err: float | None = None) -> float:
+    """The allowed relative error for ``dtype``; low precision may be 2x plain PyTorch's."""
+    tol = TOLERANCE[dtype]
+    if dtype in (torch.float16, torch.bfloat16) and plain_err is not None:
+        tol = max(tol, 2 * plain_err)
+    return tol
+
+
+def assert_close(out, ref, dtype, plain_err=None, what="output"):
+    err = rel_err(out, ref)
+    tol = tolerance(dtype, plain_err)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+
+
+def randomize_bn(module: nn.Module, mean_offset: float = 0.0) -> None:
+    """Non-trivial BN parameters and running statistics for every BN in ``module``."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d":
+                c = m.running_mean.shape[0] if m.running_mean is not None else m.num_features
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(c) + 0.5)
+                    m.bias.copy_(torch.randn(c) * 0.5)
+                if m.running_mean is not None:
+                    m.running_mean.copy_(torch.randn(c) * 0.5 + mean_offset)
+                    m.running_var.copy_(torch.rand(c) + 0.5)
+
+
+def make_blocks(kind: str, inplanes: int, planes: int, stride: int = 1, projection: bool = False,
+                backend: str = "reference", norm_layer=None, **kwargs):
+    """A torchvision block and its fused twin with identical (randomized) state."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    tv_cls, fused_cls = {
+        "bottleneck": (Bottleneck, fused_resnet.FusedBottleneck),
+        "basic": (BasicBlock, fused_resnet.FusedBasicBlock),
+    }[kind]
+    norm = norm_layer or nn.BatchNorm2d
+
+    def downsample():
+        if not projection:
+            return None
+        out = planes * tv_cls.expansion
+        return nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), norm(out))
+
+    tv = tv_cls(inplanes, planes, stride, downsample(), norm_layer=norm_layer, **kwargs)
+    randomize_bn(tv)
+    fused = fused_cls(inplanes, planes, stride, downsample(), norm_layer=norm_layer,
+                      backend=backend, **kwargs)
+    fused.load_state_dict(tv.state_dict(), strict=True)
+    return tv, fused
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def cpu_backend(request):
+    return request.param
+
+

@@ -1,0 +1,68 @@
+"""Backend choice: names, availability, auto, the environment override, re-choice on moves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import fused_resnet
+from fused_resnet import ops
+
+
+def test_reference_always_serves_cpu():
+    assert "reference" in fused_resnet.available_backends("cpu")
+    status = fused_resnet.backend_status("cpu")
+    assert set(status) == set(fused_resnet.BACKENDS)
+    assert status["reference"] is None
+    for name, reason in status.items():
+        assert reason is None or isinstance(reason, str) and reason
+
+
+def test_auto_takes_the_first_available():
+    block = fused_resnet.FusedBasicBlock(8, 8)
+    assert block.backend_in_use == fused_resnet.available_backends("cpu")[0]
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown fused_resnet backend 'fast'"):
+        fused_resnet.FusedBottleneck(16, 4, backend="fast")
+    with pytest.raises(ValueError, match="unknown"):
+        fused_resnet.convert(torchvision.models.resnet18(), backend="fast")
+
+
+def test_unbuilt_backend_fails_at_construction_not_in_forward():
+    status = fused_resnet.backend_status("cpu")
+    assert status["triton"] is not None  # no Triton kernels yet
+    with pytest.raises(RuntimeError, match="backend 'triton' is not available"):
+        fused_resnet.FusedBottleneck(16, 4, backend="triton")
+
+
+def test_environment_override(monkeypatch):
+    monkeypatch.setenv("FUSED_RESNET_BACKEND", "reference")
+    assert fused_resnet.FusedBasicBlock(4, 4).backend_in_use == "reference"
+    monkeypatch.setenv("FUSED_RESNET_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="FUSED_RESNET_BACKEND"):
+        fused_resnet.FusedBasicBlock(4, 4)
+
+
+@pytest.mark.skipif(ops.cannot_serve("cpp", "cpu", torch.float32) is not None,
+                    reason="the C++ extension is not built")
+def test_explicit_cpp_backend_on_cpu():
+    block = fused_resnet.FusedBottleneck(16, 4, backend="cpp")
+    assert block.backend_in_use == "cpp"
+    block.set_backend("reference")
+    assert block.backend_in_use == "reference"
+
+
+def test_move_rechooses_backend():
+    block = fused_resnet.FusedBasicBlock(4, 4, backend="reference")
+    block.double()
+    assert block.backend_in_use == "reference"
+    assert block.conv1.weight.dtype == torch.float64
+
+
+@pytest.mark.gpu
+def test_move_to_gpu_rechooses_backend():
+    block = fused_resnet.FusedBasicBlock(4, 4).cuda()
+    assert block.backend_in_use in fused_resnet.available_backends("cuda")
