@@ -203,6 +203,11 @@ class ResidualBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out: Tensor):
+        with torch.autocast(d_out.device.type, enabled=False):
+            return ResidualBlockFunction._backward(ctx, d_out)
+
+    @staticmethod
+    def _backward(ctx, d_out: Tensor):
         plan: BlockPlan = ctx.plan
         ops = plan.backend
         n_units, n_chain = len(plan.units), len(plan.chain)

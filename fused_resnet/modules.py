@@ -20,6 +20,7 @@ from .blocks import (
     BlockPlan,
     ConvSpec,
     NormSpec,
+    UNIT_TENSORS,
     ResidualBlockFunction,
     UnitSpec,
     forward_inference,
@@ -108,6 +109,14 @@ def _unit_tensors(conv: nn.Conv2d, bn: nn.Module) -> tuple:
             getattr(bn, "num_batches_tracked", None))
 
 
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype autocast would run this block's convs in, or None outside autocast."""
+    device = x.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 def _out_size(size: int, conv: nn.Conv2d) -> int:
     k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
@@ -167,10 +176,8 @@ class _FusedBlock(nn.Module):
         return f"backend={self.backend!r}, in_use={self.backend_in_use!r}"
 
     # -- forward ------------------------------------------------------------------
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, autocast: bool) -> None:
         name = type(self).__name__
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} expects a Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"{name} expects a 4-D input (N, C, H, W), got shape "
                              f"{tuple(x.shape)}")
@@ -184,7 +191,7 @@ class _FusedBlock(nn.Module):
         if x.dtype not in ops.SUPPORTED_DTYPES:
             raise TypeError(f"{name}: unsupported input dtype {x.dtype}; use one of "
                             f"{ops.SUPPORTED_DTYPES}")
-        if x.dtype != w.dtype:
+        if x.dtype != w.dtype and not autocast:
             raise TypeError(f"{name}: input dtype {x.dtype} differs from the parameters' "
                             f"dtype {w.dtype}; convert one to the other")
 
@@ -218,12 +225,27 @@ class _FusedBlock(nn.Module):
         return units, plan
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} expects a Tensor, got {type(x).__name__}")
+        autocast = _autocast_dtype(x)
+        self._check_input(x, autocast is not None)
         units, plan = self._plan()
         if x.shape[0] == 0:
             return self._eager_forward(x)  # empty output; BN counters tick as in torchvision
         self._check_batch_stats(x, units, plan)
-        tensors = tuple(t for c, b in units for t in _unit_tensors(c, b))
+        tensors = [t for c, b in units for t in _unit_tensors(c, b)]
+        inp = x
+        if autocast is not None:
+            # As torchvision under autocast: convs in the autocast dtype (weights cast,
+            # differentiably), BN parameters and statistics in fp32.
+            inp = x.to(autocast)
+            for i in range(0, len(tensors), len(UNIT_TENSORS)):
+                tensors[i] = tensors[i].to(autocast)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._fused_forward(plan, inp, tuple(tensors))
+
+    @staticmethod
+    def _fused_forward(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
         grad = torch.is_grad_enabled() and (x.requires_grad or any(
             t is not None and t.requires_grad for t in tensors))
         if not grad:

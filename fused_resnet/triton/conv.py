@@ -1,0 +1,436 @@
+"""Implicit-GEMM convolution kernels (forward, dgrad, wgrad) with the fused prologues
+and epilogues of DESIGN.md §1, and their launchers.
+
+GPU-UNVERIFIED: these kernels were written and tested without a GPU, under the Triton
+CPU interpreter (exact fp32, no bf16) and by ahead-of-time compilation for sm_80/sm_90
+(tests/test_triton_compile.py). Performance and TF32/bf16 numerics on real hardware are
+untested.
+
+Layout: activations are NHWC (channels_last) internally; a GEMM row is one output (or,
+for dgrad, input) pixel, a column one channel, and the reduction runs tap by tap
+(kh, kw) over channel blocks, so no division sits in the inner loop. Offsets are int64
+(tensors may exceed 2**31 elements). Reductions (statistics, BN-backward sums, split-K)
+write per-tile partials that a second kernel merges in a fixed order: deterministic.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from ._common import (
+    INTERPRET, arch_of, check_data, column_sum, conv_out_size, device_guard, dot_precision,
+    launcher, nhwc, relu_keep_nan, vec,
+)
+
+Tensor = torch.Tensor
+
+
+# ----------------------------------------------------------------------------- kernels
+@triton.jit
+def _load_activation(x_ptr, rows, row_ok, offs_c, c_mask, scale_ptr, shift_ptr,
+                     HAS_AFFINE: tl.constexpr, RELU: tl.constexpr):
+    """A [rows, channels] tile of the input activation [relu](x*scale + shift), rounded to
+    the data dtype; padded positions are zero *after* the transform (DESIGN §1)."""
+    mask = row_ok[:, None] & c_mask[None, :]
+    a = tl.load(x_ptr + rows[:, None] + offs_c[None, :], mask=mask, other=0.0)
+    if HAS_AFFINE:
+        scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
+        shift = tl.load(shift_ptr + offs_c, mask=c_mask, other=0.0)
+        v = a.to(tl.float32) * scale[None, :] + shift[None, :]
+        if RELU:
+            v = relu_keep_nan(v)
+        a = tl.where(mask, v, 0.0).to(x_ptr.dtype.element_ty)
+    elif RELU:
+        a = relu_keep_nan(a)
+    return a
+
+
+@triton.jit
+def _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr, c_ptr):
+    """A [rows, channels] tile of dy = a*dz + b*y + c (BN backward as an affine map),
+    rounded to the data dtype, zero outside the valid rows (padding, stride holes)."""
+    mask = row_ok[:, None] & k_mask[None, :]
+    offs = rows[:, None] + offs_k[None, :]
+    dz = tl.load(dz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + offs_k, mask=k_mask, other=0.0)
+    b = tl.load(b_ptr + offs_k, mask=k_mask, other=0.0)
+    c = tl.load(c_ptr + offs_k, mask=k_mask, other=0.0)
+    dy = dz * a[None, :] + y * b[None, :] + c[None, :]
+    return tl.where(mask, dy, 0.0).to(dz_ptr.dtype.element_ty)
+
+
+@triton.jit
+def conv_fwd_kernel(
+    x_ptr, w_ptr, y_ptr, in_scale_ptr, in_shift_ptr, out_scale_ptr, out_shift_ptr,
+    res_ptr, res_scale_ptr, res_shift_ptr, part_mean_ptr, part_m2_ptr,
+    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_IN_AFFINE: tl.constexpr, IN_RELU: tl.constexpr, HAS_OUT_AFFINE: tl.constexpr,
+    HAS_RES: tl.constexpr, HAS_RES_AFFINE: tl.constexpr, OUT_RELU: tl.constexpr,
+    STATS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[m, n] = epilogue(sum_k A[m, k] * W[n, k]); m = output pixel, n = C_out,
+    k = (tap, C_in). x: NHWC; w: [C_out, KH, KW, C_in]; y, residual: NHWC."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    M = N * H_out * W_out
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < C_out
+    w_o = offs_m % W_out
+    h_o = (offs_m // W_out) % H_out
+    img = offs_m // (W_out * H_out)
+    k_total = KH * KW * C_in
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for r in range(KH):
+        h_in = h_o * stride - padding + r * dilation
+        h_ok = m_mask & (h_in >= 0) & (h_in < H)
+        for s in range(KW):
+            w_in = w_o * stride - padding + s * dilation
+            row_ok = h_ok & (w_in >= 0) & (w_in < W)
+            rows = ((img * H + h_in) * W + w_in) * C_in
+            w_tap = w_ptr + (r * KW + s) * C_in
+            for c0 in range(0, C_in, BLOCK_K):
+                offs_k = c0 + tl.arange(0, BLOCK_K)
+                k_mask = offs_k < C_in
+                a = _load_activation(x_ptr, rows, row_ok, offs_k, k_mask, in_scale_ptr,
+                                     in_shift_ptr, HAS_IN_AFFINE, IN_RELU)
+                b = tl.load(w_tap + offs_n[None, :].to(tl.int64) * k_total + offs_k[:, None],
+                            mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    if STATS:  # per-tile (mean, M2) of the raw accumulator; merged by merge_stats_kernel
+        count = tl.minimum(M - pid_m.to(tl.int64) * BLOCK_M, BLOCK_M).to(tl.float32)
+        tile_mean = tl.sum(tl.where(m_mask[:, None], acc, 0.0), axis=0) / count
+        dev = tl.where(m_mask[:, None], acc - tile_mean[None, :], 0.0)
+        part = pid_m.to(tl.int64) * C_out + offs_n
+        tl.store(part_mean_ptr + part, tile_mean, mask=n_mask)
+        tl.store(part_m2_ptr + part, tl.sum(dev * dev, axis=0), mask=n_mask)
+
+    v = acc
+    if HAS_OUT_AFFINE:
+        v = v * tl.load(out_scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :] \
+            + tl.load(out_shift_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    out_offs = offs_m[:, None] * C_out + offs_n[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RES:
+        r = tl.load(res_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RES_AFFINE:
+            r = r * tl.load(res_scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :] \
+                + tl.load(res_shift_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+        v = v + r
+    if OUT_RELU:
+        v = relu_keep_nan(v)
+    tl.store(y_ptr + out_offs, v.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def merge_stats_kernel(part_mean_ptr, part_m2_ptr, mean_ptr, m2_ptr, tiles, rows, C,
+                       ROWS_PER_TILE: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Chan's parallel merge of per-tile (count, mean, M2), tiles in order."""
+    offs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = offs < C
+    n_a = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2_a = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for t in range(tiles):
+        n_b = tl.minimum(rows - t * ROWS_PER_TILE, ROWS_PER_TILE).to(tl.float32)
+        part = t.to(tl.int64) * C + offs
+        mean_b = tl.load(part_mean_ptr + part, mask=mask, other=0.0)
+        m2_b = tl.load(part_m2_ptr + part, mask=mask, other=0.0)
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean_a = mean_a + delta * (n_b / n)
+        m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+        n_a = n
+    tl.store(mean_ptr + offs, mean_a, mask=mask)
+    tl.store(m2_ptr + offs, m2_a, mask=mask)
+
+
+@triton.jit
+def conv_dgrad_kernel(
+    dz_ptr, y_ptr, a_ptr, b_ptr, c_ptr, w_ptr, dx_ptr, res_ptr,
+    prev_y_ptr, prev_scale_ptr, prev_shift_ptr, prev_mean_ptr, prev_invstd_ptr,
+    part_sum_ptr, part_sum_xhat_ptr,
+    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_RES: tl.constexpr, HAS_PREV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx[m, n] = sum over taps and C_out of dy[out pixel of (m, tap), k] * w[k, n, tap];
+    m = input pixel, n = C_in. dy is rebuilt from (dz, y) as tiles load; w: [KH, KW,
+    C_out, C_in]; dz, y, dx, residual, prev_y: NHWC."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    M = N * H * W
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < C_in
+    w_i = offs_m % W
+    h_i = (offs_m // W) % H
+    img = offs_m // (W * H)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for r in range(KH):
+        # The output row this tap reads: (h_i + padding - r*dilation) / stride, when exact.
+        h_num = h_i + padding - r * dilation
+        h_num = tl.where(h_num >= 0, h_num, 0)  # keep % and // away from negatives
+        h_o = h_num // stride
+        h_ok = m_mask & (h_i + padding - r * dilation >= 0) & (h_num % stride == 0) \
+            & (h_o < H_out)
+        for s in range(KW):
+            w_num = w_i + padding - s * dilation
+            w_num = tl.where(w_num >= 0, w_num, 0)
+            w_o = w_num // stride
+            row_ok = h_ok & (w_i + padding - s * dilation >= 0) & (w_num % stride == 0) \
+                & (w_o < W_out)
+            rows = ((img * H_out + h_o) * W_out + w_o) * C_out
+            w_tap = w_ptr + ((r * KW + s) * C_out).to(tl.int64) * C_in
+            for k0 in range(0, C_out, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_mask = offs_k < C_out
+                dy = _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr,
+                                       b_ptr, c_ptr)
+                wt = tl.load(w_tap + offs_k[:, None].to(tl.int64) * C_in + offs_n[None, :],
+                             mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+                acc = tl.dot(dy, wt, acc, input_precision=DOT_PRECISION)
+
+    out_offs = offs_m[:, None] * C_in + offs_n[None, :]
+    mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RES:
+        acc += tl.load(res_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_PREV:
+        # The input was relu(prev_y*prev_scale + prev_shift): mask as threshold_backward
+        # (a NaN pre-activation lets the gradient through), then BN-backward sums.
+        prev_y = tl.load(prev_y_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+        pre = prev_y * tl.load(prev_scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :] \
+            + tl.load(prev_shift_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+        acc = tl.where(pre <= 0, 0.0, acc)
+        xhat = (prev_y - tl.load(prev_mean_ptr + offs_n, mask=n_mask, other=0.0)[None, :]) \
+            * tl.load(prev_invstd_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+        masked = tl.where(mask, acc, 0.0)
+        part = pid_m.to(tl.int64) * C_in + offs_n
+        tl.store(part_sum_ptr + part, tl.sum(masked, axis=0), mask=n_mask)
+        tl.store(part_sum_xhat_ptr + part, tl.sum(tl.where(mask, masked * xhat, 0.0), axis=0),
+                 mask=n_mask)
+    tl.store(dx_ptr + out_offs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def conv_wgrad_kernel(
+    x_ptr, in_scale_ptr, in_shift_ptr, dz_ptr, y_ptr, a_ptr, b_ptr, c_ptr, part_ptr,
+    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_IN_AFFINE: tl.constexpr, IN_RELU: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dw[k, tap, c] = sum_p dy[p, k] * act[input pixel of (p, tap), c]; program
+    (k block, (tap, c block), split) sums pixels p = split*BLOCK_K + j*SPLIT_K*BLOCK_K...
+    and writes part[split, k, tap*C_in + c] (fp32; reduced in split order afterwards)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    c_blocks = tl.cdiv(C_in, BLOCK_N)
+    tap = pid_n // c_blocks
+    r = tap // KW
+    s = tap % KW
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channels
+    offs_n = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels
+    m_mask = offs_m < C_out
+    n_mask = offs_n < C_in
+    P = N * H_out * W_out
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for p0 in range(pid_k * BLOCK_K, P, SPLIT_K * BLOCK_K):
+        offs_p = p0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        p_mask = offs_p < P
+        # dy^T tile [C_out, pixels], loaded transposed: rows are channels here.
+        dy = tl.trans(_load_output_grad(dz_ptr, y_ptr, offs_p * C_out, p_mask, offs_m,
+                                        m_mask, a_ptr, b_ptr, c_ptr))
+        w_o = offs_p % W_out
+        h_o = (offs_p // W_out) % H_out
+        img = offs_p // (W_out * H_out)
+        h_in = h_o * stride - padding + r * dilation
+        w_in = w_o * stride - padding + s * dilation
+        row_ok = p_mask & (h_in >= 0) & (h_in < H) & (w_in >= 0) & (w_in < W)
+        rows = ((img * H + h_in) * W + w_in) * C_in
+        act = _load_activation(x_ptr, rows, row_ok, offs_n, n_mask, in_scale_ptr, in_shift_ptr,
+                               HAS_IN_AFFINE, IN_RELU)
+        acc = tl.dot(dy, act, acc, input_precision=DOT_PRECISION)
+
+    cols = KH * KW * C_in
+    offs = (pid_k * C_out + offs_m[:, None]).to(tl.int64) * cols + tap * C_in + offs_n[None, :]
+    tl.store(part_ptr + offs, acc, mask=m_mask[:, None] & n_mask[None, :])
+
+
+# -------------------------------------------------------------------- tile selection
+_AUTOTUNE_KEYS = ["N", "H", "W", "C_in", "C_out", "stride", "KH", "KW"]
+_KERNELS = {"fwd": conv_fwd_kernel, "dgrad": conv_dgrad_kernel, "wgrad": conv_wgrad_kernel}
+
+
+@functools.cache
+def _autotuned(kind: str, arch: int):
+    """``kind``'s kernel autotuned over BLOCK_N/BLOCK_K/warps/stages for ``arch``."""
+    cands = [triton.Config({"BLOCK_N": c.block_n, "BLOCK_K": c.block_k},
+                           num_warps=c.num_warps, num_stages=c.num_stages)
+             for c in configs.autotune_configs(kind, arch)]
+    return triton.autotune(cands, key=_AUTOTUNE_KEYS)(_KERNELS[kind])
+
+
+def _plan(kind: str, ref: Tensor, c_in: int, c_out: int, k: int, stride: int, rows: int,
+          split_tiles: int = 1):
+    """(kernel, block_m, split_k, launch kwargs) for one conv: the committed table, the
+    interpreter's config, or autotuning over everything except block_m/split_k."""
+    if INTERPRET:
+        cfg = configs.INTERPRETER
+    else:
+        arch = arch_of(ref)
+        cfg = configs.lookup(kind, c_in, c_out, k, stride, arch)
+        if cfg is None and not _autotune_enabled():
+            cfg = configs.DEFAULT[kind]
+        if cfg is None:
+            block_m = configs.block_m_for(kind, rows)
+            split = configs.split_k_for(rows, split_tiles) if kind == "wgrad" else 1
+            return launcher(_autotuned(kind, arch)), block_m, split, {"BLOCK_M": block_m}
+    opts = {} if INTERPRET else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    return launcher(_KERNELS[kind]), cfg.block_m, cfg.split_k, {**cfg.meta(), **opts}
+
+
+def _autotune_enabled() -> bool:
+    import os
+    return os.environ.get("FUSED_RESNET_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _grid_mn(rows: int, block_m: int, cols: int):
+    return lambda meta: (triton.cdiv(rows, block_m), triton.cdiv(cols, meta["BLOCK_N"]))
+
+
+# ---------------------------------------------------------------------------- launchers
+def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, groups: int,
+             in_scale: Tensor | None, in_shift: Tensor | None, in_relu: bool,
+             out_scale: Tensor | None, out_shift: Tensor | None, residual: Tensor | None,
+             res_scale: Tensor | None, res_shift: Tensor | None, out_relu: bool,
+             stats: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """See :func:`fused_resnet.reference.conv_fwd`."""
+    check_data("conv_fwd", x, groups)
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    h_out, w_out = (conv_out_size(h, kh, stride, padding, dilation),
+                    conv_out_size(w, kw, stride, padding, dilation))
+    rows = n * h_out * w_out
+    xc = nhwc(x)
+    wt = weight.to(x.dtype).permute(0, 2, 3, 1).contiguous()  # [C_out, KH, KW, C_in]
+    y = torch.empty((n, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last)
+    res = nhwc(residual) if residual is not None else y
+    kernel, block_m, _, meta = _plan("fwd", x, c_in, c_out, kh, stride, rows)
+    tiles = triton.cdiv(rows, block_m)
+    n_part = tiles if stats else 1
+    part_mean = torch.empty((n_part, c_out), dtype=torch.float32, device=x.device)
+    part_m2 = torch.empty_like(part_mean)
+    with device_guard(x):
+        kernel[_grid_mn(rows, block_m, c_out)](
+            xc, wt, y, vec(in_scale, x), vec(in_shift, x), vec(out_scale, x),
+            vec(out_shift, x), res, vec(res_scale, x), vec(res_shift, x), part_mean, part_m2,
+            n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+            KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
+            HAS_OUT_AFFINE=out_scale is not None, HAS_RES=residual is not None,
+            HAS_RES_AFFINE=res_scale is not None, OUT_RELU=out_relu, STATS=stats,
+            DOT_PRECISION=dot_precision(x.dtype), **meta)
+        mean, m2 = _merge_stats(part_mean, part_m2, rows, block_m) if stats else (
+            x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
+    return _like(y, x), mean, m2
+
+
+def _merge_stats(part_mean: Tensor, part_m2: Tensor, rows: int, block_m: int):
+    tiles, c = part_mean.shape
+    mean = torch.empty(c, dtype=torch.float32, device=part_mean.device)
+    m2 = torch.empty_like(mean)
+    block_c = 32 if INTERPRET else 128
+    launcher(merge_stats_kernel)[(triton.cdiv(c, block_c),)](
+        part_mean, part_m2, mean, m2, tiles, rows, c, ROWS_PER_TILE=block_m, BLOCK_C=block_c)
+    return mean, m2
+
+
+def _like(out: Tensor, main: Tensor) -> Tensor:
+    """``out`` (channels_last) in the memory format of the op's main input."""
+    from ..reference import memory_format
+    return out.contiguous(memory_format=memory_format(main))
+
+
+def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight: Tensor,
+                  input_size: list[int], stride: int, padding: int, dilation: int, groups: int,
+                  residual: Tensor | None, prev_y: Tensor | None, prev_scale: Tensor | None,
+                  prev_shift: Tensor | None, prev_mean: Tensor | None,
+                  prev_invstd: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """See :func:`fused_resnet.reference.conv_bwd_data`."""
+    check_data("conv_bwd_data", dz, groups)
+    n, c_out, h_out, w_out = dz.shape
+    _, c_in, h, w = input_size
+    kh, kw = weight.shape[2], weight.shape[3]
+    rows = n * h * w
+    wt = weight.to(dz.dtype).permute(2, 3, 0, 1).contiguous()  # [KH, KW, C_out, C_in]
+    dx = torch.empty((n, c_in, h, w), dtype=dz.dtype, device=dz.device,
+                     memory_format=torch.channels_last)
+    has_prev = prev_y is not None
+    kernel, block_m, _, meta = _plan("dgrad", dz, c_in, c_out, kh, stride, rows)
+    n_part = triton.cdiv(rows, block_m) if has_prev else 1
+    part_sum = torch.empty((n_part, c_in), dtype=torch.float32, device=dz.device)
+    part_sum_xhat = torch.empty_like(part_sum)
+    with device_guard(dz):
+        kernel[_grid_mn(rows, block_m, c_in)](
+            nhwc(dz), nhwc(y), vec(a, dz), vec(b, dz), vec(c, dz), wt, dx,
+            nhwc(residual) if residual is not None else dx,
+            nhwc(prev_y) if has_prev else dx, vec(prev_scale, dz), vec(prev_shift, dz),
+            vec(prev_mean, dz), vec(prev_invstd, dz), part_sum, part_sum_xhat,
+            n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+            KH=kh, KW=kw, HAS_RES=residual is not None, HAS_PREV=has_prev,
+            DOT_PRECISION=dot_precision(dz.dtype), **meta)
+        if has_prev:
+            sum_dx, sum_dx_xhat = column_sum(part_sum), column_sum(part_sum_xhat)
+        else:
+            sum_dx = sum_dx_xhat = dz.new_empty(0, dtype=torch.float32)
+    return _like(dx, dz), sum_dx, sum_dx_xhat
+
+
+def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None, in_relu: bool,
+                    dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight: Tensor,
+                    stride: int, padding: int, dilation: int, groups: int) -> Tensor:
+    """See :func:`fused_resnet.reference.conv_bwd_weight`."""
+    check_data("conv_bwd_weight", x, groups)
+    n, c_in, h, w = x.shape
+    _, c_out, h_out, w_out = dz.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    pixels = n * h_out * w_out
+    cols = kh * kw * c_in
+    # Tiles of the (C_out x C_in) GEMM per tap, for choosing the split when autotuning.
+    tiles = triton.cdiv(c_out, 64) * triton.cdiv(c_in, 64) * kh * kw
+    kernel, block_m, split, meta = _plan("wgrad", x, c_in, c_out, kh, stride, pixels, tiles)
+    part = torch.empty((split, c_out * cols), dtype=torch.float32, device=x.device)
+
+    def grid(meta):
+        return (triton.cdiv(c_out, block_m), kh * kw * triton.cdiv(c_in, meta["BLOCK_N"]),
+                split)
+
+    with device_guard(x):
+        kernel[grid](
+            nhwc(x).to(x.dtype), vec(in_scale, x), vec(in_shift, x), nhwc(dz), nhwc(y),
+            vec(a, x), vec(b, x), vec(c, x), part,
+            n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+            KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
+            DOT_PRECISION=dot_precision(x.dtype), SPLIT_K=split, **meta)
+        dw = part[0] if split == 1 else column_sum(part)
+    dw = dw.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+    out = torch.empty_like(weight)
+    out.copy_(dw)
+    return out
