@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference
+from . import distributed, reference
 from .ops import Backend
 
 Tensor = torch.Tensor
@@ -47,6 +47,8 @@ class NormSpec:
     update: bool  # update the running statistics (training with running stats)
     momentum: float | None
     eps: float
+    sync: bool = False  # batch statistics of the whole process group (synchronised BN)
+    group: object = None  # its process group (None: the default group)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class _UnitOut:
     shift: Tensor
     mean: Tensor  # statistics xhat = (y - mean) * invstd is taken with
     invstd: Tensor
-    count: int  # values per channel behind the statistics
+    count: int | Tensor  # values per channel behind the statistics (a tensor when synced)
 
 
 def _split_units(tensors: tuple, n_units: int) -> list[tuple]:
@@ -102,8 +104,12 @@ def _unit_forward(ops: Backend, spec: UnitSpec, tensors: tuple, inp: Tensor,
         out_scale=None, out_shift=None, residual=None, res_scale=None, res_shift=None,
         out_relu=False, stats=n.batch_stats)
     count = y.shape[0] * y.shape[2] * y.shape[3]
+    finalize = ops.bn_finalize
+    if n.batch_stats and n.sync:
+        mean, m2, count = distributed.gather_stats(mean, m2, count, n.group)
+        finalize = reference.bn_finalize  # C values, and a device-side count: plain torch
     if n.batch_stats:
-        scale, shift, invstd = ops.bn_finalize(
+        scale, shift, invstd = finalize(
             mean=mean, m2=m2, count=count, weight=gamma, bias=beta,
             running_mean=running_mean if n.update else None,
             running_var=running_var if n.update else None,
@@ -221,9 +227,11 @@ class ResidualBlockFunction(torch.autograd.Function):
         grads: list = [None] * (k * n_units)
 
         def coeffs(i: int, sum_dz: Tensor, sum_dz_xhat: Tensor):
-            u = outs[i]
+            u, norm = outs[i], plan.units[i].norm
+            if norm.batch_stats and norm.sync:
+                sum_dz, sum_dz_xhat = distributed.all_reduce_sums(sum_dz, sum_dz_xhat, norm.group)
             return reference.bn_bwd_coeffs(sum_dz, sum_dz_xhat, u.count, u.scale, u.mean,
-                                           u.invstd, plan.units[i].norm.batch_stats)
+                                           u.invstd, norm.batch_stats)
 
         def set_grads(i: int, dw, sum_dz, sum_dz_xhat):
             dgamma, dbeta = _bn_grads(sum_dz, sum_dz_xhat, unit_tensors[i], unit_needs[i])

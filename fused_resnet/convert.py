@@ -15,7 +15,7 @@ from torch import nn
 from . import ops
 from .modules import FusedBasicBlock, FusedBottleneck, _FusedBlock, unfusable_reason
 
-_FUSED_ATTRS = ("backend", "_ops", "_ops_error")
+_FUSED_ATTRS = ("backend", "_ops", "_ops_error", "sync_bn")
 
 
 def _torchvision_blocks() -> dict[type, type]:
@@ -35,7 +35,9 @@ def _chain_of(block: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 def _retype(block: nn.Module, cls: type) -> nn.Module:
     """A ``cls`` instance sharing ``block``'s state (submodules, buffers, flags, hooks)."""
     twin = cls.__new__(cls)
-    twin.__dict__.update(block.__dict__)
+    # Own copies of the registries (_modules, _parameters, hooks...), same objects inside.
+    twin.__dict__.update({k: copy.copy(v) if isinstance(v, dict) else v
+                          for k, v in block.__dict__.items()})
     for attr in _FUSED_ATTRS:
         twin.__dict__.pop(attr, None)
     return twin
@@ -54,13 +56,20 @@ def _swap(model: nn.Module, decide) -> nn.Module:
     return model
 
 
-def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True) -> nn.Module:
+def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
+            sync_bn: bool = False, process_group=None) -> nn.Module:
     """Swap every torchvision ``Bottleneck`` / ``BasicBlock`` in ``model`` for its fused twin.
 
     Works on any model that holds torchvision blocks (classifiers, detection backbones).
     A block that cannot be fused (say, a non-standard shortcut or norm layer) stays as it
     was; all of them are listed in one warning. An explicitly named ``backend`` that
-    cannot serve the model's device and dtype raises here. Returns the converted model
+    cannot serve the model's device and dtype raises here.
+
+    ``sync_bn=True``: every BN normalises with the statistics of the whole
+    ``process_group`` (None: the default group) in training. Fused blocks do it
+    themselves (on any device; their BN modules keep their type); BatchNorms outside them
+    become ``nn.SyncBatchNorm`` (PyTorch's, which runs on GPUs only). Blocks whose BNs
+    already are ``nn.SyncBatchNorm`` sync without asking. Returns the converted model
     (``model`` itself when ``inplace``, else a converted deep copy).
     """
     if not inplace:
@@ -80,20 +89,51 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True) ->
             skipped.append(f"{name or '<root>'}: {reason}")
             return None
         fused = _retype(m, cls)
+        fused.sync_bn = (process_group,) if sync_bn else None
         fused.backend = backend
         fused._ops, fused._ops_error = None, None
         fused.resolve_backend(strict=backend != "auto")
         return fused
 
     model = _swap(model, decide)
+    if sync_bn:
+        model = _sync_other_batchnorms(model, process_group)
     if skipped:
         warnings.warn(f"fused_resnet.convert left {len(skipped)} block(s) unfused:\n  "
                       + "\n  ".join(skipped), stacklevel=2)
     return model
 
 
+def _sync_other_batchnorms(model: nn.Module, process_group) -> nn.Module:
+    """``nn.SyncBatchNorm`` for each BatchNorm that is not inside a fused block."""
+    def decide(name: str, m: nn.Module):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm):
+            return nn.SyncBatchNorm.convert_sync_batchnorm(m, process_group)
+        return None
+
+    root = decide("", model)
+    if root is not None:
+        return root
+    for parent in _modules_outside_fused_blocks(model):
+        for child_name, child in list(parent.named_children()):
+            new = decide(child_name, child)
+            if new is not None:
+                setattr(parent, child_name, new)
+    return model
+
+
+def _modules_outside_fused_blocks(model: nn.Module):
+    yield model
+    for child in model.children():
+        if not isinstance(child, _FusedBlock):
+            yield from _modules_outside_fused_blocks(child)
+
+
 def unconvert(model: nn.Module, *, inplace: bool = True) -> nn.Module:
-    """Give torchvision blocks back for every fused block in ``model`` (same state)."""
+    """Give torchvision blocks back for every fused block in ``model`` (same state).
+
+    A block converted with ``sync_bn=True`` comes back with ``nn.SyncBatchNorm`` layers.
+    """
     if not inplace:
         model = copy.deepcopy(model)
     back = {fused: tv for tv, fused in _torchvision_blocks().items()}
@@ -101,6 +141,11 @@ def unconvert(model: nn.Module, *, inplace: bool = True) -> nn.Module:
         raise ImportError("fused_resnet.unconvert needs torchvision")
 
     def decide(name: str, m: nn.Module):
-        return _retype(m, back[type(m)]) if isinstance(m, _FusedBlock) else None
+        if not isinstance(m, _FusedBlock):
+            return None
+        block = _retype(m, back[type(m)])
+        if m.sync_bn is not None:
+            block = nn.SyncBatchNorm.convert_sync_batchnorm(block, m.sync_bn[0])
+        return block
 
     return _swap(model, decide)

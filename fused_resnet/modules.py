@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .distributed import group_size
 from .blocks import (
     BlockPlan,
     ConvSpec,
@@ -63,9 +64,7 @@ def _conv_problem(conv: nn.Module, name: str) -> str | None:
 def _norm_problem(bn: nn.Module, name: str) -> str | None:
     if _is_frozen_bn(bn):
         return None
-    if isinstance(bn, nn.SyncBatchNorm):
-        return f"{name} is an nn.SyncBatchNorm (synchronised BN is not fused yet)"
-    if type(bn) is not nn.BatchNorm2d:
+    if type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm):
         return f"{name} is a {type(bn).__name__}, not an nn.BatchNorm2d or FrozenBatchNorm2d"
     return None
 
@@ -94,14 +93,20 @@ def unfusable_reason(block: nn.Module, chain: list[tuple[nn.Module, nn.Module]])
     return None
 
 
-def _unit_spec(conv: nn.Conv2d, bn: nn.Module) -> UnitSpec:
+def _unit_spec(conv: nn.Conv2d, bn: nn.Module, sync_group) -> UnitSpec:
+    """Static description of one conv->BN unit; ``sync_group`` is the block's sync setting."""
     c = ConvSpec(conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
     if _is_frozen_bn(bn):
         return UnitSpec(c, NormSpec(False, False, None, float(bn.eps)))
     has_running = bn.running_mean is not None
-    return UnitSpec(c, NormSpec(batch_stats=bn.training or not has_running,
-                                update=bn.training and has_running,
-                                momentum=bn.momentum, eps=float(bn.eps)))
+    batch_stats = bn.training or not has_running
+    if isinstance(bn, nn.SyncBatchNorm):
+        sync_group = (bn.process_group,)
+    # Synchronised BN syncs in training only, and only in a group of several ranks.
+    sync = sync_group is not None and bn.training and group_size(sync_group[0]) > 1
+    return UnitSpec(c, NormSpec(batch_stats=batch_stats, update=bn.training and has_running,
+                                momentum=bn.momentum, eps=float(bn.eps), sync=sync,
+                                group=sync_group[0] if sync else None))
 
 
 def _unit_tensors(conv: nn.Conv2d, bn: nn.Module) -> tuple:
@@ -129,6 +134,9 @@ class _FusedBlock(nn.Module):
     expansion: int
 
     def _init_backend(self, backend: str | None) -> None:
+        # (process_group,) when the block's BNs use the statistics of a whole process group
+        # (set by convert(sync_bn=True)); None for per-process statistics.
+        self.sync_bn: tuple | None = None
         self.backend = ops.default_backend() if backend in (None, "auto") else backend
         if self.backend != "auto":
             ops.get_backend(self.backend)  # unknown or not built: fail now, not in forward
@@ -219,7 +227,7 @@ class _FusedBlock(nn.Module):
         if self._ops is None:
             raise RuntimeError(f"{type(self).__name__}: {self._ops_error}")
         units = chain + _shortcut_units(self.downsample)
-        specs = [_unit_spec(c, b) for c, b in units]
+        specs = [_unit_spec(c, b, self.sync_bn) for c, b in units]
         plan = BlockPlan(tuple(specs[:len(chain)]), specs[len(chain)] if self.downsample else None,
                          self._ops)
         return units, plan

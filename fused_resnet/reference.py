@@ -120,7 +120,7 @@ def conv_fwd(
 def bn_finalize(
     mean: Tensor,
     m2: Tensor,
-    count: int,
+    count: int | Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
     running_mean: Tensor | None,
@@ -137,7 +137,7 @@ def bn_finalize(
     ``num_batches_tracked += 1``; the factor is ``momentum``, or ``1/num_batches_tracked``
     (read on the device) when ``momentum`` is None; ``running_var`` takes the unbiased
     variance ``m2/(count-1)``. Mutates ``running_mean``, ``running_var``,
-    ``num_batches_tracked`` in place.
+    ``num_batches_tracked`` in place. ``count`` may be a 0-d tensor (synchronised BN).
     """
     invstd = torch.rsqrt(m2 / count + eps)
     scale = invstd * weight.to(invstd.dtype) if weight is not None else invstd
@@ -153,7 +153,9 @@ def bn_finalize(
             factor = 1.0 / num_batches_tracked.to(mean.dtype)
         else:
             factor = momentum
-        unbiased = m2 / max(count - 1, 1)
+        # count is a device tensor when it was gathered across ranks (no host sync).
+        unbiased = m2 / ((count - 1).clamp(min=1) if isinstance(count, Tensor)
+                         else max(count - 1, 1))
         running_mean.copy_(running_mean + factor * (mean.to(running_mean.dtype) - running_mean))
         running_var.copy_(running_var + factor * (unbiased.to(running_var.dtype) - running_var))
     return scale, shift, invstd
@@ -216,7 +218,7 @@ def block_end_bwd(
 def bn_bwd_coeffs(
     sum_dz: Tensor,
     sum_dz_xhat: Tensor,
-    count: int,
+    count: int | Tensor,
     scale: Tensor,
     mean: Tensor,
     invstd: Tensor,
