@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from . import distributed, reference
-from .ops import Backend
+from .ops import Backend, get_backend
 
 Tensor = torch.Tensor
 # Per unit, the tensors handed to the autograd Function, in this order.
@@ -72,6 +72,29 @@ class BlockPlan:
     @property
     def fixed_stats(self) -> bool:
         return not any(u.norm.batch_stats for u in self.units)
+
+    def key(self) -> tuple:
+        """The plan as nested tuples of primitives: what a torch.fx graph can hold as an arg."""
+        if any(u.norm.sync for u in self.units):
+            raise RuntimeError("a fused block with synchronised BN cannot be traced by torch.fx")
+
+        def unit(u: UnitSpec) -> tuple:
+            c, n = u.conv, u.norm
+            return ((c.stride, c.padding, c.dilation, c.groups),
+                    (n.batch_stats, n.update, n.momentum, n.eps))
+
+        return (self.backend.name, tuple(unit(u) for u in self.chain),
+                unit(self.shortcut) if self.shortcut else None)
+
+    @staticmethod
+    def from_key(key: tuple) -> "BlockPlan":
+        name, chain, shortcut = key
+
+        def unit(t: tuple) -> UnitSpec:
+            return UnitSpec(ConvSpec(*t[0]), NormSpec(*t[1]))
+
+        return BlockPlan(tuple(unit(u) for u in chain), unit(shortcut) if shortcut else None,
+                         get_backend(name))
 
 
 @dataclass
@@ -177,6 +200,18 @@ def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
             h = conv(spec, t, h, fold=True, relu=True, residual=residual, res_scale=res_scale,
                      res_shift=res_shift)
     return h
+
+
+def run_block(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
+    """One block call: autograd Function when a gradient is wanted, else the lean paths."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(
+        t is not None and t.requires_grad for t in tensors))
+    if not grad:
+        # No autograd graph: nothing is saved; running stats still update in training.
+        if plan.fixed_stats:
+            return forward_inference(plan, x, tensors)
+        return forward_train(plan, x, tensors)[0]
+    return ResidualBlockFunction.apply(plan, x, *tensors)
 
 
 def _bn_grads(sum_dz: Tensor, sum_dz_xhat: Tensor, tensors: tuple, needs: tuple) -> tuple:

@@ -22,10 +22,8 @@ from .blocks import (
     ConvSpec,
     NormSpec,
     UNIT_TENSORS,
-    ResidualBlockFunction,
     UnitSpec,
-    forward_inference,
-    forward_train,
+    run_block,
 )
 
 Tensor = torch.Tensor
@@ -127,6 +125,28 @@ def _out_size(size: int, conv: nn.Conv2d) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+_NOT_SCRIPTABLE = (
+    "fused blocks run custom ops inside an autograd Function, which TorchScript "
+    "(torch.jit.script / torch.jit.trace) and the TorchScript-based ONNX exporter cannot "
+    "capture. Call fused_resnet.unconvert(model) first to get torchvision blocks back, or "
+    "use torch.compile / torch.export, which work on fused blocks.")
+
+
+def _fx_symbolic_tracing() -> bool:
+    """True under torch.fx symbolic tracing (not under torch.compile / torch.export)."""
+    from torch.fx import _symbolic_trace as st
+
+    if hasattr(st, "is_fx_symbolic_tracing"):  # newer torch; older: is_fx_tracing alone
+        return st.is_fx_symbolic_tracing()
+    return st.is_fx_tracing() and not torch.compiler.is_compiling()
+
+
+@torch.fx.wrap
+def fused_block(x: Tensor, plan_key: tuple, *tensors: Tensor | None) -> Tensor:
+    """A fused block call as one node of a torch.fx graph (see ``_FusedBlock.forward``)."""
+    return run_block(BlockPlan.from_key(plan_key), x, tensors)
+
+
 # ----------------------------------------------------------------------------- blocks
 class _FusedBlock(nn.Module):
     """Shared machinery: backend choice, input checks and the fused forward."""
@@ -179,6 +199,10 @@ class _FusedBlock(nn.Module):
         if "_ops" in self.__dict__:
             self.resolve_backend(strict=self.backend != "auto")
         return module
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling it.
+        raise RuntimeError(f"{type(self).__name__}: {_NOT_SCRIPTABLE}")
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}, in_use={self.backend_in_use!r}"
@@ -233,8 +257,16 @@ class _FusedBlock(nn.Module):
         return units, plan
 
     def forward(self, x: Tensor) -> Tensor:
+        if _fx_symbolic_tracing():
+            # Symbolic tracing (torch.fx, feature extraction) sees no values: the block
+            # becomes one opaque node, checked and run when the traced graph runs.
+            units, plan = self._plan()
+            return fused_block(x, plan.key(), *[t for c, b in units for t in _unit_tensors(c, b)])
         if not isinstance(x, Tensor):
             raise TypeError(f"{type(self).__name__} expects a Tensor, got {type(x).__name__}")
+        if not torch.compiler.is_compiling() and (torch.jit.is_tracing()
+                                                  or torch.onnx.is_in_onnx_export()):
+            raise RuntimeError(f"{type(self).__name__}: {_NOT_SCRIPTABLE}")
         autocast = _autocast_dtype(x)
         self._check_input(x, autocast is not None)
         units, plan = self._plan()
@@ -249,19 +281,10 @@ class _FusedBlock(nn.Module):
             inp = x.to(autocast)
             for i in range(0, len(tensors), len(UNIT_TENSORS)):
                 tensors[i] = tensors[i].to(autocast)
+        if autocast is None:
+            return run_block(plan, inp, tuple(tensors))
         with torch.autocast(x.device.type, enabled=False):
-            return self._fused_forward(plan, inp, tuple(tensors))
-
-    @staticmethod
-    def _fused_forward(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
-        grad = torch.is_grad_enabled() and (x.requires_grad or any(
-            t is not None and t.requires_grad for t in tensors))
-        if not grad:
-            # No autograd graph: nothing is saved; running stats still update in training.
-            if plan.fixed_stats:
-                return forward_inference(plan, x, tensors)
-            return forward_train(plan, x, tensors)[0]
-        return ResidualBlockFunction.apply(plan, x, *tensors)
+            return run_block(plan, inp, tuple(tensors))
 
     def _eager_forward(self, x: Tensor) -> Tensor:
         """torchvision's forward through the submodules (used for empty batches, N == 0)."""
