@@ -7,13 +7,17 @@ EXT_STAMP := build/.ext-stamp
 CSRC := $(shell find csrc -type f) setup.py pyproject.toml
 MAX_JOBS ?= $(shell nproc)
 
-.PHONY: test bench setup build clean
+.PHONY: test bench bench-quick setup build clean
 
 test: setup
 	$(PY) -m pytest tests
 
 bench: setup
 	$(PY) benchmarks/bench_blocks.py
+
+# A few cases, short timings (under 5 minutes on CPU here, under 3 on a GPU).
+bench-quick: setup
+	$(PY) benchmarks/bench_blocks.py --quick --json build/bench_quick.json
 
 setup: $(DEPS_STAMP) $(EXT_STAMP)
 

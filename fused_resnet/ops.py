@@ -10,7 +10,8 @@ functions of the same names in :mod:`fused_resnet.reference`:
 * ``cpp`` / ``cuda`` — ``torch.ops.fused_resnet.*`` from the C++ extension ``_C``;
   the dispatcher picks the CPU or CUDA kernel by device, so the two names differ only
   in which device they serve. Schemas live in ``csrc/ops.cpp``.
-* ``triton`` — ``torch.ops.fused_resnet.*_triton`` (not built yet).
+* ``triton`` — ``torch.ops.fused_resnet.*_triton`` from :mod:`fused_resnet.triton`
+  (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``, for tests).
 
 Backends are chosen per block in Python when a module is built, converted or moved,
 never inside a forward.
@@ -33,7 +34,8 @@ OP_NAMES = ("conv_fwd", "bn_finalize", "block_end", "block_end_bwd", "conv_bwd_d
             "conv_bwd_weight")
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Preference when several backends serve a device: fastest first, reference last.
+# Preference when several backends serve a device: fastest first, reference last. (On
+# the CPU, Triton serves only in the interpreter, a test vehicle: never chosen by auto.)
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
 
 
@@ -170,7 +172,7 @@ def _not_built(name: str) -> str | None:
     if name == "reference":
         return None
     if name == "triton":
-        return "the Triton kernels are not implemented yet"
+        return _triton_problem()
     if _EXTENSION_ERROR is not None:
         return _EXTENSION_ERROR
     key = {"cpp": "CPU", "cuda": "CUDA"}[name]
@@ -178,6 +180,20 @@ def _not_built(name: str) -> str | None:
     if missing:
         return f"fused_resnet._C was built without {key} kernels for {', '.join(missing)}"
     return None
+
+
+def _triton_problem() -> str | None:
+    """Why the Triton ops cannot run here (importing them registers them), or None."""
+    from . import triton as triton_backend
+
+    return triton_backend.available()
+
+
+def _triton_device_type() -> str:
+    """Triton kernels run on CUDA tensors, or on CPU tensors in the interpreter."""
+    from . import triton as triton_backend
+
+    return "cpu" if triton_backend.interpreting() else "cuda"
 
 
 _DEVICE_TYPE = {"cpp": "cpu", "cuda": "cuda", "triton": "cuda"}
@@ -191,11 +207,13 @@ def cannot_serve(name: str, device: torch.device | str, dtype: torch.dtype) -> s
         return missing
     if dtype not in SUPPORTED_DTYPES:
         return f"dtype {dtype} is not supported (use one of {SUPPORTED_DTYPES})"
-    want = _DEVICE_TYPE.get(name)
+    want = _triton_device_type() if name == "triton" else _DEVICE_TYPE.get(name)
     if want is not None and device.type != want:
         return f"backend {name!r} runs on {want} tensors, not on {device.type}"
-    if name == "cuda" and dtype == torch.float64:
-        return "backend 'cuda' has no float64 kernels"
+    if name in ("cuda", "triton") and dtype == torch.float64:
+        return f"backend {name!r} has no float64 kernels"
+    if name == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        return "the Triton interpreter cannot run bfloat16"
     return None
 
 
@@ -207,8 +225,9 @@ def backend_status(device: torch.device | str = "cpu",
 
 def available_backends(device: torch.device | str = "cpu",
                        dtype: torch.dtype = torch.float32) -> list[str]:
-    """The backends that can run blocks on ``device`` in ``dtype``, fastest first."""
+    """The backends that can run blocks on ``device`` in ``dtype``; ``auto``'s choices first."""
     order = _AUTO_ORDER.get(torch.device(device).type, ("reference",))
+    order += tuple(n for n in BACKENDS if n not in order)
     return [n for n in order if cannot_serve(n, device, dtype) is None]
 
 
@@ -223,7 +242,8 @@ def default_backend() -> str:
 def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> Backend:
     """The backend a block on ``device``/``dtype`` runs: ``auto`` takes the fastest that serves."""
     if name == "auto":
-        choices = available_backends(device, dtype)
+        order = _AUTO_ORDER.get(torch.device(device).type, ("reference",))
+        choices = [n for n in available_backends(device, dtype) if n in order]
         if not choices:
             raise TypeError(cannot_serve("reference", device, dtype))
         return get_backend(choices[0])

@@ -306,7 +306,7 @@ def conv_bwd_weight(
 
     The input activation is rebuilt from ``x`` by the forward prologue, the output
     gradient from ``dz`` by the BN-backward map ``a*dz + b*y + c``. Returns ``dw`` in
-    ``weight``'s dtype (``weight`` gives only shape and dtype).
+    ``weight``'s dtype and memory format (``weight`` gives only shape, dtype and format).
     """
     act = x
     if in_scale is not None:
@@ -320,4 +320,4 @@ def conv_bwd_weight(
     acc_dtype = a.dtype
     dw = conv2d_weight(act.to(acc_dtype), list(weight.shape), dy.to(acc_dtype), stride, padding,
                        dilation, groups)
-    return dw.to(weight.dtype)
+    return dw.to(weight.dtype).contiguous(memory_format=memory_format(weight))

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 
+import os
 import zlib
 
 import pytest
 import torch
+
+# Without a GPU, the Triton kernels run on CPU tensors in Triton's interpreter; the flag
+# must be set before anything imports triton (torchvision does, via fused_resnet).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from torch import nn
 
 import fused_resnet
@@ -18,7 +24,10 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3,
 TF32_TOLERANCE = 5e-3
 
 HAS_CUDA = torch.cuda.is_available()
+# Backends that run blocks on CPU tensors here: the Triton interpreter is slow, so it is
+# exercised by its own op tests and a few small block tests (TRITON_BLOCK_BACKENDS).
 CPU_BACKENDS = [b for b in ("reference", "cpp") if ops.cannot_serve(b, "cpu", torch.float32) is None]
+TRITON_BLOCK_BACKENDS = [b for b in ("triton",) if ops.cannot_serve(b, "cpu", torch.float32) is None]
 
 
 def pytest_configure(config):

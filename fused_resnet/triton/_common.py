@@ -13,6 +13,18 @@ import triton.language as tl
 # launchers must agree with the flag as it was when this package was imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
+
+def interpreter_problem() -> str | None:
+    """Why interpreted kernels cannot run, or None. Triton's own library (tl.zeros,
+    tl.sum, ...) is decorated when triton is first imported: if that happened before
+    TRITON_INTERPRET=1 was set, every interpreted kernel fails."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if INTERPRET and not isinstance(tl.zeros, InterpretedFunction):
+        return ("TRITON_INTERPRET=1 was set after triton was imported (e.g. by torchvision); "
+                "set it in the environment, or before anything imports triton")
+    return None
+
 DATA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -28,8 +40,10 @@ def column_sum_kernel(part_ptr, out_ptr, rows, cols, BLOCK_C: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = offs < cols
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r in range(rows):
-        acc += tl.load(part_ptr + r * cols + offs, mask=mask, other=0.0)
+    row = offs  # int64: advanced by cols per row
+    for _ in range(rows):
+        acc += tl.load(part_ptr + row, mask=mask, other=0.0)
+        row += cols
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -16,6 +16,7 @@ write per-tile partials that a second kernel merges in a fixed order: determinis
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -68,7 +69,7 @@ def _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
 @triton.jit
 def conv_fwd_kernel(
     x_ptr, w_ptr, y_ptr, in_scale_ptr, in_shift_ptr, out_scale_ptr, out_shift_ptr,
-    res_ptr, res_scale_ptr, res_shift_ptr, part_mean_ptr, part_m2_ptr,
+    res_ptr, res_scale_ptr, res_shift_ptr, part_pivot_ptr, part_mean_ptr, part_m2_ptr,
     N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_IN_AFFINE: tl.constexpr, IN_RELU: tl.constexpr, HAS_OUT_AFFINE: tl.constexpr,
@@ -91,28 +92,36 @@ def conv_fwd_kernel(
     k_total = KH * KW * C_in
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for r in range(KH):
+    # One flat loop over (tap, channel block): the software pipeliner only overlaps the
+    # loads of a single innermost loop.
+    c_blocks = tl.cdiv(C_in, BLOCK_K)
+    for kk in range(0, KH * KW * c_blocks):
+        tap = kk // c_blocks
+        r = tap // KW
+        s = tap - r * KW
+        offs_k = (kk - tap * c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < C_in
         h_in = h_o * stride - padding + r * dilation
-        h_ok = m_mask & (h_in >= 0) & (h_in < H)
-        for s in range(KW):
-            w_in = w_o * stride - padding + s * dilation
-            row_ok = h_ok & (w_in >= 0) & (w_in < W)
-            rows = ((img * H + h_in) * W + w_in) * C_in
-            w_tap = w_ptr + (r * KW + s) * C_in
-            for c0 in range(0, C_in, BLOCK_K):
-                offs_k = c0 + tl.arange(0, BLOCK_K)
-                k_mask = offs_k < C_in
-                a = _load_activation(x_ptr, rows, row_ok, offs_k, k_mask, in_scale_ptr,
-                                     in_shift_ptr, HAS_IN_AFFINE, IN_RELU)
-                b = tl.load(w_tap + offs_n[None, :].to(tl.int64) * k_total + offs_k[:, None],
-                            mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        w_in = w_o * stride - padding + s * dilation
+        row_ok = m_mask & (h_in >= 0) & (h_in < H) & (w_in >= 0) & (w_in < W)
+        rows = ((img * H + h_in) * W + w_in) * C_in
+        a = _load_activation(x_ptr, rows, row_ok, offs_k, k_mask, in_scale_ptr, in_shift_ptr,
+                             HAS_IN_AFFINE, IN_RELU)
+        b = tl.load(w_ptr + offs_n[None, :] * k_total + (tap * C_in + offs_k)[:, None],
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
-    if STATS:  # per-tile (mean, M2) of the raw accumulator; merged by merge_stats_kernel
+    if STATS:
+        # Per-tile (pivot, mean - pivot, M2) of the raw accumulator, the pivot being the
+        # tile's first row: when |mean| >> std, tile means stored as plain fp32 would lose
+        # the digits that Chan's merge (merge_stats_kernel) needs.
         count = tl.minimum(M - pid_m.to(tl.int64) * BLOCK_M, BLOCK_M).to(tl.float32)
-        tile_mean = tl.sum(tl.where(m_mask[:, None], acc, 0.0), axis=0) / count
-        dev = tl.where(m_mask[:, None], acc - tile_mean[None, :], 0.0)
+        pivot = tl.sum(tl.where((tl.arange(0, BLOCK_M) == 0)[:, None], acc, 0.0), axis=0)
+        shifted = tl.where(m_mask[:, None], acc - pivot[None, :], 0.0)
+        tile_mean = tl.sum(shifted, axis=0) / count
+        dev = tl.where(m_mask[:, None], shifted - tile_mean[None, :], 0.0)
         part = pid_m.to(tl.int64) * C_out + offs_n
+        tl.store(part_pivot_ptr + part, pivot, mask=n_mask)
         tl.store(part_mean_ptr + part, tile_mean, mask=n_mask)
         tl.store(part_m2_ptr + part, tl.sum(dev * dev, axis=0), mask=n_mask)
 
@@ -134,25 +143,30 @@ def conv_fwd_kernel(
 
 
 @triton.jit
-def merge_stats_kernel(part_mean_ptr, part_m2_ptr, mean_ptr, m2_ptr, tiles, rows, C,
-                       ROWS_PER_TILE: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Chan's parallel merge of per-tile (count, mean, M2), tiles in order."""
+def merge_stats_kernel(part_pivot_ptr, part_mean_ptr, part_m2_ptr, mean_ptr, m2_ptr, tiles,
+                       rows, C, ROWS_PER_TILE: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Chan's parallel merge of per-tile (count, mean, M2), tiles in order. Means are
+    kept relative to tile 0's pivot (pivot differences are exact or tiny), so the merge
+    works on numbers of the size of the spread, not of the mean."""
     offs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = offs < C
+    part = offs.to(tl.int64)  # advanced by C per tile: 64-bit pointer arithmetic
+    base = tl.load(part_pivot_ptr + part, mask=mask, other=0.0)
     n_a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)  # relative to base
     m2_a = tl.zeros([BLOCK_C], dtype=tl.float32)
     for t in range(tiles):
         n_b = tl.minimum(rows - t * ROWS_PER_TILE, ROWS_PER_TILE).to(tl.float32)
-        part = t.to(tl.int64) * C + offs
-        mean_b = tl.load(part_mean_ptr + part, mask=mask, other=0.0)
+        pivot_b = tl.load(part_pivot_ptr + part, mask=mask, other=0.0)
+        mean_b = (pivot_b - base) + tl.load(part_mean_ptr + part, mask=mask, other=0.0)
         m2_b = tl.load(part_m2_ptr + part, mask=mask, other=0.0)
         n = n_a + n_b
         delta = mean_b - mean_a
         mean_a = mean_a + delta * (n_b / n)
         m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
         n_a = n
-    tl.store(mean_ptr + offs, mean_a, mask=mask)
+        part += C
+    tl.store(mean_ptr + offs, base + mean_a, mask=mask)
     tl.store(m2_ptr + offs, m2_a, mask=mask)
 
 
@@ -181,29 +195,29 @@ def conv_dgrad_kernel(
     img = offs_m // (W * H)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for r in range(KH):
-        # The output row this tap reads: (h_i + padding - r*dilation) / stride, when exact.
+    k_blocks = tl.cdiv(C_out, BLOCK_K)
+    for kk in range(0, KH * KW * k_blocks):  # flat (tap, C_out block) loop, see conv_fwd
+        tap = kk // k_blocks
+        r = tap // KW
+        s = tap - r * KW
+        offs_k = (kk - tap * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < C_out
+        # The output pixel this tap reads: (h_i + padding - r*dilation) / stride, when
+        # exact and in range; % and // only see non-negative numbers (C vs floor rules).
         h_num = h_i + padding - r * dilation
-        h_num = tl.where(h_num >= 0, h_num, 0)  # keep % and // away from negatives
-        h_o = h_num // stride
-        h_ok = m_mask & (h_i + padding - r * dilation >= 0) & (h_num % stride == 0) \
-            & (h_o < H_out)
-        for s in range(KW):
-            w_num = w_i + padding - s * dilation
-            w_num = tl.where(w_num >= 0, w_num, 0)
-            w_o = w_num // stride
-            row_ok = h_ok & (w_i + padding - s * dilation >= 0) & (w_num % stride == 0) \
-                & (w_o < W_out)
-            rows = ((img * H_out + h_o) * W_out + w_o) * C_out
-            w_tap = w_ptr + ((r * KW + s) * C_out).to(tl.int64) * C_in
-            for k0 in range(0, C_out, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                k_mask = offs_k < C_out
-                dy = _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr,
-                                       b_ptr, c_ptr)
-                wt = tl.load(w_tap + offs_k[:, None].to(tl.int64) * C_in + offs_n[None, :],
-                             mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-                acc = tl.dot(dy, wt, acc, input_precision=DOT_PRECISION)
+        w_num = w_i + padding - s * dilation
+        h_pos = tl.where(h_num >= 0, h_num, 0)
+        w_pos = tl.where(w_num >= 0, w_num, 0)
+        h_o = h_pos // stride
+        w_o = w_pos // stride
+        row_ok = m_mask & (h_num >= 0) & (w_num >= 0) & (h_pos % stride == 0) \
+            & (w_pos % stride == 0) & (h_o < H_out) & (w_o < W_out)
+        rows = ((img * H_out + h_o) * W_out + w_o) * C_out
+        dy = _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
+                               c_ptr)
+        wt = tl.load(w_ptr + (tap * C_out + offs_k)[:, None] * C_in + offs_n[None, :],
+                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(dy, wt, acc, input_precision=DOT_PRECISION)
 
     out_offs = offs_m[:, None] * C_in + offs_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
@@ -307,7 +321,7 @@ def _plan(kind: str, ref: Tensor, c_in: int, c_out: int, k: int, stride: int, ro
 
 
 def _autotune_enabled() -> bool:
-    import os
+    """FUSED_RESNET_TRITON_AUTOTUNE=0: untabled shapes take configs.DEFAULT instead."""
     return os.environ.get("FUSED_RESNET_TRITON_AUTOTUNE", "1") != "0"
 
 
@@ -335,30 +349,32 @@ def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int
     res = nhwc(residual) if residual is not None else y
     kernel, block_m, _, meta = _plan("fwd", x, c_in, c_out, kh, stride, rows)
     tiles = triton.cdiv(rows, block_m)
-    n_part = tiles if stats else 1
-    part_mean = torch.empty((n_part, c_out), dtype=torch.float32, device=x.device)
-    part_m2 = torch.empty_like(part_mean)
+    part = torch.empty((3, tiles if stats else 1, c_out), dtype=torch.float32, device=x.device)
     with device_guard(x):
         kernel[_grid_mn(rows, block_m, c_out)](
             xc, wt, y, vec(in_scale, x), vec(in_shift, x), vec(out_scale, x),
-            vec(out_shift, x), res, vec(res_scale, x), vec(res_shift, x), part_mean, part_m2,
-            n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+            vec(out_shift, x), res, vec(res_scale, x), vec(res_shift, x), part[0], part[1],
+            part[2], n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
             KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
             HAS_OUT_AFFINE=out_scale is not None, HAS_RES=residual is not None,
             HAS_RES_AFFINE=res_scale is not None, OUT_RELU=out_relu, STATS=stats,
             DOT_PRECISION=dot_precision(x.dtype), **meta)
-        mean, m2 = _merge_stats(part_mean, part_m2, rows, block_m) if stats else (
-            x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32))
+        if stats:
+            mean, m2 = _merge_stats(part, rows, block_m)
+        else:
+            mean, m2 = (x.new_empty(0, dtype=torch.float32) for _ in range(2))
     return _like(y, x), mean, m2
 
 
-def _merge_stats(part_mean: Tensor, part_m2: Tensor, rows: int, block_m: int):
-    tiles, c = part_mean.shape
-    mean = torch.empty(c, dtype=torch.float32, device=part_mean.device)
+def _merge_stats(part: Tensor, rows: int, block_m: int) -> tuple[Tensor, Tensor]:
+    """Merge the per-tile (pivot, mean, M2) buffer ``part[3, tiles, C]``."""
+    _, tiles, c = part.shape
+    mean = torch.empty(c, dtype=torch.float32, device=part.device)
     m2 = torch.empty_like(mean)
     block_c = 32 if INTERPRET else 128
     launcher(merge_stats_kernel)[(triton.cdiv(c, block_c),)](
-        part_mean, part_m2, mean, m2, tiles, rows, c, ROWS_PER_TILE=block_m, BLOCK_C=block_c)
+        part[0], part[1], part[2], mean, m2, tiles, rows, c, ROWS_PER_TILE=block_m,
+        BLOCK_C=block_c)
     return mean, m2
 
 
@@ -398,8 +414,8 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
             DOT_PRECISION=dot_precision(dz.dtype), **meta)
         if has_prev:
             sum_dx, sum_dx_xhat = column_sum(part_sum), column_sum(part_sum_xhat)
-        else:
-            sum_dx = sum_dx_xhat = dz.new_empty(0, dtype=torch.float32)
+        else:  # two distinct tensors: op outputs must not alias each other
+            sum_dx, sum_dx_xhat = (dz.new_empty(0, dtype=torch.float32) for _ in range(2))
     return _like(dx, dz), sum_dx, sum_dx_xhat
 
 
@@ -408,6 +424,9 @@ def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
                     stride: int, padding: int, dilation: int, groups: int) -> Tensor:
     """See :func:`fused_resnet.reference.conv_bwd_weight`."""
     check_data("conv_bwd_weight", x, groups)
+    if dz.dtype != x.dtype:  # both feed one tl.dot
+        raise NotImplementedError(f"fused_resnet triton conv_bwd_weight: x is {x.dtype} but "
+                                  f"dz is {dz.dtype}")
     n, c_in, h, w = x.shape
     _, c_out, h_out, w_out = dz.shape
     kh, kw = weight.shape[2], weight.shape[3]

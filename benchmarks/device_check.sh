@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# One prepared check on the GPU machine (DESIGN.md §6): build, GPU tests, quick benchmark.
+#
+#   FUSED_RESNET_COMMIT=$(git rev-parse HEAD) OUT=/some/dir bash benchmarks/device_check.sh
+#
+# Run from the repository root. Everything goes to $OUT; $OUT/summary.txt lists each step
+# with its exit code. The script watches its own clock and stops within
+# DEVICE_CHECK_LIMIT_S seconds (default 360): a step that would not fit is skipped, each
+# step runs under `timeout`, and no step's failure aborts the others.
+set -u
+
+OUT=${OUT:-$PWD/device_check_out}
+PY=${PYTHON:-python3}
+LIMIT=${DEVICE_CHECK_LIMIT_S:-360}
+DTYPE=${BENCH_DTYPE:-bf16}
+BATCH=${BENCH_BATCH:-128}
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+SECONDS=0
+export PYTHONUNBUFFERED=1  # logs stay complete when a step is killed
+
+log() { echo "[device_check ${SECONDS}s] $*" | tee -a "$OUT/device_check.log"; }
+left() { echo $((LIMIT - SECONDS)); }
+min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+
+# record NAME RC START: one line per step in the summary.
+record() {
+  local name=$1 rc=$2 start=$3 what
+  case $rc in
+    0) what=passed ;;
+    124|137) what="timed out" ;;
+    skip) what=skipped ;;
+    *) what=failed ;;
+  esac
+  printf '%-14s %-10s rc=%-4s %4ss\n' "$name" "$what" "$rc" $((SECONDS - start)) >> "$SUMMARY"
+  log "$name: $what (rc=$rc)"
+}
+
+# run_step NAME NEED_S WANT_S LOG CMD...: runs CMD under timeout min(WANT_S, time left - 10)
+# unless fewer than NEED_S seconds are left.
+run_step() {
+  local name=$1 need=$2 want=$3 logf=$4 start=$SECONDS t rc
+  shift 4
+  t=$(min "$want" $(( $(left) - 10 )))
+  if [ "$t" -lt "$need" ]; then
+    echo "skipped: ${t}s left for it, needs ${need}s" > "$logf"
+    record "$name" skip "$start"
+    return
+  fi
+  log "$name (timeout ${t}s): $*"
+  timeout -k 15 "$t" "$@" > "$logf" 2>&1
+  rc=$?
+  record "$name" "$rc" "$start"
+  return $rc
+}
+
+card_name() {
+  nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 \
+    | grep -oE 'H100|H200|A100|B200|L40S|L4|A10G' | head -1
+}
+
+# ---------------------------------------------------------------------------- 1. versions
+start=$SECONDS
+{
+  echo "commit: ${FUSED_RESNET_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+  date -u +%FT%TZ
+  "$PY" --version
+  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"device", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'
+  "$PY" -c 'import triton; print("triton", triton.__version__)'
+  command -v nvcc && nvcc --version | tail -2
+  nproc
+  timeout 30 nvidia-smi
+} > "$OUT/versions.txt" 2>&1
+record versions 0 "$start"  # informational: a missing tool is in the file
+
+# ---------------------------------------------------------------------------- 2. build
+# The pip editable build is preferred; setup.py build_ext --inplace is the fallback.
+export MAX_JOBS=16 FUSED_RESNET_CUDA_ARCHS=9.0
+run_step build 60 $(min 200 $(( $(left) - 130 ))) "$OUT/build.log" \
+  "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
+if [ $? -ne 0 ] && ! grep -q '^skipped' "$OUT/build.log"; then
+  mv "$OUT/build.log" "$OUT/build_pip.log"
+  run_step build_inplace 60 $(min 200 $(( $(left) - 130 ))) "$OUT/build.log" \
+    "$PY" setup.py build_ext --inplace
+fi
+start=$SECONDS
+timeout 120 "$PY" -c 'import torch, fused_resnet as f
+for d in (torch.bfloat16, torch.float16, torch.float32):
+    print(d, f.backend_status("cuda", d))' > "$OUT/backends.txt" 2>&1
+record backends $? "$start"
+
+# ---------------------------------------------------------------------------- 3. GPU tests
+run_step gpu_tests 30 $(min 90 $(( $(left) - 110 ))) "$OUT/pytest_gpu.log" \
+  "$PY" -m pytest -m gpu tests -x -q -rs -p no:cacheprovider
+rc=$?
+[ $rc -eq 5 ] && echo "gpu_tests: no test collected (pytest rc 5)" >> "$SUMMARY"
+
+# ---------------------------------------------------------------------------- 4. benchmark
+# The benchmark stops starting rows at --budget-s and writes its outputs on SIGTERM too.
+name="$(date -u +%F)_$(card_name || true)_${DTYPE}_b${BATCH}"
+name=${name/__/_}
+bench_t=$(( $(left) - 10 ))
+run_step bench 60 "$bench_t" "$OUT/bench.log" \
+  "$PY" benchmarks/bench_blocks.py --quick --dtype "$DTYPE" --batch "$BATCH" \
+  --budget-s $(( bench_t - 50 )) --json "$OUT/$name.json" --csv "$OUT/$name.csv" \
+  --plot "$OUT/$name.png"
+
+# ---------------------------------------------------------------------------- 5. summary
+{
+  echo
+  echo "total ${SECONDS}s of ${LIMIT}s; outputs in $OUT:"
+  ls -1 "$OUT"
+  echo
+  echo "--- gpu tests"
+  tail -n 3 "$OUT/pytest_gpu.log" 2>/dev/null
+  echo "--- backends"
+  cat "$OUT/backends.txt" 2>/dev/null
+  echo "--- benchmark (16-block ResNet-50 ms, network img/s)"
+  sed -n '/^ResNet-50, 16 bottlenecks/,$p' "$OUT/bench.log" 2>/dev/null
+  grep -E '^\[.*(failed|skipped)' "$OUT/bench.log" 2>/dev/null | head -40
+} >> "$SUMMARY"
+cat "$SUMMARY"
+exit 0

@@ -1,0 +1,52 @@
+// Elementwise fusion math (prologue, epilogue, ReLU and its backward, BN-backward map).
+// T is the statistics/accumulate type (float or double); callers convert data to T.
+#pragma once
+
+#include "common/macros.h"
+
+namespace fr {
+
+// ReLU as torch.relu: NaN propagates (fmaxf(NaN, 0) would return 0).
+template <class T>
+FR_HOST_DEVICE T relu(T v) {
+  return (v > T(0) || v != v) ? v : T(0);
+}
+
+// ReLU backward as torch's threshold_backward: zero where pre <= 0; a NaN pre-activation
+// compares false, so its gradient passes.
+template <class T, class G>
+FR_HOST_DEVICE G relu_bwd(G grad, T pre) {
+  return pre <= T(0) ? G(0) : grad;
+}
+
+// reference._affine: v*scale[c] + shift[c], or v itself when there is no scale.
+template <class T>
+FR_HOST_DEVICE T maybe_affine(T v, const T* scale, const T* shift, int64_t c) {
+  return scale ? v * scale[c] + shift[c] : v;
+}
+
+// Conv prologue: [relu](x*scale + shift). The caller rounds the result to the data dtype
+// (the activation that feeds the GEMM is stored in the data dtype).
+template <class T>
+FR_HOST_DEVICE T prologue(T x, const T* scale, const T* shift, bool do_relu, int64_t c) {
+  T a = maybe_affine(x, scale, shift, c);
+  return do_relu ? relu(a) : a;
+}
+
+// Conv / block-end epilogue: [relu](v*scale + shift + [res*res_scale + res_shift]).
+// `res` is ignored unless has_res.
+template <class T>
+FR_HOST_DEVICE T epilogue(T v, const T* scale, const T* shift, bool has_res, T res,
+                          const T* res_scale, const T* res_shift, bool do_relu, int64_t c) {
+  T out = maybe_affine(v, scale, shift, c);
+  if (has_res) out = out + maybe_affine(res, res_scale, res_shift, c);
+  return do_relu ? relu(out) : out;
+}
+
+// BN backward as a per-channel affine map of the raw conv output y: dy = a*dz + b*y + c.
+template <class T>
+FR_HOST_DEVICE T bn_bwd_apply(T dz, T y, T a, T b, T c) {
+  return dz * a + y * b + c;
+}
+
+}  // namespace fr

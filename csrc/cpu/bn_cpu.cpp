@@ -1,0 +1,152 @@
+// CPU kernels of bn_finalize, block_end, block_end_bwd (fused loops over csrc/common math).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "common/bn.h"
+#include "common/fusion.h"
+#include "cpu/cpu_utils.h"
+#include "op_utils.h"
+
+namespace fr::cpu {
+namespace {
+
+std::tuple<Tensor, Tensor, Tensor> bn_finalize(
+    const Tensor& mean_in, const Tensor& m2_in, int64_t count, const OptTensor& weight,
+    const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,
+    const OptTensor& num_batches_tracked, std::optional<double> momentum, double eps,
+    bool update_running_stats) {
+  check_bn_finalize(mean_in, m2_in, count, weight, bias, running_mean, running_var,
+                    num_batches_tracked, momentum, update_running_stats);
+  const auto sd = mean_in.scalar_type();
+  const Tensor mean = mean_in.contiguous(), m2 = m2_in.contiguous();
+  const OptTensor w = working_copy(weight, sd), b = working_copy(bias, sd);
+  Tensor scale = at::empty_like(mean), shift = at::empty_like(mean), invstd = at::empty_like(mean);
+  Tensor rm, rv;
+  int64_t nbt = 0;
+  if (update_running_stats) {
+    rm = working_copy(*running_mean, sd);
+    rv = working_copy(*running_var, sd);
+    if (num_batches_tracked) {
+      num_batches_tracked->add_(1);
+      nbt = num_batches_tracked->item<int64_t>();
+    }
+  }
+  const int64_t C = mean.numel();
+  AT_DISPATCH_FLOATING_TYPES(sd, "bn_finalize_cpu", [&] {
+    using T = scalar_t;
+    const T* mp = mean.const_data_ptr<T>();
+    const T* vp = m2.const_data_ptr<T>();
+    const T* wp = opt_ptr<T>(w);
+    const T* bp = opt_ptr<T>(b);
+    T* sp = scale.data_ptr<T>();
+    T* hp = shift.data_ptr<T>();
+    T* ip = invstd.data_ptr<T>();
+    const T factor = bn_momentum_factor<T>(momentum.has_value(), T(momentum.value_or(0.0)), nbt);
+    for (int64_t c = 0; c < C; ++c) {
+      ip[c] = bn_invstd<T>(vp[c], T(count), T(eps));
+      bn_scale_shift<T>(mp[c], ip[c], wp, bp, c, &sp[c], &hp[c]);
+      if (update_running_stats) {
+        T* rmp = rm.data_ptr<T>();
+        T* rvp = rv.data_ptr<T>();
+        rmp[c] = bn_running_update<T>(rmp[c], mp[c], factor);
+        rvp[c] = bn_running_update<T>(rvp[c], bn_unbiased_var<T>(vp[c], count), factor);
+      }
+    }
+  });
+  if (update_running_stats) {
+    copy_back(*running_mean, rm);
+    copy_back(*running_var, rv);
+  }
+  return {scale, shift, invstd};
+}
+
+Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift_in,
+                 const Tensor& residual_in, const OptTensor& res_scale_in,
+                 const OptTensor& res_shift_in) {
+  check_block_end(y_in, scale_in, shift_in, residual_in, res_scale_in, res_shift_in);
+  const auto fmt = memory_format(y_in);
+  const Tensor y = y_in.contiguous(fmt), res = residual_in.contiguous(fmt);
+  const Tensor scale = scale_in.contiguous(), shift = shift_in.contiguous();
+  const OptTensor rs = contiguous(res_scale_in), rb = contiguous(res_shift_in);
+  Tensor out = at::empty(y.sizes(), y.options().memory_format(fmt));
+  const Layout L = layout_of(y.sizes(), fmt);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "block_end_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const scalar_t* rp = res.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const acc_t* sp = scale.const_data_ptr<acc_t>();
+    const acc_t* hp = shift.const_data_ptr<acc_t>();
+    const acc_t* rsp = opt_ptr<acc_t>(rs);
+    const acc_t* rbp = opt_ptr<acc_t>(rb);
+    for_each_run(L, [&](int64_t c, int64_t off, int64_t len) {
+      for (int64_t i = off; i < off + len; ++i)
+        op[i] = static_cast<scalar_t>(epilogue<acc_t>(acc_t(yp[i]), sp, hp, true, acc_t(rp[i]),
+                                                      rsp, rbp, true, c));
+    });
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
+    const Tensor& d_out_in, const Tensor& out_in, const Tensor& y_in, const Tensor& mean_in,
+    const Tensor& invstd_in, const OptTensor& y_d_in, const OptTensor& mean_d_in,
+    const OptTensor& invstd_d_in) {
+  check_block_end_bwd(d_out_in, out_in, y_in, mean_in, invstd_in, y_d_in, mean_d_in, invstd_d_in);
+  const auto fmt = memory_format(d_out_in);
+  const Tensor d_out = d_out_in.contiguous(fmt), out = out_in.contiguous(fmt),
+               y = y_in.contiguous(fmt);
+  const Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  const bool has_d = y_d_in.has_value();
+  const Tensor y_d = has_d ? y_d_in->contiguous(fmt) : Tensor();
+  const Tensor mean_d = has_d ? mean_d_in->contiguous() : Tensor();
+  const Tensor invstd_d = has_d ? invstd_d_in->contiguous() : Tensor();
+  Tensor dz = at::empty(d_out.sizes(), d_out.options().memory_format(fmt));
+  const Layout L = layout_of(d_out.sizes(), fmt);
+  Tensor sum_dz = at::empty({L.C}, mean.options()), sum_dz_xhat = at::empty({L.C}, mean.options());
+  Tensor sum_dz_xhat_d = has_d ? at::empty({L.C}, mean.options()) : empty_stats(d_out);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d_out.scalar_type(), "block_end_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = d_out.const_data_ptr<scalar_t>();
+    const scalar_t* op = out.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const scalar_t* ydp = has_d ? y_d.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dzp = dz.data_ptr<scalar_t>();
+    const acc_t* mp = mean.const_data_ptr<acc_t>();
+    const acc_t* mdp = has_d ? mean_d.const_data_ptr<acc_t>() : nullptr;
+    auto total = reduce_runs<Sums<3>>(
+        L,
+        [&](Sums<3>& acc, int64_t c, int64_t off, int64_t len) {
+          for (int64_t i = off; i < off + len; ++i) {
+            const scalar_t g = relu_bwd<acc_t, scalar_t>(gp[i], acc_t(op[i]));
+            dzp[i] = g;
+            const double gd = double(acc_t(g));
+            acc.v[0] += gd;
+            acc.v[1] += gd * double(acc_t(yp[i]) - mp[c]);
+            if (ydp) acc.v[2] += gd * double(acc_t(ydp[i]) - mdp[c]);
+          }
+        },
+        add_sums<3>);
+    const acc_t* ip = invstd.const_data_ptr<acc_t>();
+    const acc_t* idp = has_d ? invstd_d.const_data_ptr<acc_t>() : nullptr;
+    acc_t* s0 = sum_dz.data_ptr<acc_t>();
+    acc_t* s1 = sum_dz_xhat.data_ptr<acc_t>();
+    for (int64_t c = 0; c < L.C; ++c) {
+      s0[c] = acc_t(total[c].v[0]);
+      s1[c] = acc_t(total[c].v[1] * double(ip[c]));
+      if (has_d) sum_dz_xhat_d.data_ptr<acc_t>()[c] = acc_t(total[c].v[2] * double(idp[c]));
+    }
+  });
+  return {dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_resnet, CPU, m) {
+  m.impl("bn_finalize", &bn_finalize);
+  m.impl("block_end", &block_end);
+  m.impl("block_end_bwd", &block_end_bwd);
+}
+
+}  // namespace fr::cpu

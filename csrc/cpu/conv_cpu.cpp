@@ -1,0 +1,317 @@
+// CPU kernels of conv_fwd, conv_bwd_data, conv_bwd_weight: the GEMM goes through ATen in
+// the accumulate dtype; prologue, epilogue, statistics, masks and sums are fused loops over
+// csrc/common math.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
+#include <torch/library.h>
+
+#include "common/fusion.h"
+#include "common/igemm.h"
+#include "common/stats.h"
+#include "cpu/cpu_utils.h"
+#include "op_utils.h"
+
+namespace fr::cpu {
+namespace {
+
+#define FR_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// The forward prologue [relu](x*scale + shift), rounded to x's dtype (the GEMM operand is
+// stored in the data dtype) and returned in the accumulate dtype, in x's memory format.
+Tensor prologue_act(const Tensor& x_in, const OptTensor& scale_in, const OptTensor& shift_in,
+                    bool do_relu) {
+  const auto sd = stat_dtype(x_in.scalar_type());
+  if (!scale_in && !do_relu) return x_in.to(sd);
+  const auto fmt = memory_format(x_in);
+  const Tensor x = x_in.contiguous(fmt);
+  const OptTensor scale = contiguous(scale_in), shift = contiguous(shift_in);
+  Tensor a = at::empty(x.sizes(), x.options().dtype(sd).memory_format(fmt));
+  FR_DISPATCH(x.scalar_type(), "prologue_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    acc_t* ap = a.data_ptr<acc_t>();
+    const acc_t* sp = opt_ptr<acc_t>(scale);
+    const acc_t* hp = opt_ptr<acc_t>(shift);
+    for_each_run(layout_of(x.sizes(), fmt), [&](int64_t c, int64_t off, int64_t len) {
+      for (int64_t i = off; i < off + len; ++i)
+        ap[i] = acc_t(static_cast<scalar_t>(prologue<acc_t>(acc_t(xp[i]), sp, hp, do_relu, c)));
+    });
+  });
+  return a;
+}
+
+// The BN-backward map dy = a*dz + b*y + c, rounded to dz's dtype, in the accumulate dtype
+// and dz's memory format.
+Tensor bn_bwd_dy(const Tensor& dz_in, const Tensor& y_in, const Tensor& a_in,
+                 const Tensor& b_in, const Tensor& c_in) {
+  const auto fmt = memory_format(dz_in);
+  const Tensor dz = dz_in.contiguous(fmt), y = y_in.contiguous(fmt);
+  const Tensor a = a_in.contiguous(), b = b_in.contiguous(), c = c_in.contiguous();
+  Tensor dy = at::empty(dz.sizes(), dz.options().dtype(a.scalar_type()).memory_format(fmt));
+  FR_DISPATCH(dz.scalar_type(), "bn_bwd_dy_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = dz.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const acc_t* ap = a.const_data_ptr<acc_t>();
+    const acc_t* bp = b.const_data_ptr<acc_t>();
+    const acc_t* cp = c.const_data_ptr<acc_t>();
+    acc_t* out = dy.data_ptr<acc_t>();
+    for_each_run(layout_of(dz.sizes(), fmt), [&](int64_t ch, int64_t off, int64_t len) {
+      for (int64_t i = off; i < off + len; ++i)
+        out[i] = acc_t(static_cast<scalar_t>(
+            bn_bwd_apply<acc_t>(acc_t(gp[i]), acc_t(yp[i]), ap[ch], bp[ch], cp[ch])));
+    });
+  });
+  return dy;
+}
+
+// Weight shape and conv geometry shared by the three conv ops. Returns (P, Q).
+std::pair<int64_t, int64_t> check_conv(const char* op, at::IntArrayRef in, const Tensor& weight,
+                                       at::ScalarType dtype, const at::Device& device,
+                                       int64_t stride, int64_t padding, int64_t dilation,
+                                       int64_t groups) {
+  check_conv_args(stride, padding, dilation, groups, op);
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D (K, C/groups, R, S), got shape ",
+              weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == dtype, op, ": weight must have dtype ", dtype, ", got ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.device() == device, op, ": weight is on ", weight.device(), ", expected ",
+              device);
+  TORCH_CHECK(in[1] % groups == 0 && weight.size(1) * groups == in[1], op, ": weight ",
+              weight.sizes(), " does not match ", in[1], " input channels with groups=", groups);
+  TORCH_CHECK(weight.size(0) % groups == 0, op, ": ", weight.size(0),
+              " output channels are not divisible by groups=", groups);
+  const int64_t P = conv_out_size(in[2], weight.size(2), stride, padding, dilation);
+  const int64_t Q = conv_out_size(in[3], weight.size(3), stride, padding, dilation);
+  TORCH_CHECK(P >= 1 && Q >= 1, op, ": input ", in, " is too small for kernel ",
+              weight.sizes(), " (stride ", stride, ", padding ", padding, ", dilation ",
+              dilation, ")");
+  return {P, Q};
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_fwd(
+    const Tensor& x_in, const Tensor& weight, int64_t stride, int64_t padding, int64_t dilation,
+    int64_t groups, const OptTensor& in_scale, const OptTensor& in_shift, bool in_relu,
+    const OptTensor& out_scale_in, const OptTensor& out_shift_in, const OptTensor& residual_in,
+    const OptTensor& res_scale_in, const OptTensor& res_shift_in, bool out_relu, bool stats) {
+  const char* op = "conv_fwd";
+  check_data(x_in, op, "x");
+  const auto sd = stat_dtype(x_in.scalar_type());
+  const auto dev = x_in.device();
+  auto [P, Q] = check_conv(op, x_in.sizes(), weight, x_in.scalar_type(), dev, stride, padding,
+                           dilation, groups);
+  const int64_t K = weight.size(0);
+  check_affine(in_scale, in_shift, x_in.size(1), sd, dev, op, "in_scale", "in_shift");
+  check_affine(out_scale_in, out_shift_in, K, sd, dev, op, "out_scale", "out_shift");
+  const bool has_res = residual_in.has_value();
+  if (has_res) {
+    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({x_in.size(0), K, P, Q}), op,
+                ": residual must have the output shape [", x_in.size(0), ", ", K, ", ", P, ", ",
+                Q, "], got ", residual_in->sizes());
+    TORCH_CHECK(residual_in->scalar_type() == x_in.scalar_type() && residual_in->device() == dev,
+                op, ": residual must match x's dtype and device");
+    check_affine(res_scale_in, res_shift_in, K, sd, dev, op, "res_scale", "res_shift");
+  }
+
+  const auto fmt = memory_format(x_in);
+  const Tensor a = prologue_act(x_in, in_scale, in_shift, in_relu);
+  const Tensor conv =
+      at::convolution(a, weight.to(sd), std::nullopt, {stride, stride}, {padding, padding},
+                      {dilation, dilation}, false, {0, 0}, groups)
+          .contiguous(fmt);
+  const Tensor res = has_res ? residual_in->contiguous(fmt) : Tensor();
+  const OptTensor os = contiguous(out_scale_in), ob = contiguous(out_shift_in);
+  const OptTensor rs = has_res ? contiguous(res_scale_in) : std::nullopt;
+  const OptTensor rb = has_res ? contiguous(res_shift_in) : std::nullopt;
+  Tensor y = at::empty(conv.sizes(), x_in.options().memory_format(fmt));
+  Tensor mean = empty_stats(x_in), m2 = empty_stats(x_in);
+  const Layout L = layout_of(conv.sizes(), fmt);
+
+  FR_DISPATCH(x_in.scalar_type(), "conv_fwd_epilogue_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* cp = conv.const_data_ptr<acc_t>();
+    const scalar_t* rp = has_res ? res.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const acc_t* osp = opt_ptr<acc_t>(os);
+    const acc_t* obp = opt_ptr<acc_t>(ob);
+    const acc_t* rsp = opt_ptr<acc_t>(rs);
+    const acc_t* rbp = opt_ptr<acc_t>(rb);
+    auto store = [&](int64_t c, int64_t off, int64_t len) {
+      for (int64_t i = off; i < off + len; ++i)
+        yp[i] = static_cast<scalar_t>(epilogue<acc_t>(
+            cp[i], osp, obp, has_res, has_res ? acc_t(rp[i]) : acc_t(0), rsp, rbp, out_relu, c));
+    };
+    if (!stats) {
+      for_each_run(L, store);
+      return;
+    }
+    // Statistics of the raw conv output in double: Welford per element for channels-last
+    // runs, two-pass per H*W run for NCHW, Chan merges across runs and chunks.
+    using W = Welford<double>;
+    auto total = reduce_runs<W>(
+        L,
+        [&](W& acc, int64_t c, int64_t off, int64_t len) {
+          store(c, off, len);
+          if (len == 1)
+            welford_add(acc, double(cp[off]));
+          else
+            acc = welford_merge(acc, welford_run<double>(
+                                         [&](int64_t i) { return double(cp[off + i]); }, len));
+        },
+        [](W& t, const W& p) { t = welford_merge(t, p); });
+    mean = at::empty({K}, conv.options());
+    m2 = at::empty({K}, conv.options());
+    for (int64_t c = 0; c < K; ++c) {
+      mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
+      m2.data_ptr<acc_t>()[c] = acc_t(total[c].m2);
+    }
+  });
+  return {y, mean, m2};
+}
+
+void check_bwd_common(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
+                      const Tensor& b, const Tensor& c) {
+  check_data(dz, op, "dz");
+  check_like(y, dz, op, "y", "dz");
+  const auto sd = stat_dtype(dz.scalar_type());
+  check_channel(a, dz.size(1), sd, dz.device(), op, "a");
+  check_channel(b, dz.size(1), sd, dz.device(), op, "b");
+  check_channel(c, dz.size(1), sd, dz.device(), op, "c");
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
+    const Tensor& dz, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
+    const Tensor& weight, at::IntArrayRef input_size, int64_t stride, int64_t padding,
+    int64_t dilation, int64_t groups, const OptTensor& residual_in, const OptTensor& prev_y_in,
+    const OptTensor& prev_scale_in, const OptTensor& prev_shift_in,
+    const OptTensor& prev_mean_in, const OptTensor& prev_invstd_in) {
+  const char* op = "conv_bwd_data";
+  check_bwd_common(op, dz, y, a, b, c);
+  TORCH_CHECK(input_size.size() == 4 && input_size[0] == dz.size(0), op,
+              ": input_size must be [N, C, H, W] with N = dz.size(0), got ", input_size);
+  const auto sd = stat_dtype(dz.scalar_type());
+  const auto dev = dz.device();
+  auto [P, Q] = check_conv(op, input_size, weight, dz.scalar_type(), dev, stride, padding,
+                           dilation, groups);
+  TORCH_CHECK(weight.size(0) == dz.size(1) && P == dz.size(2) && Q == dz.size(3), op, ": dz ",
+              dz.sizes(), " is not the output of a conv of input ", input_size, " with weight ",
+              weight.sizes());
+  const int64_t C = input_size[1];
+  for (auto [t, name] : {std::pair{&residual_in, "residual"}, std::pair{&prev_y_in, "prev_y"}}) {
+    if (!*t) continue;
+    TORCH_CHECK((*t)->sizes() == input_size, op, ": ", name, " must have shape input_size ",
+                input_size, ", got ", (*t)->sizes());
+    TORCH_CHECK((*t)->scalar_type() == dz.scalar_type() && (*t)->device() == dev, op, ": ",
+                name, " must match dz's dtype and device");
+  }
+  const bool has_prev = prev_y_in.has_value();
+  if (has_prev) {
+    check_affine(prev_scale_in, prev_shift_in, C, sd, dev, op, "prev_scale", "prev_shift");
+    TORCH_CHECK(prev_mean_in && prev_invstd_in, op, ": prev_y needs prev_mean and prev_invstd");
+    check_channel(*prev_mean_in, C, sd, dev, op, "prev_mean");
+    check_channel(*prev_invstd_in, C, sd, dev, op, "prev_invstd");
+  }
+
+  const auto fmt = memory_format(dz);
+  const Tensor dy = bn_bwd_dy(dz, y, a, b, c);
+  const Tensor input_like = at::empty({1}, dy.options()).expand(input_size);
+  const Tensor dx_acc =
+      std::get<0>(at::convolution_backward(dy, input_like, weight.to(sd), std::nullopt,
+                                           {stride, stride}, {padding, padding},
+                                           {dilation, dilation}, false, {0, 0}, groups,
+                                           {true, false, false}))
+          .contiguous(fmt);
+  const bool has_res = residual_in.has_value();
+  const Tensor res = has_res ? residual_in->contiguous(fmt) : Tensor();
+  const Tensor prev_y = has_prev ? prev_y_in->contiguous(fmt) : Tensor();
+  const OptTensor ps = has_prev ? contiguous(prev_scale_in) : std::nullopt;
+  const OptTensor pb = has_prev ? contiguous(prev_shift_in) : std::nullopt;
+  const OptTensor pm = has_prev ? contiguous(prev_mean_in) : std::nullopt;
+  const OptTensor pi = has_prev ? contiguous(prev_invstd_in) : std::nullopt;
+  Tensor dx = at::empty(input_size, dz.options().memory_format(fmt));
+  Tensor sum_dx = empty_stats(dz), sum_dx_xhat = empty_stats(dz);
+  const Layout L = layout_of(input_size, fmt);
+
+  FR_DISPATCH(dz.scalar_type(), "conv_bwd_data_epilogue_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* gp = dx_acc.const_data_ptr<acc_t>();
+    const scalar_t* rp = has_res ? res.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pyp = has_prev ? prev_y.const_data_ptr<scalar_t>() : nullptr;
+    const acc_t* psp = opt_ptr<acc_t>(ps);
+    const acc_t* pbp = opt_ptr<acc_t>(pb);
+    const acc_t* pmp = opt_ptr<acc_t>(pm);
+    scalar_t* out = dx.data_ptr<scalar_t>();
+    if (!has_prev) {
+      for_each_run(L, [&](int64_t, int64_t off, int64_t len) {
+        for (int64_t i = off; i < off + len; ++i)
+          out[i] = static_cast<scalar_t>(has_res ? gp[i] + acc_t(rp[i]) : gp[i]);
+      });
+      return;
+    }
+    // The input was relu(prev_y*prev_scale + prev_shift): mask, then the sums of the previous
+    // BN's backward over the masked gradient.
+    auto total = reduce_runs<Sums<2>>(
+        L,
+        [&](Sums<2>& acc, int64_t ch, int64_t off, int64_t len) {
+          for (int64_t i = off; i < off + len; ++i) {
+            acc_t g = has_res ? gp[i] + acc_t(rp[i]) : gp[i];
+            const acc_t py = acc_t(pyp[i]);
+            g = relu_bwd<acc_t, acc_t>(g, maybe_affine<acc_t>(py, psp, pbp, ch));
+            out[i] = static_cast<scalar_t>(g);
+            acc.v[0] += double(g);
+            acc.v[1] += double(g) * double(py - pmp[ch]);
+          }
+        },
+        add_sums<2>);
+    const acc_t* pip = pi->const_data_ptr<acc_t>();
+    sum_dx = at::empty({C}, pm->options());
+    sum_dx_xhat = at::empty({C}, pm->options());
+    for (int64_t ch = 0; ch < C; ++ch) {
+      sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
+      sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(pip[ch]));
+    }
+  });
+  return {dx, sum_dx, sum_dx_xhat};
+}
+
+Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTensor& in_shift,
+                       bool in_relu, const Tensor& dz, const Tensor& y, const Tensor& a,
+                       const Tensor& b, const Tensor& c, const Tensor& weight, int64_t stride,
+                       int64_t padding, int64_t dilation, int64_t groups) {
+  const char* op = "conv_bwd_weight";
+  check_data(x, op, "x");
+  check_bwd_common(op, dz, y, a, b, c);
+  TORCH_CHECK(dz.scalar_type() == x.scalar_type() && dz.device() == x.device(), op,
+              ": dz must match x's dtype and device");
+  const auto sd = stat_dtype(x.scalar_type());
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), op,
+              ": weight must be floating point, got ", weight.scalar_type());
+  auto [P, Q] = check_conv(op, x.sizes(), weight, weight.scalar_type(), x.device(), stride,
+                           padding, dilation, groups);
+  TORCH_CHECK(dz.size(0) == x.size(0) && weight.size(0) == dz.size(1) && P == dz.size(2) &&
+                  Q == dz.size(3),
+              op, ": dz ", dz.sizes(), " is not the output of a conv of x ", x.sizes(),
+              " with weight ", weight.sizes());
+  check_affine(in_scale, in_shift, x.size(1), sd, x.device(), op, "in_scale", "in_shift");
+
+  const Tensor act = prologue_act(x, in_scale, in_shift, in_relu);
+  const Tensor dy = bn_bwd_dy(dz, y, a, b, c);
+  const Tensor weight_like = at::empty({1}, dy.options()).expand(weight.sizes());
+  const Tensor dw = std::get<1>(at::convolution_backward(
+      dy, act, weight_like, std::nullopt, {stride, stride}, {padding, padding},
+      {dilation, dilation}, false, {0, 0}, groups, {false, true, false}));
+  return dw.to(weight.scalar_type()).contiguous(memory_format(weight));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_resnet, CPU, m) {
+  m.impl("conv_fwd", &conv_fwd);
+  m.impl("conv_bwd_data", &conv_bwd_data);
+  m.impl("conv_bwd_weight", &conv_bwd_weight);
+}
+
+}  // namespace fr::cpu

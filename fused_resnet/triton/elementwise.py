@@ -1,0 +1,205 @@
+"""Per-channel kernels: block_end, block_end_bwd (with BN-backward sums), bn_finalize.
+
+GPU-UNVERIFIED: tested only under the Triton CPU interpreter and compiled ahead of time
+for sm_80/sm_90 (see conv.py). Tensors are viewed as NHWC rows x channels; sums are
+per-tile partials reduced in tile order (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from ._common import (
+    INTERPRET, check_data, column_sum, device_guard, launcher, nhwc, relu_keep_nan, vec,
+)
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _channel_affine(v, scale_ptr, shift_ptr, offs_c, c_mask):
+    scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
+    shift = tl.load(shift_ptr + offs_c, mask=c_mask, other=0.0)
+    return v * scale[None, :] + shift[None, :]
+
+
+@triton.jit
+def block_end_kernel(y_ptr, scale_ptr, shift_ptr, res_ptr, res_scale_ptr, res_shift_ptr,
+                     out_ptr, rows, C, HAS_RES_AFFINE: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out = relu(y*scale + shift + [residual*res_scale + res_shift])."""
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    mask = (offs_r < rows)[:, None] & c_mask[None, :]
+    offs = offs_r[:, None] * C + offs_c[None, :]
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES_AFFINE:
+        r = _channel_affine(r, res_scale_ptr, res_shift_ptr, offs_c, c_mask)
+    v = relu_keep_nan(_channel_affine(y, scale_ptr, shift_ptr, offs_c, c_mask) + r)
+    tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def block_end_bwd_kernel(d_out_ptr, out_ptr, y_ptr, mean_ptr, invstd_ptr, y_d_ptr, mean_d_ptr,
+                         invstd_d_ptr, dz_ptr, part_ptr, rows, C, HAS_D: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dz = d_out masked where out <= 0; per-tile sums of dz, dz*xhat, dz*xhat_d written
+    to part[0|1|2, tile, c]."""
+    pid_r = tl.program_id(0)
+    offs_r = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    mask = (offs_r < rows)[:, None] & c_mask[None, :]
+    offs = offs_r[:, None] * C + offs_c[None, :]
+    d_out = tl.load(d_out_ptr + offs, mask=mask, other=0.0)
+    out = tl.load(out_ptr + offs, mask=mask, other=0.0)
+    dz = tl.where(out <= 0, 0.0, d_out)  # threshold_backward: NaN in `out` passes
+    dz = tl.where(mask, dz, 0.0).to(dz_ptr.dtype.element_ty)
+    tl.store(dz_ptr + offs, dz, mask=mask)
+
+    acc = dz.to(tl.float32)
+    tiles = tl.num_programs(0)
+    part = pid_r.to(tl.int64) * C + offs_c
+    stride = tiles.to(tl.int64) * C
+    tl.store(part_ptr + part, tl.sum(acc, axis=0), mask=c_mask)
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    xhat = (y - tl.load(mean_ptr + offs_c, mask=c_mask, other=0.0)[None, :]) \
+        * tl.load(invstd_ptr + offs_c, mask=c_mask, other=0.0)[None, :]
+    tl.store(part_ptr + stride + part, tl.sum(tl.where(mask, acc * xhat, 0.0), axis=0),
+             mask=c_mask)
+    if HAS_D:
+        y_d = tl.load(y_d_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        xhat_d = (y_d - tl.load(mean_d_ptr + offs_c, mask=c_mask, other=0.0)[None, :]) \
+            * tl.load(invstd_d_ptr + offs_c, mask=c_mask, other=0.0)[None, :]
+        tl.store(part_ptr + 2 * stride + part,
+                 tl.sum(tl.where(mask, acc * xhat_d, 0.0), axis=0), mask=c_mask)
+
+
+@triton.jit
+def bn_finalize_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr,
+                       invstd_ptr, running_mean_ptr, running_var_ptr, nbt_ptr, C, count,
+                       unbiased_count, momentum, eps,
+                       HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, UPDATE: tl.constexpr,
+                       HAS_NBT: tl.constexpr, CUMULATIVE: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """One program: updates num_batches_tracked once, then walks the channels (so the
+    momentum=None factor 1/num_batches_tracked is read on the device, race-free)."""
+    factor = momentum
+    if UPDATE:
+        if HAS_NBT:
+            nbt = tl.load(nbt_ptr) + 1
+            tl.store(nbt_ptr, nbt)
+            if CUMULATIVE:
+                factor = 1.0 / nbt.to(tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs = c0 + tl.arange(0, BLOCK_C)
+        mask = offs < C
+        mean = tl.load(mean_ptr + offs, mask=mask, other=0.0)
+        m2 = tl.load(m2_ptr + offs, mask=mask, other=0.0)
+        invstd = 1.0 / tl.sqrt_rn(m2 / count + eps)
+        scale = invstd
+        if HAS_WEIGHT:
+            scale = invstd * tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        shift = -mean * scale
+        if HAS_BIAS:
+            shift = shift + tl.load(bias_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(scale_ptr + offs, scale, mask=mask)
+        tl.store(shift_ptr + offs, shift, mask=mask)
+        tl.store(invstd_ptr + offs, invstd, mask=mask)
+        if UPDATE:
+            rm = tl.load(running_mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            rv = tl.load(running_var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            rm = rm + factor * (mean - rm)
+            rv = rv + factor * (m2 / unbiased_count - rv)
+            tl.store(running_mean_ptr + offs, rm.to(running_mean_ptr.dtype.element_ty),
+                     mask=mask)
+            tl.store(running_var_ptr + offs, rv.to(running_var_ptr.dtype.element_ty),
+                     mask=mask)
+
+
+def _tile() -> tuple[int, int, int]:
+    return configs.ELEMENTWISE_INTERPRETER if INTERPRET else configs.ELEMENTWISE_GPU
+
+
+def _opts(warps: int) -> dict:
+    return {} if INTERPRET else {"num_warps": warps}
+
+
+def _like(out: Tensor, main: Tensor) -> Tensor:
+    from ..reference import memory_format
+    return out.contiguous(memory_format=memory_format(main))
+
+
+def block_end(y: Tensor, scale: Tensor, shift: Tensor, residual: Tensor,
+              res_scale: Tensor | None, res_shift: Tensor | None) -> Tensor:
+    """See :func:`fused_resnet.reference.block_end`."""
+    check_data("block_end", y)
+    n, c, h, w = y.shape
+    rows = n * h * w
+    out = torch.empty_like(y, memory_format=torch.channels_last)
+    block_r, block_c, warps = _tile()
+    with device_guard(y):
+        launcher(block_end_kernel)[(triton.cdiv(rows, block_r), triton.cdiv(c, block_c))](
+            nhwc(y), vec(scale, y), vec(shift, y), nhwc(residual), vec(res_scale, y),
+            vec(res_shift, y), out, rows, c, HAS_RES_AFFINE=res_scale is not None,
+            BLOCK_R=block_r, BLOCK_C=block_c, **_opts(warps))
+    return _like(out, y)
+
+
+def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: Tensor,
+                  y_d: Tensor | None, mean_d: Tensor | None,
+                  invstd_d: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """See :func:`fused_resnet.reference.block_end_bwd`."""
+    check_data("block_end_bwd", d_out)
+    n, c, h, w = d_out.shape
+    rows = n * h * w
+    block_r, block_c, warps = _tile()
+    tiles = triton.cdiv(rows, block_r)
+    dz = torch.empty_like(d_out, memory_format=torch.channels_last)
+    part = torch.empty((3, tiles, c), dtype=torch.float32, device=d_out.device)
+    has_d = y_d is not None
+    with device_guard(d_out):
+        launcher(block_end_bwd_kernel)[(tiles, triton.cdiv(c, block_c))](
+            nhwc(d_out), nhwc(out), nhwc(y), vec(mean, y), vec(invstd, y),
+            nhwc(y_d) if has_d else y, vec(mean_d, y), vec(invstd_d, y), dz, part, rows, c,
+            HAS_D=has_d, BLOCK_R=block_r, BLOCK_C=block_c, **_opts(warps))
+        sums = [column_sum(part[i]) for i in range(3 if has_d else 2)]
+    if not has_d:
+        sums.append(d_out.new_empty(0, dtype=torch.float32))
+    return (_like(dz, d_out), *sums)
+
+
+def bn_finalize(mean: Tensor, m2: Tensor, count: int, weight: Tensor | None,
+                bias: Tensor | None, running_mean: Tensor | None, running_var: Tensor | None,
+                num_batches_tracked: Tensor | None, momentum: float | None, eps: float,
+                update_running_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """See :func:`fused_resnet.reference.bn_finalize`; mutates the running statistics."""
+    if mean.dtype != torch.float32:
+        raise NotImplementedError(f"fused_resnet triton bn_finalize: statistics dtype "
+                                  f"{mean.dtype} is not supported (float32 only)")
+    if update_running_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("bn_finalize: update_running_stats needs running_mean/var")
+        if momentum is None and num_batches_tracked is None:
+            raise ValueError("bn_finalize: momentum=None needs num_batches_tracked")
+    c = mean.shape[0]
+    scale, shift, invstd = (torch.empty_like(mean) for _ in range(3))
+    dummy = mean
+    with device_guard(mean):
+        launcher(bn_finalize_kernel)[(1,)](
+            mean.contiguous(), m2.contiguous(), weight if weight is not None else dummy,
+            bias if bias is not None else dummy, scale, shift, invstd,
+            running_mean if update_running_stats else dummy,
+            running_var if update_running_stats else dummy,
+            num_batches_tracked if num_batches_tracked is not None else dummy,
+            c, float(count), float(max(count - 1, 1)),
+            float(momentum) if momentum is not None else 0.0, float(eps),
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+            UPDATE=update_running_stats, HAS_NBT=num_batches_tracked is not None,
+            CUMULATIVE=momentum is None, BLOCK_C=128 if INTERPRET else 1024)
+    return scale, shift, invstd

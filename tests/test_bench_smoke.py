@@ -1,0 +1,168 @@
+"""CI smoke test of benchmarks/bench_blocks.py on the CPU, and the roofline model's numbers.
+
+The benchmark runs as a subprocess, as a user runs it, at a tiny size (batch 2, spatial
+sizes / 4: smaller leaves conv5_x at 1x1, whose training BN over 2 values is ill-conditioned
+even for PyTorch). Every row must pass the float64 correctness gate, the JSON must follow
+the documented schema and the 16-block summary must be the weighted sum of its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks", "bench_blocks.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import roofline  # noqa: E402
+
+TOP_KEYS = {"device", "torch", "triton", "cuda", "commit", "date", "dtype", "batch", "summary",
+            "network", "rows"}
+SUMMARY_KEYS = {"eager", "compile", "fused_cuda", "fused_triton", "fused_cpp", "fused_floor"}
+ROW_KEYS = {"case", "provider", "mode", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
+            "floor_ms", "peak_mem_mb", "max_rel_err"}
+R50_WEIGHTS = {"r50_conv2_first": 1, "r50_conv2_rep": 2, "r50_conv3_first": 1,
+               "r50_conv3_rep": 3, "r50_conv4_first": 1, "r50_conv4_rep": 5,
+               "r50_conv5_first": 1, "r50_conv5_rep": 2}
+
+
+def run_bench(tmp_path, name: str, *flags: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, BENCH, "--quick", "--device", "cpu", "--batch", "2", "--threads", "1",
+           "--min-time-s", "0.05", "--json", str(out), "--csv", str(tmp_path / f"{name}.csv"),
+           *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "FUSED_RESNET_COMMIT": "test"})
+    tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"rc {proc.returncode}\n{tail}"
+    assert out.exists(), "no JSON written"
+    return json.loads(out.read_text())
+
+
+def check_common(res: dict, providers: list[str]) -> None:
+    assert TOP_KEYS <= res.keys()
+    assert res["dtype"] == "float32" and res["batch"] == 2
+    assert res["device"].startswith("cpu: ")
+    for mode in ("inference", "training"):
+        assert SUMMARY_KEYS <= res["summary"][mode].keys()
+        for v in res["summary"][mode].values():
+            assert v is None or (isinstance(v, float) and v > 0), res["summary"]
+    assert {"inference_img_s", "training_img_s"} <= res["network"].keys()
+    for row in res["rows"]:
+        assert ROW_KEYS <= row.keys()
+        assert row["status"] != "failed", row
+        assert row["provider"] in providers
+    # eager and the reference backend always run; the C++ one may be unbuilt, never wrong.
+    for row in res["rows"]:
+        must_run = row["provider"] in ("eager", "fused_reference")
+        assert row["status"] == "ok" or (not must_run and row["status"] == "skipped"
+                                          and row["reason"]), row
+        if row["status"] == "ok":
+            assert 0 < row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
+            assert 0 <= row["max_rel_err"] <= row["tol"]
+
+
+def test_bench_blocks_quick(tmp_path):
+    providers = ["eager", "fused_cpp", "fused_reference"]
+    res = run_bench(tmp_path, "blocks", "--providers", ",".join(providers), "--cases", "r50",
+                    "--hw-div", "4", "--no-network")
+    check_common(res, providers)
+    rows = res["rows"]
+    assert {(r["case"], r["provider"], r["mode"]) for r in rows} == {
+        (c, p, m) for c in R50_WEIGHTS for p in providers for m in ("inference", "train_fwd_bwd")}
+    for row in (r for r in rows if r["status"] == "ok"):
+        assert row["floor_ms"] > 0 and row["tflops"] > 0 and row["gbps"] > 0
+        assert row["peak_mem_mb"] is None  # CPU
+    # The summary is the weighted 16-block total of the rows (a real number for eager).
+    for key, mode in (("inference", "inference"), ("training", "train_fwd_bwd")):
+        want = sum(w * next(r["median_ms"] for r in rows if r["case"] == c
+                            and r["provider"] == "eager" and r["mode"] == mode)
+                   for c, w in R50_WEIGHTS.items())
+        assert res["summary"][key]["eager"] == pytest.approx(want)
+        assert res["summary"][key]["compile"] is None  # not asked for
+    assert os.path.getsize(tmp_path / "blocks.csv") > 0
+
+
+def test_bench_network_inference(tmp_path):
+    providers = ["eager", "fused_reference"]
+    res = run_bench(tmp_path, "net", "--providers", ",".join(providers), "--cases", "none",
+                    "--modes", "inference", "--hw-div", "8")
+    check_common(res, providers)
+    assert [(r["case"], r["mode"]) for r in res["rows"]] == [("resnet50", "inference")] * 2
+    img_s = res["network"]["inference_img_s"]
+    assert set(img_s) == set(providers) and all(v > 0 for v in img_s.values())
+
+
+def test_gate_fails_a_wrong_provider(monkeypatch):
+    """A provider whose result is off by 0.1 % in one weight is failed and not timed."""
+    import bench_blocks as bb
+
+    threads = torch.get_num_threads()
+    try:
+        args = bb.parse_args(["--quick", "--device", "cpu", "--batch", "2",
+                              "--min-time-s", "0.01"])
+        work = bb.Workload(bb.ALL_CASES["r50_conv5_rep"], args)
+        real_build = bb.build
+
+        def build(provider, master, case, args, training):
+            module = real_build("eager", master, case, args, training)
+            if provider == "fused_reference":
+                with torch.no_grad():
+                    module.conv2.weight.mul_(1.001)
+            return module
+
+        monkeypatch.setattr(bb, "build", build)
+        for mode in ("inference", "train_fwd_bwd"):
+            assert bb.run_row(work, "eager", mode)["status"] == "ok"
+            bad = bb.run_row(work, "fused_reference", mode)
+            assert bad["status"] == "failed" and bad["median_ms"] is None, bad
+            assert bad["max_rel_err"] > bad["tol"] == 1e-5
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- roofline
+def test_roofline_bottleneck_by_hand():
+    """conv5_x repeating bottleneck, N=128, bf16: FLOPs and bytes written out by hand."""
+    n, m = 128, 128 * 7 * 7  # pixels of every activation in this block
+    chain, proj = roofline.block_convs("bottleneck", 2048, 512, 1, 7, False)
+    assert proj is None and [c.hout for c in chain] == [7, 7, 7]
+    flops = 2 * m * (2048 * 512 + 512 * 512 * 9 + 512 * 2048)
+    weights = 2048 * 512 + 512 * 512 * 9 + 512 * 2048
+    # conv1: x -> a1, conv2: a1 -> a2, conv3: a2 + x -> out
+    inf_bytes = 2 * (m * (2048 + 512) + m * (512 + 512) + m * (512 + 2048 + 2048) + weights)
+    assert roofline.block_model(chain, proj, n, 2, "inference") == (flops, inf_bytes)
+    # training forward: raw y1, y2, y3, then the block end reads y3 and x, writes out
+    fwd_bytes = 2 * (m * (2048 + 512) + m * (512 + 512) + m * (512 + 2048) + weights
+                     + 3 * m * 2048)
+    assert roofline.block_model(chain, proj, n, 2, "train_fwd") == (flops, fwd_bytes)
+    f, b = roofline.block_model(chain, proj, n, 2, "train_fwd_bwd")
+    assert f == 3 * flops and b > 2 * fwd_bytes
+    floor = roofline.floor_ms(flops, inf_bytes, torch.bfloat16)
+    assert floor == pytest.approx(1e3 * max(flops / 790e12, inf_bytes / 3.0e12))
+
+
+def test_roofline_resnet50_totals_near_design():
+    """The 16-block floors land near DESIGN.md §2's table (2.30 ms / 11.18 ms, H100 bf16
+    N=128): this model counts weights and the BN-backward dataflow of roofline.py."""
+    stages = [(64, 64, 1, True, 56, 1), (256, 64, 1, False, 56, 2), (256, 128, 2, True, 56, 1),
+              (512, 128, 1, False, 28, 3), (512, 256, 2, True, 28, 1),
+              (1024, 256, 1, False, 14, 5), (1024, 512, 2, True, 14, 1),
+              (2048, 512, 1, False, 7, 2)]
+
+    def total(mode):
+        t = 0.0
+        for cin, planes, stride, proj, hw, weight in stages:
+            chain, pj = roofline.block_convs("bottleneck", cin, planes, stride, hw, proj)
+            t += weight * roofline.floor_ms(*roofline.block_model(chain, pj, 128, 2, mode),
+                                            torch.bfloat16)
+        return t
+
+    assert math.isclose(total("inference"), 2.30, rel_tol=0.05)
+    assert math.isclose(total("train_fwd_bwd"), 11.18, rel_tol=0.15)
