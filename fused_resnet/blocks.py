@@ -87,7 +87,7 @@ class BlockPlan:
                 unit(self.shortcut) if self.shortcut else None)
 
     @staticmethod
-    def from_key(key: tuple) -> "BlockPlan":
+    def from_key(key: tuple) -> BlockPlan:
         name, chain, shortcut = key
 
         def unit(t: tuple) -> UnitSpec:

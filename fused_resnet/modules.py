@@ -9,22 +9,21 @@ ops instead of the submodules, so forward/backward hooks registered on the inner
 
 from __future__ import annotations
 
-import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from . import ops
-from .distributed import group_size
 from .blocks import (
+    UNIT_TENSORS,
     BlockPlan,
     ConvSpec,
     NormSpec,
-    UNIT_TENSORS,
     UnitSpec,
     run_block,
 )
+from .distributed import group_size
 
 Tensor = torch.Tensor
 
@@ -187,7 +186,7 @@ class _FusedBlock(nn.Module):
             if strict:
                 raise
 
-    def set_backend(self, backend: str) -> "_FusedBlock":
+    def set_backend(self, backend: str) -> _FusedBlock:
         """Switch to ``backend`` (``"auto"`` re-chooses); raises if it cannot serve the block."""
         self.backend = ops.default_backend() if backend == "auto" else backend
         self.resolve_backend(strict=True)

@@ -31,7 +31,8 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def memory_format(t: Tensor) -> torch.memory_format:
     """The memory format an op's output should take to match ``t``."""
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
 
@@ -45,6 +46,15 @@ def _affine(t: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
     if scale is None:
         return t
     return t.to(scale.dtype) * _per_channel(scale) + _per_channel(shift)
+
+
+def _prologue(x: Tensor, scale: Tensor | None, shift: Tensor | None, relu: bool) -> Tensor:
+    """The input activation ``[relu](x*scale + shift)``, rounded to ``x``'s dtype as a
+    kernel rounds it before the GEMM."""
+    a = _affine(x, scale, shift)
+    if relu:
+        a = torch.relu(a)
+    return a.to(x.dtype)
 
 
 def _relu_mask_grad(grad: Tensor, pre_activation: Tensor) -> Tensor:
@@ -99,14 +109,7 @@ def conv_fwd(
     Returns ``(y, mean, m2)`` with ``y`` in ``x``'s dtype and memory format.
     """
     acc_dtype = stat_dtype(x.dtype)
-    a = x
-    if in_scale is not None:
-        a = _affine(x, in_scale, in_shift)
-        if in_relu:
-            a = torch.relu(a)
-        a = a.to(x.dtype)
-    elif in_relu:
-        a = torch.relu(x)
+    a = _prologue(x, in_scale, in_shift, in_relu)
     c = F.conv2d(a.to(acc_dtype), weight.to(acc_dtype), None, stride, padding, dilation, groups)
     mean, m2 = channel_stats(c) if stats else (_empty_stats(x), _empty_stats(x))
     y = _affine(c, out_scale, out_shift)
@@ -308,14 +311,7 @@ def conv_bwd_weight(
     gradient from ``dz`` by the BN-backward map ``a*dz + b*y + c``. Returns ``dw`` in
     ``weight``'s dtype and memory format (``weight`` gives only shape, dtype and format).
     """
-    act = x
-    if in_scale is not None:
-        act = _affine(x, in_scale, in_shift)
-        if in_relu:
-            act = torch.relu(act)
-        act = act.to(x.dtype)
-    elif in_relu:
-        act = torch.relu(x)
+    act = _prologue(x, in_scale, in_shift, in_relu)
     dy = _bn_bwd_apply(dz, y, a, b, c).to(dz.dtype)
     acc_dtype = a.dtype
     dw = conv2d_weight(act.to(acc_dtype), list(weight.shape), dy.to(acc_dtype), stride, padding,

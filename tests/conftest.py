@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import os
 import zlib
 
@@ -26,8 +25,12 @@ TF32_TOLERANCE = 5e-3
 HAS_CUDA = torch.cuda.is_available()
 # Backends that run blocks on CPU tensors here: the Triton interpreter is slow, so it is
 # exercised by its own op tests and a few small block tests (TRITON_BLOCK_BACKENDS).
-CPU_BACKENDS = [b for b in ("reference", "cpp") if ops.cannot_serve(b, "cpu", torch.float32) is None]
-TRITON_BLOCK_BACKENDS = [b for b in ("triton",) if ops.cannot_serve(b, "cpu", torch.float32) is None]
+def _serving_cpu(names) -> list[str]:
+    return [b for b in names if ops.cannot_serve(b, "cpu", torch.float32) is None]
+
+
+CPU_BACKENDS = _serving_cpu(("reference", "cpp"))
+TRITON_BLOCK_BACKENDS = _serving_cpu(("triton",))
 
 
 def pytest_configure(config):

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-
 from conftest import assert_close, make_blocks, rel_err
 
 SEEDS = 4

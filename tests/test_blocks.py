@@ -11,8 +11,6 @@ import functools
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import (
     TRITON_BLOCK_BACKENDS,
     assert_close,
@@ -21,6 +19,7 @@ from conftest import (
     rel_err,
     tolerance,
 )
+from torch import nn
 
 # (kind, inplanes, planes, stride, projection, spatial): odd sizes, channels not % 8.
 SHAPES = [

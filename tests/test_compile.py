@@ -8,11 +8,10 @@ import functools
 
 import pytest
 import torch
+from conftest import assert_close, make_blocks, randomize_bn
 from torch import nn
 
 import fused_resnet
-
-from conftest import assert_close, make_blocks, randomize_bn
 
 
 def _compare(fused, x, compile_backend: str, train: bool):

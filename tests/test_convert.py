@@ -8,13 +8,12 @@ import warnings
 import pytest
 import torch
 import torchvision
+from conftest import assert_close, randomize_bn
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import fused_resnet
 from fused_resnet.modules import _FusedBlock
-
-from conftest import assert_close, randomize_bn
 
 
 def _blocks(model, cls):

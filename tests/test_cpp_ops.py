@@ -263,7 +263,8 @@ def test_bn_finalize(stat, momentum, affine, device="cpu"):
     state = bn_state(c, stat)
     ref_state = {k: v.clone() for k, v in state.items()}
     dev = {k: v.to(device) for k, v in state.items()}
-    to = (lambda t: None if t is None else t.to(device))
+    def to(t):
+        return None if t is None else t.to(device)
     out = ops.bn_finalize(to(mean), to(m2), count, to(w), to(b), dev["running_mean"],
                           dev["running_var"], dev["num_batches_tracked"], momentum, 1e-5, True)
     ref = R.bn_finalize(mean, m2, count, w, b, ref_state["running_mean"],

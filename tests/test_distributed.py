@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 
@@ -10,12 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import CPU_BACKENDS, assert_close, randomize_bn
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import fused_resnet
-
-from conftest import CPU_BACKENDS, assert_close, randomize_bn
 
 WORLD = 2
 PER_RANK = 2

@@ -8,11 +8,10 @@ import io
 
 import pytest
 import torch
+from conftest import assert_close, randomize_bn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import fused_resnet
-
-from conftest import assert_close, randomize_bn
 
 
 @pytest.fixture

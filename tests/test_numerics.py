@@ -7,16 +7,15 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_close, make_blocks
 
 from fused_resnet import ops, reference
-
-from conftest import assert_close, make_blocks
 
 
 def _conv_stats(backend: str, x: torch.Tensor, w: torch.Tensor):
     y, mean, m2 = ops.get_backend(backend).conv_fwd(
-        x=x, weight=w, stride=1, padding=w.shape[-1] // 2, dilation=1, groups=1, in_scale=None, in_shift=None,
-        in_relu=False, out_scale=None, out_shift=None, residual=None, res_scale=None,
+        x=x, weight=w, stride=1, padding=w.shape[-1] // 2, dilation=1, groups=1, in_scale=None,
+        in_shift=None, in_relu=False, out_scale=None, out_shift=None, residual=None, res_scale=None,
         res_shift=None, out_relu=False, stats=True)
     return y, mean, m2
 

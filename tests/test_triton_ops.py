@@ -19,10 +19,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from conftest import TF32_TOLERANCE, assert_close, rel_err, tolerance  # noqa: E402
+
 import fused_resnet.triton as ftriton  # noqa: E402
 from fused_resnet import reference  # noqa: E402
-
-from conftest import TF32_TOLERANCE, assert_close, rel_err, tolerance  # noqa: E402
 
 UNAVAILABLE = ftriton.available()
 DEVICE = "cpu" if ftriton.interpreting() else "cuda"

@@ -24,8 +24,17 @@ import triton.language as tl
 
 from . import configs
 from ._common import (
-    INTERPRET, arch_of, check_data, column_sum, conv_out_size, device_guard, dot_precision,
-    launcher, nhwc, relu_keep_nan, vec,
+    INTERPRET,
+    arch_of,
+    check_data,
+    column_sum,
+    conv_out_size,
+    device_guard,
+    dot_precision,
+    launcher,
+    nhwc,
+    relu_keep_nan,
+    vec,
 )
 
 Tensor = torch.Tensor

@@ -13,7 +13,14 @@ import triton.language as tl
 
 from . import configs
 from ._common import (
-    INTERPRET, check_data, column_sum, device_guard, launcher, nhwc, relu_keep_nan, vec,
+    INTERPRET,
+    check_data,
+    column_sum,
+    device_guard,
+    launcher,
+    nhwc,
+    relu_keep_nan,
+    vec,
 )
 
 Tensor = torch.Tensor
