@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from conftest import assert_close, make_blocks, randomize_bn
+from conftest import TRITON_BLOCK_BACKENDS, assert_close, make_blocks, randomize_bn
 from torch import nn
 
 import fused_resnet
@@ -58,3 +58,20 @@ def test_converted_resnet50_aot_eager():
         model.train(train)
         ref = copy.deepcopy(model)(x)
         assert_close(compiled(x), ref, torch.float32, what=f"train={train}")
+
+
+@pytest.mark.skipif(not TRITON_BLOCK_BACKENDS, reason="Triton kernels cannot run here")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_aot_eager_triton_block_in_the_interpreter(train):
+    _, fused = make_blocks("basic", 6, 7, 2, True, backend="triton")
+    torch._dynamo.reset()
+    x = torch.randn(2, 6, 7, 7)  # Triton has no float64 kernels: compare in fp32
+    eager = copy.deepcopy(fused).train(train)
+    compiled = torch.compile(copy.deepcopy(fused).train(train), fullgraph=True,
+                             backend="aot_eager")
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_e, out_c = eager(xe), compiled(xc)
+    assert_close(out_c, out_e, torch.float32)
+    out_e.sum().backward()
+    out_c.sum().backward()
+    assert_close(xc.grad, xe.grad, torch.float32, what="x.grad")
