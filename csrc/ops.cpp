@@ -8,6 +8,12 @@ TORCH_LIBRARY(fused_resnet, m) {
       "Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor? out_scale, Tensor? out_shift, "
       "Tensor? residual, Tensor? res_scale, Tensor? res_shift, bool out_relu, bool stats) "
       "-> (Tensor, Tensor, Tensor)");
+  // CPU twin of the CUDA conv_fwd (cpu/conv_igemm_cpu.cpp): same args, same semantics.
+  m.def(
+      "conv_fwd_igemm(Tensor x, Tensor weight, int stride, int padding, int dilation, "
+      "int groups, Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor? out_scale, "
+      "Tensor? out_shift, Tensor? residual, Tensor? res_scale, Tensor? res_shift, "
+      "bool out_relu, bool stats) -> (Tensor, Tensor, Tensor)");
   m.def(
       "bn_finalize(Tensor mean, Tensor m2, int count, Tensor? weight, Tensor? bias, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, "

@@ -64,6 +64,7 @@ class BlockPlan:
     chain: tuple[UnitSpec, ...]
     shortcut: UnitSpec | None
     backend: Backend
+    residual: bool = True  # False: out = relu(bn(y_last)), a plain conv-BN-ReLU (the stem)
 
     @property
     def units(self) -> tuple[UnitSpec, ...]:
@@ -84,17 +85,17 @@ class BlockPlan:
                     (n.batch_stats, n.update, n.momentum, n.eps))
 
         return (self.backend.name, tuple(unit(u) for u in self.chain),
-                unit(self.shortcut) if self.shortcut else None)
+                unit(self.shortcut) if self.shortcut else None, self.residual)
 
     @staticmethod
     def from_key(key: tuple) -> BlockPlan:
-        name, chain, shortcut = key
+        name, chain, shortcut, residual = key
 
         def unit(t: tuple) -> UnitSpec:
             return UnitSpec(ConvSpec(*t[0]), NormSpec(*t[1]))
 
         return BlockPlan(tuple(unit(u) for u in chain), unit(shortcut) if shortcut else None,
-                         get_backend(name))
+                         get_backend(name), residual)
 
 
 @dataclass
@@ -161,6 +162,10 @@ def forward_train(plan: BlockPlan, x: Tensor, tensors: tuple) -> tuple[Tensor, l
         outs.append(sc)
         residual, res_scale, res_shift = sc.y, sc.scale, sc.shift
     last = outs[len(plan.chain) - 1]
+    if not plan.residual:
+        # No residual to add (the stem): BN+ReLU as one elementwise pass of plain torch,
+        # materialised because the next layer (a max-pool) cannot take it as a prologue.
+        return reference.bn_relu(last.y, last.scale, last.shift), outs
     out = ops.block_end(y=last.y, scale=last.scale, shift=last.shift, residual=residual,
                         res_scale=res_scale, res_shift=res_shift)
     return out, outs
@@ -185,7 +190,8 @@ def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
         return ops.conv_fwd(x=inp, weight=weight, stride=c.stride, padding=c.padding,
                             dilation=c.dilation, groups=c.groups, **args)[0]
 
-    residual, res_scale, res_shift = x, None, None
+    residual = x if plan.residual else None
+    res_scale = res_shift = None
     if plan.shortcut is not None:
         # The projection's BN is applied in the last conv's epilogue, in fp32.
         t = units[-1]
@@ -223,7 +229,8 @@ def _bn_grads(sum_dz: Tensor, sum_dz_xhat: Tensor, tensors: tuple, needs: tuple)
 
 
 class ResidualBlockFunction(torch.autograd.Function):
-    """Autograd of one fused residual block (bottleneck or basic), any backend.
+    """Autograd of one fused residual block (bottleneck or basic), any backend; with
+    ``plan.residual`` False, of a plain conv->BN->ReLU (the ResNet stem).
 
     ``apply(plan, x, *unit_tensors)`` with :data:`UNIT_TENSORS` for every unit of
     ``plan.units``. Backward runs the fused backward ops and honours
@@ -300,7 +307,7 @@ class ResidualBlockFunction(torch.autograd.Function):
             mean_d=sc.mean if sc else None, invstd_d=sc.invstd if sc else None)
 
         # Shortcut: identity passes dz on; a projection runs its own dgrad/wgrad.
-        d_shortcut = dz if needs[1] else None
+        d_shortcut = dz if needs[1] and plan.residual else None
         if sc is not None:
             abc = coeffs(n_chain, sum_dz, sum_dz_xhat_d)
             set_grads(n_chain, wgrad(n_chain, x, None, dz, abc), sum_dz, sum_dz_xhat_d)

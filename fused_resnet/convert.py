@@ -13,9 +13,17 @@ import warnings
 from torch import nn
 
 from . import ops
-from .modules import FusedBasicBlock, FusedBottleneck, _FusedBlock, unfusable_reason
+from .modules import (
+    FoldedBatchNorm2d,
+    FusedBasicBlock,
+    FusedBottleneck,
+    FusedStemConv,
+    _FusedBlock,
+    shortcut_units,
+    units_problem,
+)
 
-_FUSED_ATTRS = ("backend", "_ops", "_ops_error", "sync_bn")
+_FUSED_ATTRS = ("backend", "_ops", "_ops_error", "sync_bn", "_folded_bn", "_replaced_relu")
 
 
 def _torchvision_blocks() -> dict[type, type]:
@@ -56,8 +64,40 @@ def _swap(model: nn.Module, decide) -> nn.Module:
     return model
 
 
+def _fused_twin(m: nn.Module, cls: type, backend: str, sync_bn: bool, process_group):
+    """``m`` retyped to fused ``cls``, its backend chosen (raising if a named one cannot
+    serve ``m``'s device and dtype)."""
+    fused = _retype(m, cls)
+    fused.sync_bn = (process_group,) if sync_bn else None
+    fused.backend = backend
+    fused._ops, fused._ops_error = None, None
+    fused.resolve_backend(strict=backend != "auto")
+    return fused
+
+
+def _fuse_stem(model: nn.Module, backend: str, sync_bn: bool, process_group) -> None:
+    """conv1 + bn1 + relu of a torchvision ResNet (or a backbone cut from one) -> fused."""
+    conv, bn, relu = (getattr(model, n, None) for n in ("conv1", "bn1", "relu"))
+    if not (hasattr(model, "maxpool") and hasattr(model, "layer1")
+            and type(bn) is nn.BatchNorm2d and isinstance(relu, nn.ReLU)
+            and units_problem([(conv, bn)], []) is None):
+        return
+    stem = _fused_twin(conv, FusedStemConv, backend, sync_bn, process_group)
+    stem.__dict__["_folded_bn"] = model.bn1 = _retype(bn, FoldedBatchNorm2d)
+    stem.__dict__["_replaced_relu"] = relu  # unconvert() puts it back
+    model.conv1, model.relu = stem, nn.Identity()
+
+
+def _unfuse_stem(model: nn.Module) -> None:
+    stem = getattr(model, "conv1", None)
+    if isinstance(stem, FusedStemConv):
+        model.relu = stem.__dict__["_replaced_relu"]
+        model.bn1 = _retype(model.bn1, nn.BatchNorm2d)
+        model.conv1 = _retype(stem, nn.Conv2d)
+
+
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
-            sync_bn: bool = False, process_group=None) -> nn.Module:
+            sync_bn: bool = False, process_group=None, fuse_stem: bool = True) -> nn.Module:
     """Swap every torchvision ``Bottleneck`` / ``BasicBlock`` in ``model`` for its fused twin.
 
     Works on any model that holds torchvision blocks (classifiers, detection backbones).
@@ -69,8 +109,11 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
     ``process_group`` (None: the default group) in training. Fused blocks do it
     themselves (on any device; their BN modules keep their type); BatchNorms outside them
     become ``nn.SyncBatchNorm`` (PyTorch's, which runs on GPUs only). Blocks whose BNs
-    already are ``nn.SyncBatchNorm`` sync without asking. Returns the converted model
-    (``model`` itself when ``inplace``, else a converted deep copy).
+    already are ``nn.SyncBatchNorm`` sync without asking.
+
+    ``fuse_stem``: also fuse a ResNet stem's conv1 + bn1 + relu (:class:`FusedStemConv`;
+    state_dict keys unchanged). Returns the converted model (``model`` itself when
+    ``inplace``, else a converted deep copy).
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -84,18 +127,17 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
         cls = pairs.get(type(m))
         if cls is None:
             return None
-        reason = unfusable_reason(m, _chain_of(m))
+        shortcut = shortcut_units(m.downsample)
+        reason = shortcut if isinstance(shortcut, str) else units_problem(_chain_of(m), shortcut)
         if reason:
             skipped.append(f"{name or '<root>'}: {reason}")
             return None
-        fused = _retype(m, cls)
-        fused.sync_bn = (process_group,) if sync_bn else None
-        fused.backend = backend
-        fused._ops, fused._ops_error = None, None
-        fused.resolve_backend(strict=backend != "auto")
-        return fused
+        return _fused_twin(m, cls, backend, sync_bn, process_group)
 
     model = _swap(model, decide)
+    if fuse_stem:
+        for m in list(model.modules()):
+            _fuse_stem(m, backend, sync_bn, process_group)
     if sync_bn:
         model = _sync_other_batchnorms(model, process_group)
     if skipped:
@@ -107,7 +149,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
 def _sync_other_batchnorms(model: nn.Module, process_group) -> nn.Module:
     """``nn.SyncBatchNorm`` for each BatchNorm that is not inside a fused block."""
     def decide(name: str, m: nn.Module):
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm):
+        if (isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and not isinstance(m, (nn.SyncBatchNorm, FoldedBatchNorm2d))):
             return nn.SyncBatchNorm.convert_sync_batchnorm(m, process_group)
         return None
 
@@ -133,6 +176,7 @@ def unconvert(model: nn.Module, *, inplace: bool = True) -> nn.Module:
     """Give torchvision blocks back for every fused block in ``model`` (same state).
 
     A block converted with ``sync_bn=True`` comes back with ``nn.SyncBatchNorm`` layers.
+    A fused stem comes back as conv1, bn1 and relu.
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -148,4 +192,6 @@ def unconvert(model: nn.Module, *, inplace: bool = True) -> nn.Module:
             block = nn.SyncBatchNorm.convert_sync_batchnorm(block, m.sync_bn[0])
         return block
 
+    for m in list(model.modules()):
+        _unfuse_stem(m)
     return _swap(model, decide)

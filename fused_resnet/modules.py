@@ -45,7 +45,7 @@ def _is_frozen_bn(m: nn.Module) -> bool:
 
 
 def _conv_problem(conv: nn.Module, name: str) -> str | None:
-    if type(conv) is not nn.Conv2d:
+    if type(conv) not in (nn.Conv2d, FusedStemConv):
         return f"{name} is a {type(conv).__name__}, not an nn.Conv2d"
     if conv.bias is not None:
         return f"{name} has a bias"
@@ -61,32 +61,31 @@ def _conv_problem(conv: nn.Module, name: str) -> str | None:
 def _norm_problem(bn: nn.Module, name: str) -> str | None:
     if _is_frozen_bn(bn):
         return None
-    if type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm):
+    if type(bn) not in (nn.BatchNorm2d, nn.SyncBatchNorm, FoldedBatchNorm2d):
         return f"{name} is a {type(bn).__name__}, not an nn.BatchNorm2d or FrozenBatchNorm2d"
     return None
 
 
-def _shortcut_units(downsample: nn.Module | None) -> list[tuple[nn.Module, nn.Module]] | str:
+def shortcut_units(downsample: nn.Module | None) -> list[tuple[nn.Module, nn.Module]] | str:
+    """A block's projection as [(conv, norm)] ([] for identity), or why it is not fusable."""
     if downsample is None:
         return []
-    if (not isinstance(downsample, nn.Sequential) or len(downsample) != 2):
+    if not isinstance(downsample, nn.Sequential) or len(downsample) != 2:
         return "the shortcut is not the standard Sequential(conv1x1, norm)"
+    if getattr(downsample[0], "kernel_size", None) != (1, 1):
+        return "the shortcut conv is not 1x1"
     return [(downsample[0], downsample[1])]
 
 
-def unfusable_reason(block: nn.Module, chain: list[tuple[nn.Module, nn.Module]]) -> str | None:
-    """Why ``block`` (conv/BN pairs ``chain`` + its downsample) cannot run fused, or None."""
-    shortcut = _shortcut_units(block.downsample)
-    if isinstance(shortcut, str):
-        return shortcut
+def units_problem(chain: list[tuple[nn.Module, nn.Module]],
+                  shortcut: list[tuple[nn.Module, nn.Module]]) -> str | None:
+    """Why conv/BN pairs ``chain`` (conv1/bn1, ...) and ``shortcut`` cannot run fused."""
     named = [(f"conv{i + 1}", c, f"bn{i + 1}", b) for i, (c, b) in enumerate(chain)]
     named += [("downsample.0", c, "downsample.1", b) for c, b in shortcut]
     for cname, conv, bname, bn in named:
         problem = _conv_problem(conv, cname) or _norm_problem(bn, bname)
         if problem:
             return problem
-    if shortcut and shortcut[0][0].kernel_size != (1, 1):
-        return "the shortcut conv is not 1x1"
     return None
 
 
@@ -142,15 +141,37 @@ def _fx_symbolic_tracing() -> bool:
 
 @torch.fx.wrap
 def fused_block(x: Tensor, plan_key: tuple, *tensors: Tensor | None) -> Tensor:
-    """A fused block call as one node of a torch.fx graph (see ``_FusedBlock.forward``)."""
+    """A fused block call as one node of a torch.fx graph (see ``_FusedUnits.forward``)."""
     return run_block(BlockPlan.from_key(plan_key), x, tensors)
 
 
-# ----------------------------------------------------------------------------- blocks
-class _FusedBlock(nn.Module):
-    """Shared machinery: backend choice, input checks and the fused forward."""
+# ------------------------------------------------------------------ shared machinery
+class _FusedUnits:
+    """Mixin for modules made of conv->BN units run fused: backend choice, input checks,
+    the fused forward. Subclasses say what their units are (``_chain``, ``_shortcut``),
+    whether a residual ends them, and which conv sees the input first."""
 
-    expansion: int
+    residual: bool = True  # out = relu(bn(y_last) + shortcut); False: relu(bn(y_last))
+
+    def _chain(self) -> list[tuple[nn.Module, nn.Module]]:
+        raise NotImplementedError
+
+    def _shortcut(self) -> list[tuple[nn.Module, nn.Module]] | str:
+        """The projection unit ([] for none), or why the shortcut cannot be fused."""
+        return []
+
+    def _first_conv(self) -> nn.Conv2d:
+        raise NotImplementedError
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
+        """The unfused forward (used for empty batches, N == 0)."""
+        raise NotImplementedError
+
+    def _unfusable(self) -> str | None:
+        shortcut = self._shortcut()
+        if isinstance(shortcut, str):
+            return shortcut
+        return units_problem(self._chain(), shortcut)
 
     def _init_backend(self, backend: str | None) -> None:
         # (process_group,) when the block's BNs use the statistics of a whole process group
@@ -162,9 +183,6 @@ class _FusedBlock(nn.Module):
         self._ops: ops.Backend | None = None
         self._ops_error: str | None = None
         self.resolve_backend(strict=False)
-
-    def _chain(self) -> list[tuple[nn.Module, nn.Module]]:
-        raise NotImplementedError
 
     @property
     def backend_in_use(self) -> str | None:
@@ -178,7 +196,7 @@ class _FusedBlock(nn.Module):
         (construction on the CPU of a block meant for a GPU), the error is kept and
         raised by ``forward`` instead.
         """
-        w = self.conv1.weight
+        w = self._first_conv().weight
         try:
             self._ops, self._ops_error = ops.resolve_backend(self.backend, w.device, w.dtype), None
         except (RuntimeError, TypeError) as e:
@@ -186,7 +204,7 @@ class _FusedBlock(nn.Module):
             if strict:
                 raise
 
-    def set_backend(self, backend: str) -> _FusedBlock:
+    def set_backend(self, backend: str) -> _FusedUnits:
         """Switch to ``backend`` (``"auto"`` re-chooses); raises if it cannot serve the block."""
         self.backend = ops.default_backend() if backend == "auto" else backend
         self.resolve_backend(strict=True)
@@ -212,9 +230,10 @@ class _FusedBlock(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"{name} expects a 4-D input (N, C, H, W), got shape "
                              f"{tuple(x.shape)}")
-        w = self.conv1.weight
-        if x.shape[1] != self.conv1.in_channels:
-            raise ValueError(f"{name} expects {self.conv1.in_channels} input channels, got "
+        w = self._first_conv().weight
+        in_channels = self._first_conv().in_channels
+        if x.shape[1] != in_channels:
+            raise ValueError(f"{name} expects {in_channels} input channels, got "
                              f"{x.shape[1]} (input shape {tuple(x.shape)})")
         if x.device != w.device:
             raise ValueError(f"{name}: input is on {x.device} but the parameters are on "
@@ -243,17 +262,16 @@ class _FusedBlock(nn.Module):
                                  f"got input size {size}")
 
     def _plan(self) -> tuple[list, BlockPlan]:
-        chain = self._chain()
-        reason = unfusable_reason(self, chain)
+        reason = self._unfusable()
         if reason:
             raise ValueError(f"{type(self).__name__} cannot run fused: {reason}")
         if self._ops is None:
             raise RuntimeError(f"{type(self).__name__}: {self._ops_error}")
-        units = chain + _shortcut_units(self.downsample)
-        specs = [_unit_spec(c, b, self.sync_bn) for c, b in units]
-        plan = BlockPlan(tuple(specs[:len(chain)]), specs[len(chain)] if self.downsample else None,
-                         self._ops)
-        return units, plan
+        chain, shortcut = self._chain(), self._shortcut()
+        specs = [_unit_spec(c, b, self.sync_bn) for c, b in chain + shortcut]
+        plan = BlockPlan(tuple(specs[:len(chain)]), specs[len(chain)] if shortcut else None,
+                         self._ops, self.residual)
+        return chain + shortcut, plan
 
     def forward(self, x: Tensor) -> Tensor:
         if _fx_symbolic_tracing():
@@ -284,6 +302,20 @@ class _FusedBlock(nn.Module):
             return run_block(plan, inp, tuple(tensors))
         with torch.autocast(x.device.type, enabled=False):
             return run_block(plan, inp, tuple(tensors))
+
+
+
+# ----------------------------------------------------------------------------- blocks
+class _FusedBlock(_FusedUnits, nn.Module):
+    """A residual block: conv1/bn1, conv2/bn2[, conv3/bn3] and an optional downsample."""
+
+    expansion: int
+
+    def _first_conv(self) -> nn.Conv2d:
+        return self.conv1
+
+    def _shortcut(self) -> list[tuple[nn.Module, nn.Module]] | str:
+        return shortcut_units(self.downsample)
 
     def _eager_forward(self, x: Tensor) -> Tensor:
         """torchvision's forward through the submodules (used for empty batches, N == 0)."""
@@ -362,3 +394,38 @@ class FusedBasicBlock(_FusedBlock):
 
     def _chain(self):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
+
+# ------------------------------------------------------------------------------- stem
+class FoldedBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d whose work the preceding :class:`FusedStemConv` does: it keeps its
+    parameters, buffers and state_dict keys, and passes its input through."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class FusedStemConv(_FusedUnits, nn.Conv2d):
+    """A ResNet stem's ``conv1`` + ``bn1`` + ``relu`` as one fused unit.
+
+    ``convert()`` installs it in place of ``conv1`` (same parameter, same key), turns
+    ``bn1`` into a :class:`FoldedBatchNorm2d` and ``relu`` into an ``nn.Identity``;
+    ``unconvert()`` undoes all three. Training: statistics in the conv epilogue, then one
+    BN+ReLU pass (the max-pool that follows needs the activation in memory); inference:
+    one conv kernel with BN and ReLU in its epilogue.
+    """
+
+    residual = False
+
+    def _chain(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self, self.__dict__["_folded_bn"])]
+
+    def _first_conv(self) -> nn.Conv2d:
+        return self
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
+        bn = self.__dict__["_folded_bn"]
+        return torch.relu(nn.BatchNorm2d.forward(bn, nn.Conv2d.forward(self, x)))
+
+    def extra_repr(self) -> str:
+        return f"{nn.Conv2d.extra_repr(self)}, {_FusedUnits.extra_repr(self)}"

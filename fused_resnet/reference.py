@@ -191,6 +191,12 @@ def block_end(
     return out.to(y.dtype).contiguous(memory_format=memory_format(y))
 
 
+def bn_relu(y: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``relu(y*scale + shift)`` in ``y``'s dtype: a BN+ReLU with nothing to add."""
+    out = torch.relu(_affine(y, scale, shift))
+    return out.to(y.dtype).contiguous(memory_format=memory_format(y))
+
+
 def block_end_bwd(
     d_out: Tensor,
     out: Tensor,

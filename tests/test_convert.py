@@ -121,3 +121,65 @@ def test_builder_keyword_arguments():
     assert model.layer4[0].conv2.dilation == (2, 2)
     model.eval()
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_stem_is_fused_and_unfused():
+    from fused_resnet.modules import FoldedBatchNorm2d, FusedStemConv
+
+    tv = torchvision.models.resnet18(num_classes=3).double()
+    randomize_bn(tv)
+    model = fused_resnet.convert(copy.deepcopy(tv))
+    assert type(model.conv1) is FusedStemConv and type(model.bn1) is FoldedBatchNorm2d
+    assert isinstance(model.relu, nn.Identity)
+    assert model.state_dict().keys() == tv.state_dict().keys()
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64, requires_grad=True)
+    for train in (True, False):
+        model.train(train), tv.train(train)
+        xs = [x.detach().clone().requires_grad_() for _ in range(2)]
+        out, ref = model(xs[0]), tv(xs[1])
+        assert_close(out, ref, torch.float64, what=f"train={train}")
+        out.sum().backward()
+        ref.sum().backward()
+        assert_close(xs[0].grad, xs[1].grad, torch.float64, what="x.grad")
+        for name in ("conv1.weight", "bn1.weight", "bn1.bias"):
+            assert_close(model.get_parameter(name).grad, tv.get_parameter(name).grad,
+                         torch.float64, what=name)
+    assert_close(model.bn1.running_var, tv.bn1.running_var, torch.float64)
+    assert model.bn1.num_batches_tracked == tv.bn1.num_batches_tracked
+
+    back = fused_resnet.unconvert(model)
+    assert type(back.conv1) is nn.Conv2d and type(back.bn1) is nn.BatchNorm2d
+    assert type(back.relu) is nn.ReLU
+    assert not hasattr(back.conv1, "_folded_bn")
+    untouched = fused_resnet.convert(copy.deepcopy(tv), fuse_stem=False)
+    assert type(untouched.conv1) is nn.Conv2d
+
+
+@pytest.mark.skipif("triton" not in fused_resnet.available_backends("cpu"),
+                    reason="Triton kernels cannot run here")
+def test_stem_on_triton_in_the_interpreter():
+    # A narrow stem of ResNet's shape (7x7 stride 2, 8 channels): the interpreter is slow.
+    tv = nn.Module()
+    tv.conv1 = nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False)
+    tv.bn1, tv.relu = nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+    tv.maxpool, tv.layer1 = nn.MaxPool2d(3, 2, 1), nn.Identity()
+    randomize_bn(tv)
+    model = fused_resnet.convert(copy.deepcopy(tv), backend="triton")
+    assert model.conv1.backend_in_use == "triton"
+
+    def stem(m, x):
+        return m.maxpool(m.relu(m.bn1(m.conv1(x))))
+
+    x = torch.randn(2, 3, 15, 15)
+    oracle = copy.deepcopy(tv).double()
+    for train in (True, False):
+        model.train(train), oracle.train(train)
+        xs, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+        out, ref = stem(model, xs), stem(oracle, xr)
+        assert_close(out, ref, torch.float32, what=f"train={train}")
+        out.sum().backward()
+        ref.sum().backward()
+        assert_close(xs.grad, xr.grad, torch.float32, what="x.grad")
+        assert_close(model.conv1.weight.grad, oracle.conv1.weight.grad, torch.float32,
+                     what="conv1.weight.grad")
+        model.zero_grad(), oracle.zero_grad()

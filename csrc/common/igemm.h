@@ -75,4 +75,85 @@ FR_HOST_DEVICE int64_t krsc_offset(const ConvShape& s, int64_t k, int64_t r, int
   return ((k * s.R + r) * s.S + t) * (s.C / s.groups) + c;
 }
 
+// ---- Implicit-GEMM views, shared by the CUDA conv kernels and the CPU twin
+// (cpu/conv_igemm_cpu.cpp), so CI on a CPU exercises the index math the kernels run.
+//
+//   forward: M = N*P*Q (output pixel), Ncols = K, Kdim = R*S*C     A(m,k)=act, B(n,k)=w[n][k]
+//   dgrad:   M = N*H*W (input pixel),  Ncols = C, Kdim = R*S*K     A(m,k)=dy,  B(c,k)=w[k'][r][s][c]
+//   wgrad:   M = K,  Ncols = R*S*C,    Kdim = N*P*Q                A(k,j)=dy,  B(j,i)=act
+// Reduction indices run (r, s, channel) with the channel fastest (KRSC / NHWC order).
+
+FR_HOST_DEVICE int64_t fwd_gemm_m(const ConvShape& s) { return s.N * s.P * s.Q; }
+FR_HOST_DEVICE int64_t fwd_gemm_k(const ConvShape& s) { return s.R * s.S * (s.C / s.groups); }
+FR_HOST_DEVICE int64_t dgrad_gemm_m(const ConvShape& s) { return s.N * s.H * s.W; }
+FR_HOST_DEVICE int64_t dgrad_gemm_k(const ConvShape& s) { return s.R * s.S * s.K; }
+
+// Reduction index k -> (filter row r, filter column t, channel c) over `channels` channels.
+FR_HOST_DEVICE void decode_k(const ConvShape& s, int64_t k, int64_t channels, int64_t* r,
+                             int64_t* t, int64_t* c) {
+  *c = k % channels;
+  const int64_t rs = k / channels;
+  *t = rs % s.S;
+  *r = rs / s.S;
+}
+
+// Input pixel (n, h, w) of dgrad row m (NHWC order of dx).
+FR_HOST_DEVICE void decode_in_pixel(const ConvShape& s, int64_t m, int64_t* n, int64_t* h,
+                                    int64_t* w) {
+  *w = m % s.W;
+  const int64_t t = m / s.W;
+  *h = t % s.H;
+  *n = t / s.H;
+}
+
+// Forward A element (pixel (n,p,q), reduction k): f(offset, c) (the prologue, rounded to the
+// data dtype) or 0 on padding -- zero AFTER the transform (DESIGN §1 Padding).
+template <class T, class F>
+FR_HOST_DEVICE T fwd_a_elem(const ConvShape& s, int64_t n, int64_t p, int64_t q, int64_t k,
+                            const F& f) {
+  int64_t r, t, c;
+  decode_k(s, k, s.C, &r, &t, &c);
+  const int64_t off = fwd_input_offset(s, n, p, q, r, t, c);
+  return off < 0 ? T(0) : f(off, c);
+}
+
+// Dgrad A element (input pixel (n,h,w), reduction k over (r, s, out channel)): f(dz offset,
+// out channel) (the BN-backward map, rounded) or 0 for padding and stride holes, after the
+// transform (it maps 0 to a non-zero value).
+template <class T, class F>
+FR_HOST_DEVICE T dgrad_a_elem(const ConvShape& s, int64_t n, int64_t h, int64_t w, int64_t k,
+                              const F& f) {
+  int64_t r, t, ko;
+  decode_k(s, k, s.K, &r, &t, &ko);
+  const int64_t p = dgrad_out_coord(h, r, s.stride, s.padding, s.dilation, s.P);
+  const int64_t q = dgrad_out_coord(w, t, s.stride, s.padding, s.dilation, s.Q);
+  if (p < 0 || q < 0) return T(0);
+  return f(nhwc_offset(n, p, q, ko, s.P, s.Q, s.K), ko);
+}
+
+// Dgrad B element: w[ko][r][s][c] for input channel c, reduction k over (r, s, ko).
+FR_HOST_DEVICE int64_t dgrad_b_offset(const ConvShape& s, int64_t c, int64_t k) {
+  int64_t r, t, ko;
+  decode_k(s, k, s.K, &r, &t, &ko);
+  return krsc_offset(s, ko, r, t, c);
+}
+
+// Wgrad B element (weight column j over (r, s, c), reduction i = output pixel): the forward
+// A element of pixel i.
+template <class T, class F>
+FR_HOST_DEVICE T wgrad_b_elem(const ConvShape& s, int64_t j, int64_t i, const F& f) {
+  int64_t n, p, q;
+  decode_m(s, i, &n, &p, &q);
+  return fwd_a_elem<T>(s, n, p, q, j, f);
+}
+
+// Offset of dw[k][j] (j over (r, s, c)) in a KRSC (channels-last) or KCRS (contiguous) weight.
+FR_HOST_DEVICE int64_t wgrad_out_offset(const ConvShape& s, int64_t k, int64_t j, bool krsc) {
+  const int64_t Cg = s.C / s.groups;
+  if (krsc) return k * s.R * s.S * Cg + j;
+  int64_t r, t, c;
+  decode_k(s, j, Cg, &r, &t, &c);
+  return ((k * Cg + c) * s.R + r) * s.S + t;
+}
+
 }  // namespace fr

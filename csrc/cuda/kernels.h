@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/igemm.h"
 #include "common/layout.h"
 
 namespace fr::cuda {
@@ -81,5 +82,91 @@ inline int64_t block_end_bwd_workspace_elems(const Layout& L) {
   return 3 * block_end_bwd_chunks(L) * L.C;
 }
 cudaError_t launch_block_end_bwd(const BlockEndBwdParams& p, DType data, cudaStream_t stream);
+
+// ---------------------------------------------------------------- conv ops (conv_kernels.cu)
+// GPU-UNVERIFIED: compiled and ptxas-checked here, never run on a GPU yet.
+// All data NHWC (the launcher makes it channels_last-contiguous), weight KRSC, groups == 1,
+// float32 / float16 / bfloat16 data (no float64 kernels); per-channel vectors are float32.
+// CTA tile of every conv kernel: 64 GEMM rows x 64 GEMM columns.
+constexpr int64_t kConvTileM = 64;
+constexpr int64_t kConvTileN = 64;
+
+FR_HOST_DEVICE int64_t conv_tiles(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
+
+struct ConvFwdParams {
+  const void* x;
+  const void* w;
+  const void* in_scale;  // null: no affine prologue
+  const void* in_shift;
+  const void* out_scale;  // null: identity
+  const void* out_shift;
+  const void* residual;  // null: none
+  const void* res_scale;
+  const void* res_shift;
+  void* y;
+  void* mean;       // stats: float32[K]
+  void* m2;
+  void* workspace;  // stats: conv_fwd_workspace_elems floats (per-CTA Welford partials)
+  ConvShape s;
+  bool in_relu;
+  bool out_relu;
+  bool stats;
+};
+inline int64_t conv_fwd_workspace_elems(const ConvShape& s) {
+  return 4 * conv_tiles(fwd_gemm_m(s), kConvTileM) * s.K;  // count, pivot, mean-pivot, m2
+}
+cudaError_t launch_conv_fwd(const ConvFwdParams& p, DType data, cudaStream_t stream);
+
+struct ConvDgradParams {
+  const void* dz;
+  const void* y;
+  const void* a;  // dy = a*dz + b*y + c, float32[K]
+  const void* b;
+  const void* c;
+  const void* w;
+  const void* residual;    // null: none
+  const void* prev_y;      // null: no ReLU mask and no sums
+  const void* prev_scale;  // null: identity
+  const void* prev_shift;
+  const void* prev_mean;
+  const void* prev_invstd;
+  void* dx;
+  void* sum_dx;  // prev_y: float32[C]
+  void* sum_dx_xhat;
+  void* workspace;  // prev_y: conv_dgrad_workspace_elems floats (per-CTA partial sums)
+  ConvShape s;
+};
+inline int64_t conv_dgrad_workspace_elems(const ConvShape& s) {
+  return 2 * conv_tiles(dgrad_gemm_m(s), kConvTileM) * s.C;
+}
+cudaError_t launch_conv_dgrad(const ConvDgradParams& p, DType data, cudaStream_t stream);
+
+struct ConvWgradParams {
+  const void* x;
+  const void* in_scale;  // null: no affine prologue
+  const void* in_shift;
+  const void* dz;
+  const void* y;
+  const void* a;
+  const void* b;
+  const void* c;
+  void* dw;         // weight dtype `out`, KRSC when dw_krsc else KCRS
+  void* workspace;  // conv_wgrad_workspace_elems floats (split-K partials)
+  ConvShape s;
+  int64_t splits;
+  bool in_relu;
+  bool dw_krsc;
+};
+// Split the N*P*Q reduction so ~512 CTAs run; each split owns >= 256 pixels.
+inline int64_t conv_wgrad_splits(const ConvShape& s) {
+  const int64_t ctas = conv_tiles(s.K, kConvTileM) * conv_tiles(s.R * s.S * s.C, kConvTileN);
+  const int64_t by_work = std::max<int64_t>(1, fwd_gemm_m(s) / 256);
+  return std::max<int64_t>(1, std::min(by_work, std::min<int64_t>(512, 512 / ctas)));
+}
+inline int64_t conv_wgrad_workspace_elems(const ConvShape& s) {
+  return conv_wgrad_splits(s) * s.K * s.R * s.S * s.C;
+}
+cudaError_t launch_conv_wgrad(const ConvWgradParams& p, DType data, DType out,
+                              cudaStream_t stream);
 
 }  // namespace fr::cuda

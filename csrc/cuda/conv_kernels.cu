@@ -1,0 +1,661 @@
+// CUDA kernels of conv_fwd, conv_bwd_data, conv_bwd_weight (NHWC implicit GEMM, groups == 1).
+//
+// GPU-UNVERIFIED: written without a GPU. nvcc compiles it, ptxas reports no spills and the SASS
+// of the 16-bit forward kernel contains HMMA (tests/test_cuda_build.py), and the CPU twin
+// (cpu/conv_igemm_cpu.cpp) checks the same index/prologue/padding/epilogue/stats math against
+// the reference; the kernels themselves have not been run.
+//
+// - conv_fwd fp16/bf16: tensor cores (mma.sync m16n8k16 fed by ldmatrix), a 3-stage cp.async
+//   pipeline for the weight tiles; activation tiles go global -> registers -> prologue -> smem.
+// - conv_fwd fp32, conv_bwd_data and conv_bwd_weight (all dtypes): one tiled SIMT GEMM
+//   templated on its operand loaders and epilogue.
+// - Statistics / sums: per-CTA partials in a workspace, reduced by a second kernel in a fixed
+//   order (deterministic, no atomics). wgrad: split-K partials, reduced in a fixed order.
+// CUDA headers and csrc/common only (DESIGN §4).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "common/fusion.h"
+#include "common/igemm.h"
+#include "common/stats.h"
+#include "cuda/kernels.h"
+
+namespace fr::cuda {
+namespace {
+
+constexpr int BM = int(kConvTileM);
+constexpr int BN = int(kConvTileN);
+constexpr int LDC = BN + 1;  // fp32 accumulator tile in smem, padded against bank conflicts
+
+// Explicit conversions: torch builds with __CUDA_NO_HALF_CONVERSIONS__ and friends.
+template <class S>
+struct Cvt;
+template <>
+struct Cvt<float> {
+  static __device__ __forceinline__ float to(float v) { return v; }
+  static __device__ __forceinline__ float from(float v) { return v; }
+};
+template <>
+struct Cvt<double> {
+  static __device__ __forceinline__ float to(double v) { return float(v); }
+  static __device__ __forceinline__ double from(float v) { return double(v); }
+};
+template <>
+struct Cvt<__half> {
+  static __device__ __forceinline__ float to(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ float to(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
+};
+// Round to the data dtype and back: the GEMM operands are stored in the data dtype.
+template <class S>
+__device__ __forceinline__ float round_to(float v) {
+  return Cvt<S>::to(Cvt<S>::from(v));
+}
+
+// ================================================================ fused epilogues
+// Each runs after the CTA's fp32 accumulator tile sits in smem (Cs[BM][LDC]), with all
+// threads of the CTA; rows m0.., columns n0...
+
+// conv_fwd: y = epilogue(acc) stored NHWC (y[m*K + n]); stats: per-column Welford of the
+// tile's valid rows (two-pass over smem) -> workspace [count, pivot, mean - pivot, m2][mtiles][K].
+template <class S>
+struct FwdEpilogue {
+  ConvFwdParams p;  // by value: these functors are kernel arguments
+  __device__ void operator()(float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t Ncols) const {
+    const float* os = static_cast<const float*>(p.out_scale);
+    const float* ob = static_cast<const float*>(p.out_shift);
+    const float* rs = static_cast<const float*>(p.res_scale);
+    const float* rb = static_cast<const float*>(p.res_shift);
+    const S* res = static_cast<const S*>(p.residual);
+    S* y = static_cast<S*>(p.y);
+    for (int idx = threadIdx.x; idx < BM * BN; idx += blockDim.x) {
+      const int row = idx / BN, col = idx % BN;
+      const int64_t m = m0 + row, n = n0 + col;
+      if (m >= M || n >= Ncols) continue;
+      const int64_t off = m * Ncols + n;
+      const float r = res ? Cvt<S>::to(res[off]) : 0.f;
+      y[off] = Cvt<S>::from(
+          epilogue<float>(Cs[row * LDC + col], os, ob, res != nullptr, r, rs, rb, p.out_relu, n));
+    }
+    if (!p.stats) return;
+    const int64_t mtiles = conv_tiles(M, BM);
+    const int64_t rows = M - m0 < BM ? M - m0 : BM;
+    float* ws = static_cast<float*>(p.workspace);
+    for (int col = threadIdx.x; col < BN; col += blockDim.x) {
+      const int64_t n = n0 + col;
+      if (n >= Ncols) continue;
+      // Deviations from a pivot (the tile's first value, exact): a float mean near |mean|
+      // >> std would carry a rounding error comparable to std/1000 into every merge.
+      const float pivot = Cs[col];
+      const Welford<float> w =
+          welford_run<float>([&](int64_t i) { return Cs[i * LDC + col] - pivot; }, rows);
+      const int64_t at = (m0 / BM) * Ncols + n, plane = mtiles * Ncols;
+      ws[at] = w.count;
+      ws[plane + at] = pivot;
+      ws[2 * plane + at] = w.mean;
+      ws[3 * plane + at] = w.m2;
+    }
+  }
+};
+
+// conv_bwd_data: dx = acc (+ residual), ReLU-masked by prev_y*prev_scale + prev_shift; sums of
+// dx and dx*(prev_y - prev_mean) per column -> workspace [2][mtiles][C].
+template <class S>
+struct DgradEpilogue {
+  ConvDgradParams p;
+  __device__ void operator()(float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t Ncols) const {
+    const S* res = static_cast<const S*>(p.residual);
+    const S* py = static_cast<const S*>(p.prev_y);
+    const float* ps = static_cast<const float*>(p.prev_scale);
+    const float* pb = static_cast<const float*>(p.prev_shift);
+    S* dx = static_cast<S*>(p.dx);
+    for (int idx = threadIdx.x; idx < BM * BN; idx += blockDim.x) {
+      const int row = idx / BN, col = idx % BN;
+      const int64_t m = m0 + row, n = n0 + col;
+      if (m >= M || n >= Ncols) continue;
+      const int64_t off = m * Ncols + n;
+      float g = Cs[row * LDC + col];
+      if (res) g += Cvt<S>::to(res[off]);
+      if (py) g = relu_bwd<float, float>(g, maybe_affine<float>(Cvt<S>::to(py[off]), ps, pb, n));
+      dx[off] = Cvt<S>::from(g);
+      Cs[row * LDC + col] = g;  // each element is owned by one thread: no race
+    }
+    if (!py) return;
+    __syncthreads();
+    const float* pm = static_cast<const float*>(p.prev_mean);
+    const int64_t mtiles = conv_tiles(M, BM);
+    const int64_t rows = M - m0 < BM ? M - m0 : BM;
+    float* ws = static_cast<float*>(p.workspace);
+    for (int col = threadIdx.x; col < BN; col += blockDim.x) {
+      const int64_t n = n0 + col;
+      if (n >= Ncols) continue;
+      float s0 = 0.f, s1 = 0.f;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float g = Cs[i * LDC + col];
+        s0 += g;
+        s1 += g * (Cvt<S>::to(py[(m0 + i) * Ncols + n]) - pm[n]);
+      }
+      const int64_t at = (m0 / BM) * Ncols + n;
+      ws[at] = s0;
+      ws[mtiles * Ncols + at] = s1;
+    }
+  }
+};
+
+// conv_bwd_weight: the split's fp32 partial dw tile -> workspace [splits][K][RSC].
+struct WgradEpilogue {
+  ConvWgradParams p;
+  __device__ void operator()(float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t Ncols) const {
+    float* ws = static_cast<float*>(p.workspace) + int64_t(blockIdx.z) * M * Ncols;
+    for (int idx = threadIdx.x; idx < BM * BN; idx += blockDim.x) {
+      const int row = idx / BN, col = idx % BN;
+      const int64_t m = m0 + row, n = n0 + col;
+      if (m < M && n < Ncols) ws[m * Ncols + n] = Cs[row * LDC + col];
+    }
+  }
+};
+
+// ================================================================ operand loaders (SIMT path)
+// A loader: row(m) caches the per-row decode; a(row, k) gives the fused, rounded operand.
+// B loader: the same for GEMM columns. Out-of-range rows/columns/k give 0.
+
+template <class S>
+struct FwdOperands {
+  ConvFwdParams p;  // by value: these functors are kernel arguments
+  struct Row {
+    int64_t n, p, q;
+    bool ok;
+  };
+  __device__ Row row_a(int64_t m) const {
+    Row r{0, 0, 0, m < fwd_gemm_m(p.s)};
+    if (r.ok) decode_m(p.s, m, &r.n, &r.p, &r.q);
+    return r;
+  }
+  __device__ float a(const Row& r, int64_t k) const {
+    if (!r.ok || k >= fwd_gemm_k(p.s)) return 0.f;
+    const S* x = static_cast<const S*>(p.x);
+    const float* sc = static_cast<const float*>(p.in_scale);
+    const float* sh = static_cast<const float*>(p.in_shift);
+    return fwd_a_elem<float>(p.s, r.n, r.p, r.q, k, [&](int64_t off, int64_t c) {
+      return round_to<S>(prologue<float>(Cvt<S>::to(x[off]), sc, sh, p.in_relu, c));
+    });
+  }
+  __device__ int64_t row_b(int64_t n) const { return n < p.s.K ? n : -1; }
+  __device__ float b(int64_t n, int64_t k) const {
+    const int64_t kd = fwd_gemm_k(p.s);
+    if (n < 0 || k >= kd) return 0.f;
+    return Cvt<S>::to(static_cast<const S*>(p.w)[n * kd + k]);
+  }
+};
+
+template <class S>
+struct DgradOperands {
+  ConvDgradParams p;
+  struct Row {
+    int64_t n, h, w;
+    bool ok;
+  };
+  __device__ Row row_a(int64_t m) const {
+    Row r{0, 0, 0, m < dgrad_gemm_m(p.s)};
+    if (r.ok) decode_in_pixel(p.s, m, &r.n, &r.h, &r.w);
+    return r;
+  }
+  __device__ float a(const Row& r, int64_t k) const {
+    if (!r.ok || k >= dgrad_gemm_k(p.s)) return 0.f;
+    const S* dz = static_cast<const S*>(p.dz);
+    const S* y = static_cast<const S*>(p.y);
+    const float* ca = static_cast<const float*>(p.a);
+    const float* cb = static_cast<const float*>(p.b);
+    const float* cc = static_cast<const float*>(p.c);
+    return dgrad_a_elem<float>(p.s, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
+      return round_to<S>(
+          bn_bwd_apply<float>(Cvt<S>::to(dz[off]), Cvt<S>::to(y[off]), ca[ko], cb[ko], cc[ko]));
+    });
+  }
+  __device__ int64_t row_b(int64_t c) const { return c < p.s.C ? c : -1; }
+  __device__ float b(int64_t c, int64_t k) const {
+    if (c < 0 || k >= dgrad_gemm_k(p.s)) return 0.f;
+    return Cvt<S>::to(static_cast<const S*>(p.w)[dgrad_b_offset(p.s, c, k)]);
+  }
+};
+
+template <class S>
+struct WgradOperands {
+  ConvWgradParams p;
+  using Row = int64_t;  // output channel, -1 when out of range
+  __device__ Row row_a(int64_t ko) const { return ko < p.s.K ? ko : -1; }
+  __device__ float a(Row ko, int64_t i) const {  // dy at output pixel i, channel ko
+    if (ko < 0 || i >= fwd_gemm_m(p.s)) return 0.f;
+    const int64_t off = i * p.s.K + ko;
+    return round_to<S>(bn_bwd_apply<float>(
+        Cvt<S>::to(static_cast<const S*>(p.dz)[off]), Cvt<S>::to(static_cast<const S*>(p.y)[off]),
+        static_cast<const float*>(p.a)[ko], static_cast<const float*>(p.b)[ko],
+        static_cast<const float*>(p.c)[ko]));
+  }
+  __device__ int64_t row_b(int64_t j) const { return j < fwd_gemm_k(p.s) ? j : -1; }
+  __device__ float b(int64_t j, int64_t i) const {  // activation of pixel i through tap j
+    if (j < 0 || i >= fwd_gemm_m(p.s)) return 0.f;
+    const S* x = static_cast<const S*>(p.x);
+    const float* sc = static_cast<const float*>(p.in_scale);
+    const float* sh = static_cast<const float*>(p.in_shift);
+    return wgrad_b_elem<float>(p.s, j, i, [&](int64_t off, int64_t c) {
+      return round_to<S>(prologue<float>(Cvt<S>::to(x[off]), sc, sh, p.in_relu, c));
+    });
+  }
+};
+
+// ================================================================ SIMT tiled GEMM
+// 256 threads, 64x64 tile, BK=16, 4x4 outputs per thread, fp32 accumulate. The reduction
+// range of CTA z is [z*kchunk, min(Kdim, (z+1)*kchunk)) (split-K for wgrad, one split else).
+constexpr int SIMT_THREADS = 256;
+constexpr int SIMT_BK = 16;
+
+template <class Ops, class Epi>
+__global__ void __launch_bounds__(SIMT_THREADS)
+    simt_conv_kernel(Ops ops, Epi epi, int64_t M, int64_t Ncols, int64_t Kdim, int64_t kchunk) {
+  __shared__ float As[SIMT_BK][BM];
+  __shared__ float Bs[SIMT_BK][BN];
+  __shared__ float Cs[BM * LDC];
+  const int tid = threadIdx.x;
+  const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
+  const int64_t k_begin = int64_t(blockIdx.z) * kchunk;
+  const int64_t k_end = k_begin + kchunk < Kdim ? k_begin + kchunk : Kdim;
+  // Loader mapping: one tile row per 4 threads, 4 consecutive k each (rows decoded once).
+  const int lrow = tid / 4, lk = (tid % 4) * 4;
+  const auto arow = ops.row_a(m0 + lrow);
+  const auto brow = ops.row_b(n0 + lrow);
+  const int ty = tid / 16, tx = tid % 16;  // compute mapping: rows ty+16i, cols tx+16j
+  float acc[4][4] = {};
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += SIMT_BK) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t k = k0 + lk + e;
+      As[lk + e][lrow] = k < k_end ? ops.a(arow, k) : 0.f;
+      Bs[lk + e][lrow] = k < k_end ? ops.b(brow, k) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < SIMT_BK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) Cs[(ty + 16 * i) * LDC + tx + 16 * j] = acc[i][j];
+  __syncthreads();
+  epi(Cs, m0, n0, M, Ncols);
+}
+
+// ================================================================ tensor-core forward
+// 128 threads = 4 warps in 2x2, each a 32x32 warp tile of m16n8k16 MMAs; BK = 32 per stage.
+// Smem rows are padded to 40 halves (80 B) so the 8 row addresses of an ldmatrix hit
+// different banks.
+constexpr int TC_THREADS = 128;
+constexpr int TC_BK = 32;
+constexpr int TC_STAGES = 3;
+constexpr int TC_LD = TC_BK + 8;
+constexpr int TC_TILE_ELEMS = BM * TC_LD;  // one stage of A (and of B: BN == BM)
+constexpr int TC_PIPE_BYTES = 2 * TC_STAGES * TC_TILE_ELEMS * 2;
+constexpr int TC_C_BYTES = BM * LDC * 4;
+constexpr int TC_SMEM_BYTES = TC_PIPE_BYTES > TC_C_BYTES ? TC_PIPE_BYTES : TC_C_BYTES;
+static_assert(BM == BN, "A and B stages share one size");
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; src_bytes = 0 zero-fills the destination (out-of-range tiles).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
+               "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+template <class S>
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (&a)[4],
+                                                 unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4],
+                                                        unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <class S>
+struct alignas(16) Vec8 {
+  S v[8];
+};
+
+// A stage: this thread's 16 k-values of its row (two chunks of 8): load, prologue, round,
+// zero on padding / out of range, st.shared. vec: C % 8 == 0 and x 16-byte aligned, so a
+// chunk is one 16-byte load inside one filter tap.
+template <class S>
+__device__ __forceinline__ void tc_load_a(const ConvFwdParams& p, S* As, int row, int kc,
+                                          int64_t k0, bool row_ok, int64_t n, int64_t pp,
+                                          int64_t q, bool vec) {
+  const S* x = static_cast<const S*>(p.x);
+  const float* sc = static_cast<const float*>(p.in_scale);
+  const float* sh = static_cast<const float*>(p.in_shift);
+  const int64_t kd = fwd_gemm_k(p.s);
+  auto act = [&](int64_t off, int64_t c) {
+    return round_to<S>(prologue<float>(Cvt<S>::to(x[off]), sc, sh, p.in_relu, c));
+  };
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t kb = k0 + kc + 8 * h;
+    Vec8<S> out;
+    if (vec) {
+      int64_t r = 0, t = 0, c = 0, off = -1;
+      if (row_ok && kb < kd) {
+        decode_k(p.s, kb, p.s.C, &r, &t, &c);
+        off = fwd_input_offset(p.s, n, pp, q, r, t, c);
+      }
+      if (off >= 0) {
+        const Vec8<S> in = *reinterpret_cast<const Vec8<S>*>(x + off);
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          out.v[e] = Cvt<S>::from(prologue<float>(Cvt<S>::to(in.v[e]), sc, sh, p.in_relu, c + e));
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out.v[e] = Cvt<S>::from(0.f);
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int64_t k = kb + e;
+        const float v = (row_ok && k < kd) ? fwd_a_elem<float>(p.s, n, pp, q, k, act) : 0.f;
+        out.v[e] = Cvt<S>::from(v);
+      }
+    }
+    *reinterpret_cast<Vec8<S>*>(As + row * TC_LD + kc + 8 * h) = out;
+  }
+}
+
+// B stage: 64 output channels x 32 k of the KRSC weight ([K][Kdim] row-major). vec: Kdim % 8
+// == 0 and w 16-byte aligned -> cp.async (zero-fill outside); else plain loads.
+template <class S>
+__device__ __forceinline__ void tc_load_b(const ConvFwdParams& p, S* Bs, int64_t n0, int64_t k0,
+                                          bool vec) {
+  const S* w = static_cast<const S*>(p.w);
+  const int64_t kd = fwd_gemm_k(p.s);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int id = threadIdx.x + i * TC_THREADS;
+    const int row = id / 4, kc = (id % 4) * 8;
+    const int64_t n = n0 + row, k = k0 + kc;
+    S* dst = Bs + row * TC_LD + kc;
+    if (vec) {
+      const bool ok = n < p.s.K && k < kd;
+      cp_async16(dst, ok ? w + n * kd + k : w, ok ? 16 : 0);
+    } else {
+      Vec8<S> v;
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        v.v[e] = (n < p.s.K && k + e < kd) ? w[n * kd + k + e] : Cvt<S>::from(0.f);
+      *reinterpret_cast<Vec8<S>*>(dst) = v;
+    }
+  }
+}
+
+// One BK=32 stage of MMAs for this warp's 32x32 tile.
+template <class S>
+__device__ __forceinline__ void tc_compute(const S* As, const S* Bs, float (&acc)[2][4][4],
+                                           int wm, int wn, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < TC_BK; ks += 16) {
+    unsigned a[2][4], b[2][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)  // lanes 0-15: rows at k, lanes 16-31: rows at k+8
+      ldmatrix_x4(a[mi], As + (wm * 32 + mi * 16 + lane % 16) * TC_LD + ks + (lane / 16) * 8);
+#pragma unroll
+    for (int nj = 0; nj < 2; ++nj)  // two n8 tiles per x4: (n0-7: k, k+8), (n8-15: k, k+8)
+      ldmatrix_x4(b[nj], Bs + (wn * 32 + nj * 16 + (lane / 16) * 8 + lane % 8) * TC_LD + ks +
+                             ((lane / 8) % 2) * 8);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+        mma16816<S>(acc[mi][ni], a[mi], b[ni / 2][(ni % 2) * 2], b[ni / 2][(ni % 2) * 2 + 1]);
+  }
+}
+
+template <class S>
+__global__ void __launch_bounds__(TC_THREADS) tc_conv_fwd_kernel(ConvFwdParams p, bool vec_a,
+                                                                 bool vec_b) {
+  __shared__ __align__(16) unsigned char smem[TC_SMEM_BYTES];
+  S* As = reinterpret_cast<S*>(smem);
+  S* Bs = As + TC_STAGES * TC_TILE_ELEMS;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp / 2, wn = warp % 2;
+  const int64_t M = fwd_gemm_m(p.s), kd = fwd_gemm_k(p.s);
+  const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
+  // A loader mapping: 2 threads per row, 16 k each; the row's pixel is decoded once.
+  const int arow = tid / 2, akc = (tid % 2) * 16;
+  int64_t n = 0, pp = 0, q = 0;
+  const bool row_ok = m0 + arow < M;
+  if (row_ok) decode_m(p.s, m0 + arow, &n, &pp, &q);
+  auto load_stage = [&](int stage, int64_t kt) {
+    tc_load_b<S>(p, Bs + stage * TC_TILE_ELEMS, n0, kt * TC_BK, vec_b);
+    tc_load_a<S>(p, As + stage * TC_TILE_ELEMS, arow, akc, kt * TC_BK, row_ok, n, pp, q, vec_a);
+  };
+
+  float acc[2][4][4] = {};
+  const int64_t ktiles = (kd + TC_BK - 1) / TC_BK;
+#pragma unroll
+  for (int s = 0; s < TC_STAGES - 1; ++s) {
+    if (s < ktiles) load_stage(s, s);
+    cp_async_commit();  // always commit: keeps the group count in step with the stages
+  }
+  for (int64_t kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<TC_STAGES - 2>();  // stage kt has landed (for this thread) ...
+    __syncthreads();                 // ... for all threads; stage kt-1 is free again
+    const int stage = int(kt % TC_STAGES);
+    tc_compute<S>(As + stage * TC_TILE_ELEMS, Bs + stage * TC_TILE_ELEMS, acc, wm, wn, lane);
+    const int64_t next = kt + TC_STAGES - 1;
+    if (next < ktiles) load_stage(int(next % TC_STAGES), next);
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the accumulator tile reuses the pipeline's smem
+
+  float* Cs = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // c0,c1: row lane/4; c2,c3: row lane/4+8
+        const int row = wm * 32 + mi * 16 + lane / 4 + (e / 2) * 8;
+        const int col = wn * 32 + ni * 8 + (lane % 4) * 2 + e % 2;
+        Cs[row * LDC + col] = acc[mi][ni][e];
+      }
+  __syncthreads();
+  FwdEpilogue<S>{p}(Cs, m0, n0, M, p.s.K);
+}
+
+// ================================================================ fixed-order reductions
+// Per channel: Chan-merge the per-CTA Welford partials in tile order, in double (the tile
+// mean pivot + offset is only exact in double).
+__global__ void __launch_bounds__(256)
+    merge_stats_kernel(const float* ws, int64_t mtiles, int64_t C, float* mean, float* m2) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int64_t plane = mtiles * C;
+  Welford<double> t;
+  for (int64_t i = 0; i < mtiles; ++i) {
+    Welford<double> part;
+    part.count = ws[i * C + c];
+    part.mean = double(ws[plane + i * C + c]) + double(ws[2 * plane + i * C + c]);
+    part.m2 = ws[3 * plane + i * C + c];
+    t = welford_merge(t, part);
+  }
+  mean[c] = float(t.mean);
+  m2[c] = float(t.m2);
+}
+
+// Per channel: sum the dgrad partials in tile order (double: thousands of tiles).
+__global__ void __launch_bounds__(256)
+    reduce_sums_kernel(const float* ws, int64_t mtiles, int64_t C, const float* invstd,
+                       float* sum_dx, float* sum_dx_xhat) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  double s0 = 0.0, s1 = 0.0;
+  for (int64_t i = 0; i < mtiles; ++i) {
+    s0 += ws[i * C + c];
+    s1 += ws[(mtiles + i) * C + c];
+  }
+  sum_dx[c] = float(s0);
+  sum_dx_xhat[c] = float(s1 * double(invstd[c]));
+}
+
+// Per dw element: sum the split-K partials in split order, store in the weight dtype/format.
+template <class O>
+__global__ void __launch_bounds__(256)
+    reduce_wgrad_kernel(const float* ws, int64_t splits, ConvShape s, bool krsc, O* dw) {
+  const int64_t cols = s.R * s.S * s.C, total = s.K * cols;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  float acc = 0.f;
+  for (int64_t z = 0; z < splits; ++z) acc += ws[z * total + i];
+  dw[wgrad_out_offset(s, i / cols, i % cols, krsc)] = Cvt<O>::from(acc);
+}
+
+// ================================================================ launchers
+unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+template <class S>
+cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
+  const int64_t M = fwd_gemm_m(p.s), kd = fwd_gemm_k(p.s);
+  const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.K, BN)));
+  if constexpr (sizeof(S) == 2) {
+    const bool vec_a = p.s.C % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+    const bool vec_b = kd % 8 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
+    tc_conv_fwd_kernel<S><<<grid, TC_THREADS, 0, stream>>>(p, vec_a, vec_b);
+  } else {
+    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(FwdOperands<S>{p}, FwdEpilogue<S>{p}, M,
+                                                        p.s.K, kd, kd);
+  }
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.stats) return e;
+  merge_stats_kernel<<<blocks_for(p.s.K, 256), 256, 0, stream>>>(
+      static_cast<const float*>(p.workspace), grid.x, p.s.K, static_cast<float*>(p.mean),
+      static_cast<float*>(p.m2));
+  return cudaGetLastError();
+}
+
+template <class S>
+cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
+  const int64_t M = dgrad_gemm_m(p.s), kd = dgrad_gemm_k(p.s);
+  const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.C, BN)));
+  simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(DgradOperands<S>{p}, DgradEpilogue<S>{p},
+                                                      M, p.s.C, kd, kd);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.prev_y) return e;
+  reduce_sums_kernel<<<blocks_for(p.s.C, 256), 256, 0, stream>>>(
+      static_cast<const float*>(p.workspace), grid.x, p.s.C,
+      static_cast<const float*>(p.prev_invstd), static_cast<float*>(p.sum_dx),
+      static_cast<float*>(p.sum_dx_xhat));
+  return cudaGetLastError();
+}
+
+template <class S>
+cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t stream) {
+  const int64_t kd = fwd_gemm_m(p.s), cols = fwd_gemm_k(p.s);
+  // Split boundaries on multiples of the SIMT BK keep every split's tiles full.
+  int64_t kchunk = (kd + p.splits - 1) / p.splits;
+  kchunk = (kchunk + SIMT_BK - 1) / SIMT_BK * SIMT_BK;
+  const dim3 grid(unsigned(conv_tiles(p.s.K, BM)), unsigned(conv_tiles(cols, BN)),
+                  unsigned(p.splits));
+  // Splits past the end of the reduction write zero partials (k_begin >= Kdim): still summed.
+  simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(WgradOperands<S>{p}, WgradEpilogue{p},
+                                                      p.s.K, cols, kd, kchunk);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  const float* ws = static_cast<const float*>(p.workspace);
+  const unsigned blocks = blocks_for(p.s.K * cols, 256);
+  switch (out) {
+    case DType::kFloat:
+      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
+                                                      static_cast<float*>(p.dw));
+      break;
+    case DType::kDouble:
+      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
+                                                      static_cast<double*>(p.dw));
+      break;
+    case DType::kHalf:
+      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
+                                                      static_cast<__half*>(p.dw));
+      break;
+    case DType::kBFloat16:
+      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
+                                                      static_cast<__nv_bfloat16*>(p.dw));
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_conv_fwd(const ConvFwdParams& p, DType data, cudaStream_t stream) {
+  switch (data) {
+    case DType::kFloat: return conv_fwd_typed<float>(p, stream);
+    case DType::kHalf: return conv_fwd_typed<__half>(p, stream);
+    case DType::kBFloat16: return conv_fwd_typed<__nv_bfloat16>(p, stream);
+    default: return cudaErrorInvalidValue;  // no float64 kernels
+  }
+}
+
+cudaError_t launch_conv_dgrad(const ConvDgradParams& p, DType data, cudaStream_t stream) {
+  switch (data) {
+    case DType::kFloat: return conv_dgrad_typed<float>(p, stream);
+    case DType::kHalf: return conv_dgrad_typed<__half>(p, stream);
+    case DType::kBFloat16: return conv_dgrad_typed<__nv_bfloat16>(p, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_conv_wgrad(const ConvWgradParams& p, DType data, DType out,
+                              cudaStream_t stream) {
+  switch (data) {
+    case DType::kFloat: return conv_wgrad_typed<float>(p, out, stream);
+    case DType::kHalf: return conv_wgrad_typed<__half>(p, out, stream);
+    case DType::kBFloat16: return conv_wgrad_typed<__nv_bfloat16>(p, out, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace fr::cuda
