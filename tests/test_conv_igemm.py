@@ -212,16 +212,19 @@ def bwd_args(geom) -> dict:
 
 
 def gpu_check(name: str, args64: dict, dtype, fmt):
+    """The CUDA op vs the float64 reference, both on the GPU (float64 convs there are fast)."""
     low = cast(args64, dtype, fmt, device="cuda")
     ours = call(name, low)
     ours = ours if isinstance(ours, tuple) else (ours,)
     fn = getattr(R, name)
     sig = fn.__code__.co_varnames[:fn.__code__.co_argcount]
     low = {k: v for k, v in low.items() if k in sig}
-    ref = ref_call(fn, low)
+    ref = fn(**{k: v.double() if isinstance(v, torch.Tensor) else v for k, v in low.items()})
     ref = ref if isinstance(ref, tuple) else (ref,)
-    tol = low_tol(fn, {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in low.items()},
-                  ref[0], dtype)
+    tol = TOL[dtype]
+    if dtype in (torch.float16, torch.bfloat16):  # 2x plain PyTorch (cuDNN) in the same dtype
+        plain = fn(**low)
+        tol = max(tol, 2 * rel_err(plain[0] if isinstance(plain, tuple) else plain, ref[0]))
     assert rel_err(ours[0], ref[0]) <= tol, (name, dtype, rel_err(ours[0], ref[0]), tol)
     for o, r in zip(ours[1:], ref[1:]):  # fp32 statistics / sums
         if r.numel():

@@ -67,8 +67,13 @@ def compile_cu(src: Path, arch: str, tmp: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def ptxas_reports(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cubin")
+def cubin_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cubin")
+
+
+@pytest.fixture(scope="module")
+def ptxas_reports(cubin_dir):
+    tmp = cubin_dir
     jobs = [(src, arch) for src in CU_FILES for arch in ARCHS]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
         logs = list(pool.map(lambda job: compile_cu(*job, tmp), jobs))
@@ -261,3 +266,180 @@ def test_common_headers_host_math_and_device_compile(tmp_path):
                           str(tmp_path / "common_check.o")],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
+
+
+# ---- conv_kernels.cu: tensor cores in the 16-bit forward, a standalone sanitizer harness.
+HARNESS = ROOT / "csrc" / "cuda" / "harness" / "conv_harness.cu"
+
+
+def find_cuobjdump() -> str | None:
+    """The toolkit's cuobjdump, else the one triton's wheel carries (DESIGN.md §5)."""
+    if NVCC and os.path.isfile(os.path.join(os.path.dirname(NVCC), "cuobjdump")):
+        return os.path.join(os.path.dirname(NVCC), "cuobjdump")
+    try:
+        import triton
+    except ImportError:
+        return shutil.which("cuobjdump")
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(bundled) if bundled.is_file() else shutil.which("cuobjdump")
+
+
+def sass_by_function(sass: str) -> dict[str, str]:
+    """cuobjdump --dump-sass output split per kernel (mangled name -> its SASS)."""
+    out, current = {}, None
+    for line in sass.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            current = m.group(1)
+            out[current] = ""
+        elif current:
+            out[current] += line + "\n"
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conv_fwd_16bit_kernels_use_tensor_cores(ptxas_reports, cubin_dir, arch):
+    src = ROOT / "csrc" / "cuda" / "conv_kernels.cu"
+    if (src, arch) not in ptxas_reports:
+        pytest.skip("no conv_kernels.cu")
+    cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
+        pytest.skip("no cuobjdump (neither in the toolkit nor in triton's wheel)")
+    res = subprocess.run([cuobjdump, "--dump-sass", str(cubin_dir / f"conv_kernels.{arch}.cubin")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    funcs = sass_by_function(res.stdout)
+    tc = {name: body for name, body in funcs.items() if "tc_conv_fwd_kernel" in name}
+    # One instantiation each for __half (I6__half) and __nv_bfloat16.
+    assert any("6__half" in n for n in tc) and any("nv_bfloat16" in n for n in tc), list(funcs)
+    for name, body in tc.items():
+        counts = {op: len(re.findall(rf"\b{op}\b", body)) for op in ("HMMA", "LDSM", "LDGSTS")}
+        print(f"{arch} {name}: {counts}")
+        assert counts["HMMA"] > 0, f"{name} ({arch}) has no HMMA: {counts}"
+        assert counts["LDSM"] > 0, f"{name} ({arch}) has no ldmatrix: {counts}"
+        assert counts["LDGSTS"] > 0, f"{name} ({arch}) has no cp.async: {counts}"
+
+
+def test_conv_harness_compiles(tmp_path):
+    """csrc/cuda/harness/conv_harness.cu (compute-sanitizer target) builds as a program."""
+    res = subprocess.run([NVCC, "-std=c++20", "-O2", "-arch=sm_90", f"-I{ROOT / 'csrc'}",
+                          str(HARNESS), "-o", str(tmp_path / "conv_harness")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
+
+
+# The implicit-GEMM views of common/igemm.h that the CUDA dgrad / wgrad kernels use (only the
+# forward has a CPU twin op): on the host, against direct convolution loops. The operand
+# transform maps 0 to 1, so a padded tap or stride hole that is not zeroed after it shows up.
+IGEMM_CHECK = r"""
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include "common/igemm.h"
+using namespace fr;
+#define CHECK(cond)                                                    \
+  do {                                                                 \
+    if (!(cond)) {                                                     \
+      std::printf("FAILED line %d: %s (case %d)\n", __LINE__, #cond, kase); \
+      std::exit(1);                                                    \
+    }                                                                  \
+  } while (0)
+
+static unsigned seed = 7;
+static double rnd() { seed = seed * 1664525u + 1013904223u; return (seed >> 8) / 16777216.0 - 0.5; }
+static bool close(double a, double b) { return std::fabs(a - b) <= 1e-12 * (1 + std::fabs(b)); }
+
+int main() {
+  int kase = 0;
+  for (int64_t stride = 1; stride <= 2; ++stride)
+    for (int64_t dil = 1; dil <= 2; ++dil)
+      for (int64_t R = 1; R <= 3; R += 2)
+        for (int64_t pad = 0; pad <= dil * (R / 2) + 1; pad += 1 + dil * (R / 2)) {
+          ++kase;
+          const int64_t N = 2, C = 3, H = 7, W = 6, K = 5;
+          ConvShape s = make_conv_shape(N, C, H, W, K, R, R + (R > 1), stride, pad, dil, 1);
+          if (s.P < 1 || s.Q < 1) continue;
+          const int64_t P = s.P, Q = s.Q, S = s.S, kd = fwd_gemm_k(s);
+          std::vector<double> x(N * H * W * C), w(K * R * S * C), dy(N * P * Q * K);
+          for (auto& v : x) v = rnd();
+          for (auto& v : w) v = rnd();
+          for (auto& v : dy) v = rnd();
+          // Direct loops (transform t(v) = v + 1 applied to in-range taps only).
+          std::vector<double> y(N * P * Q * K, 0), dx(N * H * W * C, 0), dw(K * R * S * C, 0);
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t p = 0; p < P; ++p)
+              for (int64_t q = 0; q < Q; ++q)
+                for (int64_t k = 0; k < K; ++k)
+                  for (int64_t r = 0; r < R; ++r)
+                    for (int64_t t = 0; t < S; ++t)
+                      for (int64_t c = 0; c < C; ++c) {
+                        const int64_t h = p * stride - pad + r * dil;
+                        const int64_t ww = q * stride - pad + t * dil;
+                        if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                        const int64_t xi = ((n * H + h) * W + ww) * C + c;
+                        const int64_t wi = ((k * R + r) * S + t) * C + c;
+                        const int64_t yi = ((n * P + p) * Q + q) * K + k;
+                        y[yi] += (x[xi] + 1) * w[wi];
+                        dx[xi] += (dy[yi] + 1) * w[wi];
+                        dw[wi] += dy[yi] * (x[xi] + 1);
+                      }
+          auto tx = [&](int64_t off, int64_t) { return x[off] + 1; };
+          auto tdy = [&](int64_t off, int64_t) { return dy[off] + 1; };
+          // Forward view.
+          CHECK(fwd_gemm_m(s) == N * P * Q && kd == R * S * C);
+          for (int64_t m = 0; m < fwd_gemm_m(s); ++m) {
+            int64_t n, p, q;
+            decode_m(s, m, &n, &p, &q);
+            for (int64_t k = 0; k < K; ++k) {
+              double a = 0;
+              for (int64_t i = 0; i < kd; ++i)
+                a += fwd_a_elem<double>(s, n, p, q, i, tx) * w[k * kd + i];
+              CHECK(close(a, y[m * K + k]));
+            }
+          }
+          // Dgrad view: rows are input pixels, columns input channels, reduction (r, s, k).
+          CHECK(dgrad_gemm_m(s) == N * H * W && dgrad_gemm_k(s) == R * S * K);
+          for (int64_t m = 0; m < dgrad_gemm_m(s); ++m) {
+            int64_t n, h, ww;
+            decode_in_pixel(s, m, &n, &h, &ww);
+            CHECK(((n * H + h) * W + ww) == m);
+            for (int64_t c = 0; c < C; ++c) {
+              double a = 0;
+              for (int64_t i = 0; i < dgrad_gemm_k(s); ++i)
+                a += dgrad_a_elem<double>(s, n, h, ww, i, tdy) * w[dgrad_b_offset(s, c, i)];
+              CHECK(close(a, dx[m * C + c]));
+            }
+          }
+          // Wgrad view: rows output channels, columns (r, s, c), reduction output pixels;
+          // stored KRSC and KCRS.
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t j = 0; j < kd; ++j) {
+              double a = 0;
+              for (int64_t i = 0; i < fwd_gemm_m(s); ++i)
+                a += dy[i * K + k] * wgrad_b_elem<double>(s, j, i, tx);
+              CHECK(close(a, dw[k * kd + j]));
+              CHECK(wgrad_out_offset(s, k, j, true) == k * kd + j);
+              int64_t r, t, c;
+              decode_k(s, j, C, &r, &t, &c);
+              CHECK(wgrad_out_offset(s, k, j, false) == ((k * C + c) * R + r) * S + t);
+            }
+        }
+  std::printf("ok %d\n", kase);
+  return 0;
+}
+"""
+
+
+def test_igemm_views_match_direct_convolution(tmp_path):
+    src = tmp_path / "igemm_check.cpp"
+    src.write_text(IGEMM_CHECK)
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    exe = tmp_path / "igemm_check"
+    res = subprocess.run([cxx, "-std=c++20", "-O1", f"-I{ROOT / 'csrc'}", str(src), "-o",
+                          str(exe)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr

@@ -78,9 +78,9 @@ FR_HOST_DEVICE int64_t krsc_offset(const ConvShape& s, int64_t k, int64_t r, int
 // ---- Implicit-GEMM views, shared by the CUDA conv kernels and the CPU twin
 // (cpu/conv_igemm_cpu.cpp), so CI on a CPU exercises the index math the kernels run.
 //
-//   forward: M = N*P*Q (output pixel), Ncols = K, Kdim = R*S*C     A(m,k)=act, B(n,k)=w[n][k]
-//   dgrad:   M = N*H*W (input pixel),  Ncols = C, Kdim = R*S*K     A(m,k)=dy,  B(c,k)=w[k'][r][s][c]
-//   wgrad:   M = K,  Ncols = R*S*C,    Kdim = N*P*Q                A(k,j)=dy,  B(j,i)=act
+//   forward: M = N*P*Q (output pixel), Ncols = K, Kdim = R*S*C   A(m,k)=act, B(n,k)=w[n][k]
+//   dgrad:   M = N*H*W (input pixel),  Ncols = C, Kdim = R*S*K   A(m,k)=dy,  B(c,k)=w[k'][r][s][c]
+//   wgrad:   M = K,  Ncols = R*S*C,    Kdim = N*P*Q              A(k,j)=dy,  B(j,i)=act
 // Reduction indices run (r, s, channel) with the channel fastest (KRSC / NHWC order).
 
 FR_HOST_DEVICE int64_t fwd_gemm_m(const ConvShape& s) { return s.N * s.P * s.Q; }

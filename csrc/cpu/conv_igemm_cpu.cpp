@@ -2,9 +2,10 @@
 // (cuda/conv_kernels.cu). Plain C++, no ATen GEMM: the same NHWC implicit-GEMM view, the same
 // 64x64 CTA tiles walked in BK=32 steps, the same operand math (common/igemm.h fwd_a_elem:
 // prologue, rounding to the data dtype, zero padding after the transform), the same epilogue
-// (common/fusion.h) and the same statistics scheme (per-tile two-pass Welford of the deviations
-// from a pivot, merged per channel in tile order in double with Chan's formula). CI has no GPU: this op
-// is what tests the index/prologue/padding/epilogue/stats math the CUDA kernel runs.
+// (common/fusion.h) and the same statistics scheme (per-tile two-pass Welford of the
+// deviations from a pivot, merged per channel in tile order in double with Chan's formula).
+// CI has no GPU: this op is what tests the index/prologue/padding/epilogue/stats math the
+// CUDA kernel runs.
 // groups == 1 only (as the CUDA kernels); float64 too, for tight checks.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -54,6 +54,8 @@ ConvShape conv_shape(const char* op, at::IntArrayRef in, const Tensor& weight,
               weight.scalar_type());
   TORCH_CHECK(weight.device() == device, op, ": weight is on ", weight.device(), ", expected ",
               device);
+  TORCH_CHECK(in[0] > 0 && in[1] > 0 && in[2] > 0 && in[3] > 0, op,
+              ": the input must be non-empty, got size ", in);
   TORCH_CHECK(weight.size(1) == in[1], op, ": weight ", weight.sizes(), " does not match ",
               in[1], " input channels");
   const ConvShape s = make_conv_shape(in[0], in[1], in[2], in[3], weight.size(0), weight.size(2),
