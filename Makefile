@@ -24,7 +24,8 @@ setup: $(DEPS_STAMP) $(EXT_STAMP)
 $(PY):
 	python3 -m venv $(VENV)
 
-$(DEPS_STAMP): requirements-dev.txt | $(PY)
+# The stamp is named by the requirements file's hash: a changed file makes a new stamp.
+$(DEPS_STAMP): | $(PY)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
