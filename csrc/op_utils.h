@@ -85,6 +85,17 @@ inline void check_conv_args(int64_t stride, int64_t padding, int64_t dilation, i
   TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
 }
 
+// An optional data tensor (a residual, a saved activation): `shape`, and `like`'s dtype and
+// device.
+inline void check_optional_data(const OptTensor& t, at::IntArrayRef shape, const Tensor& like,
+                                const char* op, const char* name, const char* like_name) {
+  if (!t) return;
+  TORCH_CHECK(t->sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
+              t->sizes());
+  TORCH_CHECK(t->scalar_type() == like.scalar_type() && t->device() == like.device(), op, ": ",
+              name, " must match ", like_name, "'s dtype and device");
+}
+
 inline OptTensor contiguous(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
 }

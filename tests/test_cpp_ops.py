@@ -383,7 +383,7 @@ def _conv_fwd(x, w, **kw):
     ("scale_size", "in_scale must be a 1-D per-channel tensor of 5 elements"),
     ("scale_dtype", "in_scale must have dtype Float"),
     ("scale_without_shift", "in_scale and in_shift must be given together"),
-    ("residual_shape", "residual must have the output shape"),
+    ("residual_shape", "residual must have shape"),
     ("stride", "stride must be >= 1"),
     ("too_small", "is too small for kernel"),
 ])

@@ -108,11 +108,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   check_affine(out_scale_in, out_shift_in, K, sd, dev, op, "out_scale", "out_shift");
   const bool has_res = residual_in.has_value();
   if (has_res) {
-    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({x_in.size(0), K, P, Q}), op,
-                ": residual must have the output shape [", x_in.size(0), ", ", K, ", ", P, ", ",
-                Q, "], got ", residual_in->sizes());
-    TORCH_CHECK(residual_in->scalar_type() == x_in.scalar_type() && residual_in->device() == dev,
-                op, ": residual must match x's dtype and device");
+    check_optional_data(residual_in, {x_in.size(0), K, P, Q}, x_in, op, "residual", "x");
     check_affine(res_scale_in, res_shift_in, K, sd, dev, op, "res_scale", "res_shift");
   }
 
@@ -200,13 +196,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
               dz.sizes(), " is not the output of a conv of input ", input_size, " with weight ",
               weight.sizes());
   const int64_t C = input_size[1];
-  for (auto [t, name] : {std::pair{&residual_in, "residual"}, std::pair{&prev_y_in, "prev_y"}}) {
-    if (!*t) continue;
-    TORCH_CHECK((*t)->sizes() == input_size, op, ": ", name, " must have shape input_size ",
-                input_size, ", got ", (*t)->sizes());
-    TORCH_CHECK((*t)->scalar_type() == dz.scalar_type() && (*t)->device() == dev, op, ": ",
-                name, " must match dz's dtype and device");
-  }
+  check_optional_data(residual_in, input_size, dz, op, "residual", "dz");
+  check_optional_data(prev_y_in, input_size, dz, op, "prev_y", "dz");
   const bool has_prev = prev_y_in.has_value();
   if (has_prev) {
     check_affine(prev_scale_in, prev_shift_in, C, sd, dev, op, "prev_scale", "prev_shift");

@@ -121,10 +121,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
   check_affine(out_scale, out_shift, s.K, sd, dev, op, "out_scale", "out_shift");
   const bool has_res = residual_in.has_value();
   if (has_res) {
-    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({s.N, s.K, s.P, s.Q}) &&
-                    residual_in->scalar_type() == x_in.scalar_type(),
-                op, ": residual must have the output shape and x's dtype, got ",
-                residual_in->sizes());
+    check_optional_data(residual_in, {s.N, s.K, s.P, s.Q}, x_in, op, "residual", "x");
     check_affine(res_scale, res_shift, s.K, sd, dev, op, "res_scale", "res_shift");
   }
   constexpr auto kCL = at::MemoryFormat::ChannelsLast;

@@ -91,11 +91,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   check_affine(out_scale, out_shift, s.K, at::kFloat, dev, op, "out_scale", "out_shift");
   const bool has_res = residual_in.has_value();
   if (has_res) {
-    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({s.N, s.K, s.P, s.Q}), op,
-                ": residual must have the output shape [", s.N, ", ", s.K, ", ", s.P, ", ", s.Q,
-                "], got ", residual_in->sizes());
-    TORCH_CHECK(residual_in->scalar_type() == x_in.scalar_type() && residual_in->device() == dev,
-                op, ": residual must match x's dtype and device");
+    check_optional_data(residual_in, {s.N, s.K, s.P, s.Q}, x_in, op, "residual", "x");
     check_affine(res_scale, res_shift, s.K, at::kFloat, dev, op, "res_scale", "res_shift");
   }
   c10::cuda::CUDAGuard guard(dev);
@@ -160,13 +156,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
   TORCH_CHECK(s.K == dz_in.size(1) && s.P == dz_in.size(2) && s.Q == dz_in.size(3), op, ": dz ",
               dz_in.sizes(), " is not the output of a conv of input ", input_size,
               " with weight ", weight.sizes());
-  for (auto [t, name] : {std::pair{&residual_in, "residual"}, std::pair{&prev_y_in, "prev_y"}}) {
-    if (!*t) continue;
-    TORCH_CHECK((*t)->sizes() == input_size, op, ": ", name, " must have shape input_size ",
-                input_size, ", got ", (*t)->sizes());
-    TORCH_CHECK((*t)->scalar_type() == dz_in.scalar_type() && (*t)->device() == dev, op, ": ",
-                name, " must match dz's dtype and device");
-  }
+  check_optional_data(residual_in, input_size, dz_in, op, "residual", "dz");
+  check_optional_data(prev_y_in, input_size, dz_in, op, "prev_y", "dz");
   const bool has_prev = prev_y_in.has_value();
   if (has_prev) {
     check_affine(prev_scale, prev_shift, s.C, at::kFloat, dev, op, "prev_scale", "prev_shift");
