@@ -169,13 +169,14 @@ def bn_eval_affine(
     eps: float, dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Eval-mode BN as ``(scale, shift, invstd)`` from the running statistics."""
+    # Few ops: this runs for every BN of every eval-mode call.
     sd = stat_dtype(dtype)
-    invstd = torch.rsqrt(running_var.to(sd) + eps)
+    invstd = (running_var.to(sd) + eps).rsqrt_()
     scale = invstd * weight.to(sd) if weight is not None else invstd
-    shift = -running_mean.to(sd) * scale
-    if bias is not None:
-        shift = shift + bias.to(sd)
-    return scale, shift, invstd
+    mean = running_mean.to(sd)
+    if bias is None:
+        return scale, -mean * scale, invstd
+    return scale, torch.addcmul(bias.to(sd), mean, scale, value=-1), invstd
 
 
 def block_end(

@@ -140,6 +140,29 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
         yp[i] = static_cast<scalar_t>(epilogue<acc_t>(
             cp[i], osp, obp, has_res, has_res ? acc_t(rp[i]) : acc_t(0), rsp, rbp, out_relu, c));
     };
+    if (!stats && L.inner == 1) {
+      // Channels-last inference: one pixel's channels per inner loop, with the epilogue's
+      // options as constants, so the loop vectorises over channels.
+      static_flags(
+          [&](auto has_os, auto has_r, auto has_rs, auto relu) {
+            const acc_t* os_ = has_os ? osp : nullptr;
+            const acc_t* ob_ = has_os ? obp : nullptr;
+            const acc_t* rs_ = has_rs ? rsp : nullptr;
+            const acc_t* rb_ = has_rs ? rbp : nullptr;
+            at::parallel_for(0, L.outer, outer_grain(L), [&](int64_t begin, int64_t end) {
+              for (int64_t o = begin; o < end; ++o) {
+                const int64_t base = o * L.C;
+                for (int64_t c = 0; c < L.C; ++c) {
+                  const acc_t r = has_r ? acc_t(rp[base + c]) : acc_t(0);
+                  yp[base + c] = static_cast<scalar_t>(
+                      epilogue<acc_t>(cp[base + c], os_, ob_, has_r, r, rs_, rb_, relu, c));
+                }
+              }
+            });
+          },
+          osp != nullptr, has_res, rsp != nullptr, out_relu);
+      return;
+    }
     if (!stats) {
       for_each_run(L, store);
       return;

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common/layout.h"
@@ -23,6 +24,20 @@ void for_each_run(const Layout& L, const F& f) {
     for (int64_t o = begin; o < end; ++o)
       for (int64_t c = 0; c < L.C; ++c) f(c, (o * L.C + c) * L.inner, L.inner);
   });
+}
+
+// Calls f(std::bool_constant<flags>...) for runtime `flags`, so that a loop body sees them
+// as constants: the compiler then drops the dead branches and can vectorise the loop.
+template <class F>
+void static_flags(F&& f) {
+  f();
+}
+template <class F, class... Rest>
+void static_flags(F&& f, bool first, Rest... rest) {
+  if (first)
+    static_flags([&](auto... bs) { f(std::true_type{}, bs...); }, rest...);
+  else
+    static_flags([&](auto... bs) { f(std::false_type{}, bs...); }, rest...);
 }
 
 // Per-channel reduction with a deterministic result: `outer` is cut into chunks fixed by the
