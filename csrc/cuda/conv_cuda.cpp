@@ -42,10 +42,20 @@ void check_cuda_data(const Tensor& t, const char* op, const char* name) {
 }
 
 // Geometry shared by the three ops; `in` is the logical NCHW input size.
+// cp.async, ldmatrix and bf16 mma.sync need sm_80+: a clear error, not "no kernel image".
+void check_arch(const char* op, const at::Device& device) {
+  int major = 0;
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()));
+  TORCH_CHECK(major >= 8, op, ": the fused CUDA kernels need compute capability 8.0 or newer, "
+              "got ", major, ".x; use backend='triton' or 'reference' on this GPU");
+}
+
 ConvShape conv_shape(const char* op, at::IntArrayRef in, const Tensor& weight,
                      at::ScalarType wdtype, const at::Device& device, int64_t stride,
                      int64_t padding, int64_t dilation, int64_t groups) {
   check_conv_args(stride, padding, dilation, groups, op);
+  check_arch(op, device);
   TORCH_CHECK(groups == 1, op, ": the CUDA kernels support groups == 1 only, got groups=",
               groups);
   TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D (K, C, R, S), got shape ",
