@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call
-
 from conftest import make_blocks
+from torch.func import functional_call
 
 
 @pytest.mark.parametrize("shape", [("bottleneck", 6, 2, 2, True), ("basic", 3, 3, 1, False)],

@@ -4,10 +4,12 @@ A failure prints the falsifying case."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from conftest import CPU_BACKENDS, make_blocks
-from hypothesis import HealthCheck, given, settings
+from conftest import CPU_BACKENDS, TOLERANCE, make_blocks, rel_err
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_blocks import check, run_pair
 
@@ -29,6 +31,10 @@ CASES = st.fixed_dictionaries({
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=CASES)
+# Found by CI: fp32 ill-conditioned downsample gradient (error 0.49 vs float64).
+@example(case={"kind": "basic", "inplanes": 4, "planes": 2, "stride": 2, "batch": 1,
+               "height": 4, "width": 6, "dtype": torch.float32, "train": True,
+               "channels_last": True, "seed": 1747})
 def test_random_blocks_match_torchvision(backend, case):
     torch.manual_seed(case["seed"])
     expansion = 4 if case["kind"] == "bottleneck" else 1
@@ -47,4 +53,17 @@ def test_random_blocks_match_torchvision(backend, case):
                     dtype=dtype) + 0.2
     if case["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
-    check(run_pair(tv, fused.to(dtype), x, case["train"]), dtype)
+    result = run_pair(tv, fused.to(dtype), x, case["train"])
+    if dtype == torch.float64:
+        check(result, dtype)
+        return
+    # float32: random tiny shapes can make a training-mode gradient ill-conditioned (BN's
+    # backward removes the mean and xhat components; what is left may be pure rounding), so
+    # each tensor may be as far from float64 as 2x torchvision's own float32 result is.
+    plain = run_pair(tv, copy.deepcopy(tv).float(), x, case["train"])
+    for what, (got, want) in result.items():
+        if what.endswith("num_batches_tracked"):
+            assert torch.equal(got, want), what
+            continue
+        err, tol = rel_err(got, want), max(TOLERANCE[dtype], 2 * rel_err(*plain[what]))
+        assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
