@@ -1,4 +1,4 @@
-"""Drop-in fused ResNet blocks, ``convert()`` / ``unconvert()`` and the ResNet builders.
+"""Drop-in fused ResNet blocks (and the fused ResNet stem that ``convert()`` installs).
 
 ``FusedBottleneck`` and ``FusedBasicBlock`` have the submodules, parameters and buffers
 of torchvision's ``Bottleneck`` / ``BasicBlock`` (v1.5: the stride sits on the 3x3), so
