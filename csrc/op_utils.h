@@ -96,6 +96,15 @@ inline void check_optional_data(const OptTensor& t, at::IntArrayRef shape, const
               name, " must match ", like_name, "'s dtype and device");
 }
 
+// conv_bwd_weight's operands beyond the dy inputs: dz pairs with x; weight gives the dtype.
+inline void check_wgrad_operands(const char* op, const Tensor& x, const Tensor& dz,
+                                 const Tensor& weight) {
+  TORCH_CHECK(dz.scalar_type() == x.scalar_type() && dz.device() == x.device(), op,
+              ": dz must match x's dtype and device");
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), op,
+              ": weight must be floating point, got ", weight.scalar_type());
+}
+
 inline OptTensor contiguous(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
 }

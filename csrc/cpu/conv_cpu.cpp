@@ -298,11 +298,8 @@ Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTens
   const char* op = "conv_bwd_weight";
   check_data(x, op, "x");
   check_bwd_common(op, dz, y, a, b, c);
-  TORCH_CHECK(dz.scalar_type() == x.scalar_type() && dz.device() == x.device(), op,
-              ": dz must match x's dtype and device");
+  check_wgrad_operands(op, x, dz, weight);
   const auto sd = stat_dtype(x.scalar_type());
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), op,
-              ": weight must be floating point, got ", weight.scalar_type());
   auto [P, Q] = check_conv(op, x.sizes(), weight, weight.scalar_type(), x.device(), stride,
                            padding, dilation, groups);
   TORCH_CHECK(dz.size(0) == x.size(0) && weight.size(0) == dz.size(1) && P == dz.size(2) &&

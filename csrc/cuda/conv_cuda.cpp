@@ -221,10 +221,7 @@ Tensor conv_bwd_weight(const Tensor& x_in, const OptTensor& in_scale, const OptT
   const char* op = "conv_bwd_weight";
   check_cuda_data(x_in, op, "x");
   check_dy_inputs(op, dz_in, y_in, a, b, c);
-  TORCH_CHECK(dz_in.scalar_type() == x_in.scalar_type() && dz_in.device() == x_in.device(), op,
-              ": dz must match x's dtype and device");
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), op,
-              ": weight must be floating point, got ", weight.scalar_type());
+  check_wgrad_operands(op, x_in, dz_in, weight);
   const auto dev = x_in.device();
   const ConvShape s = conv_shape(op, x_in.sizes(), weight, weight.scalar_type(), dev, stride,
                                  padding, dilation, groups);
