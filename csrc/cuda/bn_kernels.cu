@@ -8,6 +8,7 @@
 #include "common/bn.h"
 #include "common/fusion.h"
 #include "cuda/kernels.h"
+#include "cuda/merge.cuh"
 
 namespace fr::cuda {
 namespace {
@@ -206,22 +207,29 @@ __global__ void __launch_bounds__(256) block_end_bwd_nchw(BlockEndBwdParams p, i
   }
 }
 
-// Reduces the per-CTA partials of each channel in chunk order (in double) and applies invstd.
+// The per-CTA partials [3][chunks][C] of each channel, merged by cuda/merge.cuh in one
+// level (chunks is bounded by block_end_bwd_chunks), in double; then invstd is applied.
 template <class A>
-__global__ void __launch_bounds__(256) block_end_bwd_finish(BlockEndBwdParams p, int64_t chunks) {
-  const int64_t C = p.L.C;
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const A* ws = static_cast<const A*>(p.workspace);
-  double t[3] = {0, 0, 0};
-  const int nsum = p.y_d ? 3 : 2;
-  for (int k = 0; k < nsum; ++k)
-    for (int64_t ch = 0; ch < chunks; ++ch) t[k] += double(ws[(k * chunks + ch) * C + c]);
-  static_cast<A*>(p.sum_dz)[c] = A(t[0]);
-  static_cast<A*>(p.sum_dz_xhat)[c] = A(t[1] * double(static_cast<const A*>(p.invstd)[c]));
-  if (p.y_d)
-    static_cast<A*>(p.sum_dz_xhat_d)[c] = A(t[2] * double(static_cast<const A*>(p.invstd_d)[c]));
-}
+struct BlockEndBwdPartials {
+  const A* ws;
+  int64_t chunks, C;
+  bool projection;
+  __device__ Sums<3> operator()(int64_t ch, int64_t c) const {
+    const A d = projection ? ws[(2 * chunks + ch) * C + c] : A(0);
+    return Sums<3>{{double(ws[ch * C + c]), double(ws[(chunks + ch) * C + c]), double(d)}};
+  }
+};
+template <class A>
+struct StoreBlockEndBwdSums {
+  BlockEndBwdParams p;
+  __device__ void operator()(int64_t, int64_t c, const Sums<3>& t) const {
+    static_cast<A*>(p.sum_dz)[c] = A(t.v[0]);
+    static_cast<A*>(p.sum_dz_xhat)[c] = A(t.v[1] * double(static_cast<const A*>(p.invstd)[c]));
+    if (p.y_d)
+      static_cast<A*>(p.sum_dz_xhat_d)[c] =
+          A(t.v[2] * double(static_cast<const A*>(p.invstd_d)[c]));
+  }
+};
 
 template <class S>
 cudaError_t block_end_typed(const BlockEndParams& p, cudaStream_t stream) {
@@ -253,8 +261,10 @@ cudaError_t block_end_bwd_typed(const BlockEndBwdParams& p, cudaStream_t stream)
     const dim3 grid(unsigned(chunks), unsigned(L.C));
     block_end_bwd_nchw<S><<<grid, 256, 0, stream>>>(p, chunks, per_chunk);
   }
-  block_end_bwd_finish<A><<<unsigned((L.C + 255) / 256), 256, 0, stream>>>(p, chunks);
-  return cudaGetLastError();
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  return merge_partials<Sums<3>>(
+      BlockEndBwdPartials<A>{static_cast<const A*>(p.workspace), chunks, L.C, p.y_d != nullptr},
+      StoreBlockEndBwdSums<A>{p}, chunks, L.C, 1, nullptr, stream);
 }
 
 }  // namespace

@@ -9,8 +9,9 @@
 //   pipeline for the weight tiles; activation tiles go global -> registers -> prologue -> smem.
 // - conv_fwd fp32, conv_bwd_data and conv_bwd_weight (all dtypes): one tiled SIMT GEMM
 //   templated on its operand loaders and epilogue.
-// - Statistics / sums: per-CTA partials in a workspace, reduced by a second kernel in a fixed
-//   order (deterministic, no atomics). wgrad: split-K partials, reduced in a fixed order.
+// - Statistics / sums: per-CTA partials in a workspace, merged per channel in parallel in a
+//   fixed order (cuda/merge.cuh; deterministic, no atomics). wgrad: split-K partials, reduced
+//   in a fixed order.
 // CUDA headers and csrc/common only (DESIGN §4).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -20,6 +21,7 @@
 #include "common/igemm.h"
 #include "common/stats.h"
 #include "cuda/kernels.h"
+#include "cuda/merge.cuh"
 
 namespace fr::cuda {
 namespace {
@@ -511,38 +513,51 @@ __global__ void __launch_bounds__(TC_THREADS) tc_conv_fwd_kernel(ConvFwdParams p
 }
 
 // ================================================================ fixed-order reductions
-// Per channel: Chan-merge the per-CTA Welford partials in tile order, in double (the tile
-// mean pivot + offset is only exact in double).
-__global__ void __launch_bounds__(256)
-    merge_stats_kernel(const float* ws, int64_t mtiles, int64_t C, float* mean, float* m2) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const int64_t plane = mtiles * C;
-  Welford<double> t;
-  for (int64_t i = 0; i < mtiles; ++i) {
-    Welford<double> part;
-    part.count = ws[i * C + c];
-    part.mean = double(ws[plane + i * C + c]) + double(ws[2 * plane + i * C + c]);
-    part.m2 = ws[3 * plane + i * C + c];
-    t = welford_merge(t, part);
-  }
-  mean[c] = float(t.mean);
-  m2[c] = float(t.m2);
-}
+// Tile partials -> per-channel results through cuda/merge.cuh (parallel, fixed order).
 
-// Per channel: sum the dgrad partials in tile order (double: thousands of tiles).
-__global__ void __launch_bounds__(256)
-    reduce_sums_kernel(const float* ws, int64_t mtiles, int64_t C, const float* invstd,
-                       float* sum_dx, float* sum_dx_xhat) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  double s0 = 0.0, s1 = 0.0;
-  for (int64_t i = 0; i < mtiles; ++i) {
-    s0 += ws[i * C + c];
-    s1 += ws[(mtiles + i) * C + c];
+// conv_fwd's tile summaries; the tile mean pivot + offset is only exact in double.
+struct FwdTileStats {
+  const float* ws;
+  int64_t plane, C;  // plane = tiles * C
+  __device__ Welford<double> operator()(int64_t i, int64_t c) const {
+    const int64_t at = i * C + c;
+    Welford<double> w;
+    w.count = ws[at];
+    w.mean = double(ws[plane + at]) + double(ws[2 * plane + at]);
+    w.m2 = ws[3 * plane + at];
+    return w;
   }
-  sum_dx[c] = float(s0);
-  sum_dx_xhat[c] = float(s1 * double(invstd[c]));
+};
+struct StoreStats {
+  float* mean;
+  float* m2;
+  __device__ void operator()(int64_t, int64_t c, const Welford<double>& w) const {
+    mean[c] = float(w.mean);
+    m2[c] = float(w.m2);
+  }
+};
+
+// conv_bwd_data's tile sums of dx and dx*(prev_y - prev_mean).
+struct DgradTileSums {
+  const float* ws;
+  int64_t plane, C;
+  __device__ Sums<2> operator()(int64_t i, int64_t c) const {
+    return Sums<2>{{double(ws[i * C + c]), double(ws[plane + i * C + c])}};
+  }
+};
+struct StoreDgradSums {
+  const float* invstd;
+  float* sum_dx;
+  float* sum_dx_xhat;
+  __device__ void operator()(int64_t, int64_t c, const Sums<2>& t) const {
+    sum_dx[c] = float(t.v[0]);
+    sum_dx_xhat[c] = float(t.v[1] * double(invstd[c]));
+  }
+};
+
+template <class Acc>
+Acc* merge_results(void* workspace, int64_t partials) {
+  return reinterpret_cast<Acc*>(static_cast<float*>(workspace) + merge_results_offset(partials));
 }
 
 // Per dw element: sum the split-K partials in split order, store in the weight dtype/format.
@@ -573,10 +588,11 @@ cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
                                                         p.s.K, kd, kd);
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.stats) return e;
-  merge_stats_kernel<<<blocks_for(p.s.K, 256), 256, 0, stream>>>(
-      static_cast<const float*>(p.workspace), grid.x, p.s.K, static_cast<float*>(p.mean),
-      static_cast<float*>(p.m2));
-  return cudaGetLastError();
+  const int64_t tiles = grid.x, K = p.s.K;
+  return merge_partials(FwdTileStats{static_cast<const float*>(p.workspace), tiles * K, K},
+                        StoreStats{static_cast<float*>(p.mean), static_cast<float*>(p.m2)},
+                        tiles, K, merge_groups(tiles, K),
+                        merge_results<Welford<double>>(p.workspace, 4 * tiles * K), stream);
 }
 
 template <class S>
@@ -586,11 +602,13 @@ cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
   simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(DgradOperands<S>{p}, DgradEpilogue<S>{p},
                                                       M, p.s.C, kd, kd);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.prev_y) return e;
-  reduce_sums_kernel<<<blocks_for(p.s.C, 256), 256, 0, stream>>>(
-      static_cast<const float*>(p.workspace), grid.x, p.s.C,
-      static_cast<const float*>(p.prev_invstd), static_cast<float*>(p.sum_dx),
-      static_cast<float*>(p.sum_dx_xhat));
-  return cudaGetLastError();
+  const int64_t tiles = grid.x, C = p.s.C;
+  return merge_partials(
+      DgradTileSums{static_cast<const float*>(p.workspace), tiles * C, C},
+      StoreDgradSums{static_cast<const float*>(p.prev_invstd), static_cast<float*>(p.sum_dx),
+                     static_cast<float*>(p.sum_dx_xhat)},
+      tiles, C, merge_groups(tiles, C), merge_results<Sums<2>>(p.workspace, 2 * tiles * C),
+      stream);
 }
 
 template <class S>

@@ -93,6 +93,20 @@ constexpr int64_t kConvTileN = 64;
 
 FR_HOST_DEVICE int64_t conv_tiles(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
 
+// Per-tile partials [parts][C] are merged per channel in a fixed order by cuda/merge.cuh, in
+// two levels: enough groups of >= 64 parts that ~512 CTAs of 32 channels share the first.
+inline int64_t merge_groups(int64_t parts, int64_t C) {
+  const int64_t cblocks = (C + 31) / 32;
+  return std::max<int64_t>(1, std::min((parts + 63) / 64, std::max<int64_t>(1, 512 / cblocks)));
+}
+// A conv workspace: `partials` floats, then (8-byte aligned) the first merge level's results,
+// `acc_doubles` doubles per group and channel.
+inline int64_t merge_results_offset(int64_t partials) { return partials + partials % 2; }
+inline int64_t conv_workspace_elems(int64_t partials, int64_t parts, int64_t C,
+                                    int64_t acc_doubles) {
+  return merge_results_offset(partials) + 2 * acc_doubles * merge_groups(parts, C) * C;
+}
+
 struct ConvFwdParams {
   const void* x;
   const void* w;
@@ -106,14 +120,17 @@ struct ConvFwdParams {
   void* y;
   void* mean;       // stats: float32[K]
   void* m2;
-  void* workspace;  // stats: conv_fwd_workspace_elems floats (per-CTA Welford partials)
+  void* workspace;  // stats: conv_fwd_workspace_elems floats
   ConvShape s;
   bool in_relu;
   bool out_relu;
   bool stats;
 };
+// Per-tile Welford partials [count, pivot, mean - pivot, m2][tiles][K] (floats), then the
+// merge's Welford<double> group results.
 inline int64_t conv_fwd_workspace_elems(const ConvShape& s) {
-  return 4 * conv_tiles(fwd_gemm_m(s), kConvTileM) * s.K;  // count, pivot, mean-pivot, m2
+  const int64_t tiles = conv_tiles(fwd_gemm_m(s), kConvTileM);
+  return conv_workspace_elems(4 * tiles * s.K, tiles, s.K, 3);
 }
 cudaError_t launch_conv_fwd(const ConvFwdParams& p, DType data, cudaStream_t stream);
 
@@ -133,11 +150,14 @@ struct ConvDgradParams {
   void* dx;
   void* sum_dx;  // prev_y: float32[C]
   void* sum_dx_xhat;
-  void* workspace;  // prev_y: conv_dgrad_workspace_elems floats (per-CTA partial sums)
+  void* workspace;  // prev_y: conv_dgrad_workspace_elems floats
   ConvShape s;
 };
+// Per-tile partial sums [sum dx, sum dx*(prev_y - prev_mean)][tiles][C] (floats), then the
+// merge's group sums (2 doubles).
 inline int64_t conv_dgrad_workspace_elems(const ConvShape& s) {
-  return 2 * conv_tiles(dgrad_gemm_m(s), kConvTileM) * s.C;
+  const int64_t tiles = conv_tiles(dgrad_gemm_m(s), kConvTileM);
+  return conv_workspace_elems(2 * tiles * s.C, tiles, s.C, 2);
 }
 cudaError_t launch_conv_dgrad(const ConvDgradParams& p, DType data, cudaStream_t stream);
 
