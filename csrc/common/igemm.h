@@ -35,12 +35,26 @@ FR_HOST_DEVICE int64_t nhwc_offset(int64_t n, int64_t h, int64_t w, int64_t c, i
   return ((n * H + h) * W + w) * C + c;
 }
 
+// Flat index i -> (i / inner / mid, i / inner % mid, i % inner). Done in 32 bits when i fits:
+// a 64-bit division is a ~70-instruction call on a GPU, and the conv kernels decode per stage.
+FR_HOST_DEVICE void decode3(int64_t i, int64_t mid, int64_t inner, int64_t* outer, int64_t* m,
+                            int64_t* in) {
+  if (i <= 0x7fffffff && mid <= 0x7fffffff && inner <= 0x7fffffff) {
+    const uint32_t u = uint32_t(i), t = u / uint32_t(inner);
+    *in = u - t * uint32_t(inner);
+    *m = t % uint32_t(mid);
+    *outer = t / uint32_t(mid);
+    return;
+  }
+  const int64_t t = i / inner;
+  *in = i - t * inner;
+  *m = t % mid;
+  *outer = t / mid;
+}
+
 // GEMM row m -> output pixel (n, p, q).
 FR_HOST_DEVICE void decode_m(const ConvShape& s, int64_t m, int64_t* n, int64_t* p, int64_t* q) {
-  *q = m % s.Q;
-  int64_t t = m / s.Q;
-  *p = t % s.P;
-  *n = t / s.P;
+  decode3(m, s.P, s.Q, n, p, q);
 }
 
 // Input coordinate read by output coordinate p through filter tap r.
@@ -63,9 +77,14 @@ FR_HOST_DEVICE int64_t fwd_input_offset(const ConvShape& s, int64_t n, int64_t p
 // division is exact and in range (stride holes give no contribution); -1 otherwise.
 FR_HOST_DEVICE int64_t dgrad_out_coord(int64_t h, int64_t r, int64_t stride, int64_t padding,
                                        int64_t dilation, int64_t P) {
-  int64_t num = h + padding - r * dilation;
-  if (num < 0 || num % stride != 0) return -1;
-  int64_t p = num / stride;
+  const int64_t num = h + padding - r * dilation;
+  if (num < 0) return -1;
+  int64_t p = num;
+  if (stride != 1) {  // image coordinates: 32-bit division suffices
+    const int32_t q = int32_t(num) / int32_t(stride);
+    if (q * int32_t(stride) != int32_t(num)) return -1;  // a stride hole
+    p = q;
+  }
   return p < P ? p : -1;
 }
 
@@ -91,19 +110,13 @@ FR_HOST_DEVICE int64_t dgrad_gemm_k(const ConvShape& s) { return s.R * s.S * s.K
 // Reduction index k -> (filter row r, filter column t, channel c) over `channels` channels.
 FR_HOST_DEVICE void decode_k(const ConvShape& s, int64_t k, int64_t channels, int64_t* r,
                              int64_t* t, int64_t* c) {
-  *c = k % channels;
-  const int64_t rs = k / channels;
-  *t = rs % s.S;
-  *r = rs / s.S;
+  decode3(k, s.S, channels, r, t, c);
 }
 
 // Input pixel (n, h, w) of dgrad row m (NHWC order of dx).
 FR_HOST_DEVICE void decode_in_pixel(const ConvShape& s, int64_t m, int64_t* n, int64_t* h,
                                     int64_t* w) {
-  *w = m % s.W;
-  const int64_t t = m / s.W;
-  *h = t % s.H;
-  *n = t / s.H;
+  decode3(m, s.H, s.W, n, h, w);
 }
 
 // Forward A element (pixel (n,p,q), reduction k): f(offset, c) (the prologue, rounded to the

@@ -5,10 +5,12 @@
 // (cpu/conv_igemm_cpu.cpp) checks the same index/prologue/padding/epilogue/stats math against
 // the reference; the kernels themselves have not been run.
 //
-// - conv_fwd fp16/bf16: tensor cores (mma.sync m16n8k16 fed by ldmatrix), a 3-stage cp.async
-//   pipeline for the weight tiles; activation tiles go global -> registers -> prologue -> smem.
-// - conv_fwd fp32, conv_bwd_data and conv_bwd_weight (all dtypes): one tiled SIMT GEMM
-//   templated on its operand loaders and epilogue.
+// - fp16/bf16: one tensor-core implicit GEMM (mma.sync m16n8k16 fed by ldmatrix[.trans], a
+//   3-stage pipeline: cp.async for weights, register-staged loads with the fused prologue /
+//   BN-backward map for activations and gradients), templated on per-op operand policies
+//   (FwdTc, DgradTc, WgradTc) and epilogues. The backward needs C % 8 == K % 8 == 0.
+// - fp32, and the backward of other channel counts: one tiled SIMT GEMM templated on its
+//   operand loaders and the same epilogues.
 // - Statistics / sums: per-CTA partials in a workspace, merged per channel in parallel in a
 //   fixed order (cuda/merge.cuh; deterministic, no atomics). wgrad: split-K partials, reduced
 //   in a fixed order.
@@ -22,6 +24,7 @@
 #include "common/stats.h"
 #include "cuda/kernels.h"
 #include "cuda/merge.cuh"
+#include "cuda/mma_layout.h"
 
 namespace fr::cuda {
 namespace {
@@ -303,19 +306,31 @@ __global__ void __launch_bounds__(SIMT_THREADS)
   epi(Cs, m0, n0, M, Ncols);
 }
 
-// ================================================================ tensor-core forward
-// 128 threads = 4 warps in 2x2, each a 32x32 warp tile of m16n8k16 MMAs; BK = 32 per stage.
-// Smem rows are padded to 40 halves (80 B) so the 8 row addresses of an ldmatrix hit
-// different banks.
-constexpr int TC_THREADS = 128;
-constexpr int TC_BK = 32;
+// ================================================================ tensor-core implicit GEMM
+// 128 threads = 4 warps in 2x2, each a 32x32 warp tile of m16n8k16 MMAs (fp16/bf16 in, fp32
+// accumulate); BK = 32 per stage, 3 stages. An operand tile sits in smem in one of two layouts
+// (cuda/mma_layout.h, with every thread's slots and fragment addresses):
+//   K-major  [64 rows][40]  -- reduction index contiguous, read by ldmatrix;
+//   MN-major [32 k][72]     -- GEMM rows contiguous, read by ldmatrix.trans;
+// whichever makes the global reads 16-byte vectors of NHWC / KRSC memory. Rows are padded
+// (80 B / 144 B) so the 8 row addresses of an ldmatrix hit different banks.
+//
+// Each op supplies an operand policy (FwdTc, DgradTc, WgradTc below): begin() decodes what a
+// thread keeps for the whole reduction; fetch(k0) issues the stage's global reads -- cp.async
+// straight to smem for plain copies (weights), loads into registers for fused operands --
+// before the MMAs of the current stage, so they are in flight meanwhile; stash() then applies
+// the prologue / BN-backward map and rounding and stores to smem. Zeros fill padding, stride
+// holes and everything past the tile or the CTA's reduction range, in both operands.
+using mma::KMajorSlot;
+using mma::MNMajorSlot;
+constexpr int TC_THREADS = mma::kThreads;
+constexpr int TC_BK = mma::kBK;
 constexpr int TC_STAGES = 3;
-constexpr int TC_LD = TC_BK + 8;
-constexpr int TC_TILE_ELEMS = BM * TC_LD;  // one stage of A (and of B: BN == BM)
+constexpr int TC_TILE_ELEMS = mma::kStageElems;
 constexpr int TC_PIPE_BYTES = 2 * TC_STAGES * TC_TILE_ELEMS * 2;
 constexpr int TC_C_BYTES = BM * LDC * 4;
 constexpr int TC_SMEM_BYTES = TC_PIPE_BYTES > TC_C_BYTES ? TC_PIPE_BYTES : TC_C_BYTES;
-static_assert(BM == BN, "A and B stages share one size");
+static_assert(BM == mma::kTile && BN == mma::kTile, "the tensor-core tile is the conv tile");
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -334,6 +349,11 @@ __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
 }
@@ -364,92 +384,282 @@ template <class S>
 struct alignas(16) Vec8 {
   S v[8];
 };
-
-// A stage: this thread's 16 k-values of its row (two chunks of 8): load, prologue, round,
-// zero on padding / out of range, st.shared. vec: C % 8 == 0 and x 16-byte aligned, so a
-// chunk is one 16-byte load inside one filter tap.
 template <class S>
-__device__ __forceinline__ void tc_load_a(const ConvFwdParams& p, S* As, int row, int kc,
-                                          int64_t k0, bool row_ok, int64_t n, int64_t pp,
-                                          int64_t q, bool vec) {
-  const S* x = static_cast<const S*>(p.x);
-  const float* sc = static_cast<const float*>(p.in_scale);
-  const float* sh = static_cast<const float*>(p.in_shift);
-  const int64_t kd = fwd_gemm_k(p.s);
-  auto act = [&](int64_t off, int64_t c) {
-    return round_to<S>(prologue<float>(Cvt<S>::to(x[off]), sc, sh, p.in_relu, c));
-  };
+__device__ __forceinline__ Vec8<S> load8(const void* base, int64_t off) {
+  return *reinterpret_cast<const Vec8<S>*>(static_cast<const S*>(base) + off);
+}
+template <class S>
+__device__ __forceinline__ Vec8<S> zeros8() {
+  Vec8<S> z;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t kb = k0 + kc + 8 * h;
-    Vec8<S> out;
-    if (vec) {
-      int64_t r = 0, t = 0, c = 0, off = -1;
-      if (row_ok && kb < kd) {
-        decode_k(p.s, kb, p.s.C, &r, &t, &c);
-        off = fwd_input_offset(p.s, n, pp, q, r, t, c);
-      }
-      if (off >= 0) {
-        const Vec8<S> in = *reinterpret_cast<const Vec8<S>*>(x + off);
+  for (int e = 0; e < 8; ++e) z.v[e] = Cvt<S>::from(0.f);
+  return z;
+}
+template <class S>
+__device__ __forceinline__ void store8(S* dst, const Vec8<S>& v) {
+  *reinterpret_cast<Vec8<S>*>(dst) = v;
+}
+// 8 consecutive channels from c: prologue [relu](x*scale + shift), rounded to S.
+template <class S>
+__device__ __forceinline__ Vec8<S> prologue8(const Vec8<S>& x, const void* scale,
+                                             const void* shift, bool relu, int64_t c) {
+  const float* sc = static_cast<const float*>(scale);
+  const float* sh = static_cast<const float*>(shift);
+  Vec8<S> o;
 #pragma unroll
-        for (int e = 0; e < 8; ++e)
-          out.v[e] = Cvt<S>::from(prologue<float>(Cvt<S>::to(in.v[e]), sc, sh, p.in_relu, c + e));
-      } else {
+  for (int e = 0; e < 8; ++e)
+    o.v[e] = Cvt<S>::from(prologue<float>(Cvt<S>::to(x.v[e]), sc, sh, relu, c + e));
+  return o;
+}
+// 8 consecutive output channels from k: dy = a*dz + b*y + c, rounded to S.
+template <class S>
+__device__ __forceinline__ Vec8<S> bn_bwd8(const Vec8<S>& dz, const Vec8<S>& y, const void* a,
+                                           const void* b, const void* c, int64_t k) {
+  const float* ca = static_cast<const float*>(a);
+  const float* cb = static_cast<const float*>(b);
+  const float* cc = static_cast<const float*>(c);
+  Vec8<S> o;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) out.v[e] = Cvt<S>::from(0.f);
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const int64_t k = kb + e;
-        const float v = (row_ok && k < kd) ? fwd_a_elem<float>(p.s, n, pp, q, k, act) : 0.f;
-        out.v[e] = Cvt<S>::from(v);
-      }
-    }
-    *reinterpret_cast<Vec8<S>*>(As + row * TC_LD + kc + 8 * h) = out;
-  }
+  for (int e = 0; e < 8; ++e)
+    o.v[e] = Cvt<S>::from(bn_bwd_apply<float>(Cvt<S>::to(dz.v[e]), Cvt<S>::to(y.v[e]),
+                                              ca[k + e], cb[k + e], cc[k + e]));
+  return o;
 }
 
-// B stage: 64 output channels x 32 k of the KRSC weight ([K][Kdim] row-major). vec: Kdim % 8
-// == 0 and w 16-byte aligned -> cp.async (zero-fill outside); else plain loads.
+// A K-major copy of rows [r0, r0+64) x k [k0, k0+32) from src[row * ld + k] (rows < rows_total,
+// k < k_end). vec: ld % 8 == 0 and src 16-byte aligned -> cp.async (zero-fill outside).
 template <class S>
-__device__ __forceinline__ void tc_load_b(const ConvFwdParams& p, S* Bs, int64_t n0, int64_t k0,
-                                          bool vec) {
-  const S* w = static_cast<const S*>(p.w);
-  const int64_t kd = fwd_gemm_k(p.s);
+__device__ __forceinline__ void tc_copy_kmajor(const S* src, int64_t rows_total, int64_t ld,
+                                               int64_t r0, int64_t k0, int64_t k_end, S* dst,
+                                               bool vec) {
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int id = threadIdx.x + i * TC_THREADS;
-    const int row = id / 4, kc = (id % 4) * 8;
-    const int64_t n = n0 + row, k = k0 + kc;
-    S* dst = Bs + row * TC_LD + kc;
+    int row, kc;
+    mma::kmajor_copy_slot(threadIdx.x, i, &row, &kc);
+    const int64_t r = r0 + row, k = k0 + kc;
+    S* d = dst + mma::kmajor_at(row, kc);
     if (vec) {
-      const bool ok = n < p.s.K && k < kd;
-      cp_async16(dst, ok ? w + n * kd + k : w, ok ? 16 : 0);
+      const bool ok = r < rows_total && k < k_end;
+      cp_async16(d, ok ? src + r * ld + k : src, ok ? 16 : 0);
     } else {
       Vec8<S> v;
 #pragma unroll
       for (int e = 0; e < 8; ++e)
-        v.v[e] = (n < p.s.K && k + e < kd) ? w[n * kd + k + e] : Cvt<S>::from(0.f);
-      *reinterpret_cast<Vec8<S>*>(dst) = v;
+        v.v[e] = (r < rows_total && k + e < k_end) ? src[r * ld + k + e] : Cvt<S>::from(0.f);
+      store8(d, v);
     }
   }
 }
 
-// One BK=32 stage of MMAs for this warp's 32x32 tile.
+// conv_fwd: A(m, k) = prologue(x) at output pixel m through tap/channel k (K-major, fused),
+// B(n, k) = w[n][k] (K-major copy). vec_a: C % 8 == 0 and x 16-byte aligned (a chunk is one
+// 16-byte load inside one tap); else element loads (the stem's C = 3).
 template <class S>
+struct FwdTc {
+  static constexpr bool kTransA = false, kTransB = false;
+  ConvFwdParams p;
+  bool vec_a, vec_b;
+  struct State {
+    KMajorSlot slot;
+    int64_t n0, n, pp, q;
+    bool row_ok;
+    Vec8<S> x[2];
+    int64_t chan[2];  // channel of chunk h's first element; -1: zeros
+  };
+  __device__ State begin(int64_t m0, int64_t n0) const {
+    State st{};
+    st.slot = KMajorSlot::of(threadIdx.x);
+    st.n0 = n0;
+    st.row_ok = m0 + st.slot.row < fwd_gemm_m(p.s);
+    if (st.row_ok) decode_m(p.s, m0 + st.slot.row, &st.n, &st.pp, &st.q);
+    return st;
+  }
+  __device__ void fetch(State& st, S* As, S* Bs, int64_t k0, int64_t k_end) const {
+    tc_copy_kmajor<S>(static_cast<const S*>(p.w), p.s.K, fwd_gemm_k(p.s), st.n0, k0, k_end, Bs,
+                      vec_b);
+    if (!vec_a) return;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t k = k0 + st.slot.kc + 8 * h;
+      st.chan[h] = -1;
+      if (!st.row_ok || k >= k_end) continue;
+      int64_t r, t, c;
+      decode_k(p.s, k, p.s.C, &r, &t, &c);
+      const int64_t off = fwd_input_offset(p.s, st.n, st.pp, st.q, r, t, c);
+      if (off < 0) continue;  // padding: zero after the prologue
+      st.x[h] = load8<S>(p.x, off);
+      st.chan[h] = c;
+    }
+  }
+  __device__ void stash(const State& st, S* As, S*, int64_t k0, int64_t k_end) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      Vec8<S> v;
+      if (vec_a) {
+        v = st.chan[h] < 0 ? zeros8<S>()
+                           : prologue8<S>(st.x[h], p.in_scale, p.in_shift, p.in_relu, st.chan[h]);
+      } else {
+        const S* x = static_cast<const S*>(p.x);
+        const float* sc = static_cast<const float*>(p.in_scale);
+        const float* sh = static_cast<const float*>(p.in_shift);
+        auto act = [&](int64_t off, int64_t c) {
+          return round_to<S>(prologue<float>(Cvt<S>::to(x[off]), sc, sh, p.in_relu, c));
+        };
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const int64_t k = k0 + st.slot.kc + 8 * h + e;
+          v.v[e] = Cvt<S>::from(
+              st.row_ok && k < k_end ? fwd_a_elem<float>(p.s, st.n, st.pp, st.q, k, act) : 0.f);
+        }
+      }
+      store8(As + st.slot.at(h), v);
+    }
+  }
+};
+
+// conv_bwd_data: A(m, k) = dy at the output pixel that input pixel m reaches through tap k
+// (K-major, fused BN-backward map; 0 on padding and stride holes), B(c, k) = w[ko][r][s][c]
+// (MN-major copy: 8 input channels are contiguous in KRSC). Needs K % 8 == 0, C % 8 == 0 and
+// 16-byte aligned dz, y, w (the launcher falls back to the SIMT kernel otherwise).
+template <class S>
+struct DgradTc {
+  static constexpr bool kTransA = false, kTransB = true;
+  ConvDgradParams p;
+  struct State {
+    KMajorSlot a;
+    MNMajorSlot b;
+    int64_t cn, n, h, w;  // the thread's B channels (cn..cn+7); its A row's input pixel
+    bool row_ok;
+    Vec8<S> dz[2], y[2];
+    int64_t chan[2];  // output channel of A chunk h; -1: zeros
+  };
+  __device__ State begin(int64_t m0, int64_t n0) const {
+    State st{};
+    st.a = KMajorSlot::of(threadIdx.x);
+    st.b = MNMajorSlot::of(threadIdx.x);
+    st.cn = n0 + st.b.rc;
+    st.row_ok = m0 + st.a.row < dgrad_gemm_m(p.s);
+    if (st.row_ok) decode_in_pixel(p.s, m0 + st.a.row, &st.n, &st.h, &st.w);
+    return st;
+  }
+  __device__ void fetch(State& st, S* As, S* Bs, int64_t k0, int64_t k_end) const {
+    const S* w = static_cast<const S*>(p.w);
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int64_t k = k0 + st.b.kr + 16 * u;
+      const bool ok = k < k_end && st.cn < p.s.C;
+      int64_t off = 0;
+      if (ok) {
+        int64_t r, t, ko;
+        decode_k(p.s, k, p.s.K, &r, &t, &ko);
+        off = krsc_offset(p.s, ko, r, t, st.cn);
+      }
+      cp_async16(Bs + st.b.at(u), w + off, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t k = k0 + st.a.kc + 8 * h;
+      st.chan[h] = -1;
+      if (!st.row_ok || k >= k_end) continue;
+      int64_t r, t, ko;
+      decode_k(p.s, k, p.s.K, &r, &t, &ko);
+      const int64_t pp = dgrad_out_coord(st.h, r, p.s.stride, p.s.padding, p.s.dilation, p.s.P);
+      const int64_t q = dgrad_out_coord(st.w, t, p.s.stride, p.s.padding, p.s.dilation, p.s.Q);
+      if (pp < 0 || q < 0) continue;
+      const int64_t off = nhwc_offset(st.n, pp, q, ko, p.s.P, p.s.Q, p.s.K);
+      st.dz[h] = load8<S>(p.dz, off);
+      st.y[h] = load8<S>(p.y, off);
+      st.chan[h] = ko;
+    }
+  }
+  __device__ void stash(const State& st, S* As, S*, int64_t, int64_t) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      store8(As + st.a.at(h), st.chan[h] < 0 ? zeros8<S>()
+                                             : bn_bwd8<S>(st.dz[h], st.y[h], p.a, p.b, p.c,
+                                                          st.chan[h]));
+  }
+};
+
+// conv_bwd_weight: A(ko, i) = dy at output pixel i, channel ko (MN-major, fused), B(j, i) =
+// the forward activation of pixel i through tap/channel j (MN-major, fused prologue; 0 on
+// padding). Needs K % 8 == 0, C % 8 == 0 and 16-byte aligned x, dz, y.
+template <class S>
+struct WgradTc {
+  static constexpr bool kTransA = true, kTransB = true;
+  ConvWgradParams p;
+  struct State {
+    MNMajorSlot slot;
+    int64_t ko;         // the thread's A channels ko..ko+7
+    int64_t r, t, c;    // the thread's B columns: tap (r, t), channels c..c+7
+    bool a_ok, b_ok;
+    Vec8<S> dz[2], y[2], x[2];
+    bool dy_ok[2], x_ok[2];
+  };
+  __device__ State begin(int64_t m0, int64_t n0) const {
+    State st{};
+    st.slot = MNMajorSlot::of(threadIdx.x);
+    st.ko = m0 + st.slot.rc;
+    st.a_ok = st.ko < p.s.K;
+    const int64_t j = n0 + st.slot.rc;
+    st.b_ok = j < fwd_gemm_k(p.s);
+    if (st.b_ok) decode_k(p.s, j, p.s.C, &st.r, &st.t, &st.c);
+    return st;
+  }
+  __device__ void fetch(State& st, S*, S*, int64_t k0, int64_t k_end) const {
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int64_t i = k0 + st.slot.kr + 16 * u;  // output pixel
+      st.dy_ok[u] = st.a_ok && i < k_end;
+      if (st.dy_ok[u]) {
+        st.dz[u] = load8<S>(p.dz, i * p.s.K + st.ko);
+        st.y[u] = load8<S>(p.y, i * p.s.K + st.ko);
+      }
+      st.x_ok[u] = false;
+      if (!st.b_ok || i >= k_end) continue;
+      int64_t n, pp, q;
+      decode_m(p.s, i, &n, &pp, &q);
+      const int64_t off = fwd_input_offset(p.s, n, pp, q, st.r, st.t, st.c);
+      if (off < 0) continue;
+      st.x[u] = load8<S>(p.x, off);
+      st.x_ok[u] = true;
+    }
+  }
+  __device__ void stash(const State& st, S* As, S* Bs, int64_t, int64_t) const {
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      store8(As + st.slot.at(u),
+             st.dy_ok[u] ? bn_bwd8<S>(st.dz[u], st.y[u], p.a, p.b, p.c, st.ko) : zeros8<S>());
+      store8(Bs + st.slot.at(u), st.x_ok[u] ? prologue8<S>(st.x[u], p.in_scale, p.in_shift,
+                                                           p.in_relu, st.c)
+                                            : zeros8<S>());
+    }
+  }
+};
+
+// One BK=32 stage of MMAs for this warp's 32x32 tile (fragment addresses: mma_layout.h).
+template <class S, bool kTransA, bool kTransB>
 __device__ __forceinline__ void tc_compute(const S* As, const S* Bs, float (&acc)[2][4][4],
-                                           int wm, int wn, int lane) {
+                                           int warp, int lane) {
 #pragma unroll
   for (int ks = 0; ks < TC_BK; ks += 16) {
     unsigned a[2][4], b[2][4];
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)  // lanes 0-15: rows at k, lanes 16-31: rows at k+8
-      ldmatrix_x4(a[mi], As + (wm * 32 + mi * 16 + lane % 16) * TC_LD + ks + (lane / 16) * 8);
+    for (int mi = 0; mi < 2; ++mi) {
+      const S* at = As + mma::a_frag_addr(kTransA, lane, mma::warp_row(warp) + mi * 16, ks);
+      if constexpr (kTransA)
+        ldmatrix_x4_trans(a[mi], at);
+      else
+        ldmatrix_x4(a[mi], at);
+    }
 #pragma unroll
-    for (int nj = 0; nj < 2; ++nj)  // two n8 tiles per x4: (n0-7: k, k+8), (n8-15: k, k+8)
-      ldmatrix_x4(b[nj], Bs + (wn * 32 + nj * 16 + (lane / 16) * 8 + lane % 8) * TC_LD + ks +
-                             ((lane / 8) % 2) * 8);
+    for (int nj = 0; nj < 2; ++nj) {
+      const S* at = Bs + mma::b_frag_addr(kTransB, lane, mma::warp_col(warp) + nj * 16, ks);
+      if constexpr (kTransB)
+        ldmatrix_x4_trans(b[nj], at);
+      else
+        ldmatrix_x4(b[nj], at);
+    }
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -458,40 +668,40 @@ __device__ __forceinline__ void tc_compute(const S* As, const S* Bs, float (&acc
   }
 }
 
-template <class S>
-__global__ void __launch_bounds__(TC_THREADS) tc_conv_fwd_kernel(ConvFwdParams p, bool vec_a,
-                                                                 bool vec_b) {
+// The tensor-core GEMM: CTA (x, y, z) computes rows [64x, 64x+64) x columns [64y, 64y+64)
+// over the reduction range [z*kchunk, min(Kdim, (z+1)*kchunk)) (split-K for wgrad; kchunk is
+// a multiple of TC_BK), then runs the op's epilogue on the fp32 tile in smem.
+template <class S, class Ops, class Epi>
+__global__ void __launch_bounds__(TC_THREADS)
+    tc_conv_kernel(Ops ops, Epi epi, int64_t M, int64_t Ncols, int64_t Kdim, int64_t kchunk) {
   __shared__ __align__(16) unsigned char smem[TC_SMEM_BYTES];
-  S* As = reinterpret_cast<S*>(smem);
-  S* Bs = As + TC_STAGES * TC_TILE_ELEMS;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int wm = warp / 2, wn = warp % 2;
-  const int64_t M = fwd_gemm_m(p.s), kd = fwd_gemm_k(p.s);
+  S* const As = reinterpret_cast<S*>(smem);
+  S* const Bs = As + TC_STAGES * TC_TILE_ELEMS;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
-  // A loader mapping: 2 threads per row, 16 k each; the row's pixel is decoded once.
-  const int arow = tid / 2, akc = (tid % 2) * 16;
-  int64_t n = 0, pp = 0, q = 0;
-  const bool row_ok = m0 + arow < M;
-  if (row_ok) decode_m(p.s, m0 + arow, &n, &pp, &q);
-  auto load_stage = [&](int stage, int64_t kt) {
-    tc_load_b<S>(p, Bs + stage * TC_TILE_ELEMS, n0, kt * TC_BK, vec_b);
-    tc_load_a<S>(p, As + stage * TC_TILE_ELEMS, arow, akc, kt * TC_BK, row_ok, n, pp, q, vec_a);
-  };
+  const int64_t k_begin = int64_t(blockIdx.z) * kchunk;
+  const int64_t k_end = k_begin + kchunk < Kdim ? k_begin + kchunk : Kdim;
+  const int64_t ktiles = k_end > k_begin ? (k_end - k_begin + TC_BK - 1) / TC_BK : 0;
+  auto st = ops.begin(m0, n0);
+  auto a_stage = [&](int64_t kt) { return As + int(kt % TC_STAGES) * TC_TILE_ELEMS; };
+  auto b_stage = [&](int64_t kt) { return Bs + int(kt % TC_STAGES) * TC_TILE_ELEMS; };
 
   float acc[2][4][4] = {};
-  const int64_t ktiles = (kd + TC_BK - 1) / TC_BK;
 #pragma unroll
   for (int s = 0; s < TC_STAGES - 1; ++s) {
-    if (s < ktiles) load_stage(s, s);
+    if (s < ktiles) {
+      ops.fetch(st, a_stage(s), b_stage(s), k_begin + s * TC_BK, k_end);
+      ops.stash(st, a_stage(s), b_stage(s), k_begin + s * TC_BK, k_end);
+    }
     cp_async_commit();  // always commit: keeps the group count in step with the stages
   }
   for (int64_t kt = 0; kt < ktiles; ++kt) {
     cp_async_wait<TC_STAGES - 2>();  // stage kt has landed (for this thread) ...
     __syncthreads();                 // ... for all threads; stage kt-1 is free again
-    const int stage = int(kt % TC_STAGES);
-    tc_compute<S>(As + stage * TC_TILE_ELEMS, Bs + stage * TC_TILE_ELEMS, acc, wm, wn, lane);
-    const int64_t next = kt + TC_STAGES - 1;
-    if (next < ktiles) load_stage(int(next % TC_STAGES), next);
+    const int64_t next = kt + TC_STAGES - 1, k_next = k_begin + next * TC_BK;
+    if (next < ktiles) ops.fetch(st, a_stage(next), b_stage(next), k_next, k_end);
+    tc_compute<S, Ops::kTransA, Ops::kTransB>(a_stage(kt), b_stage(kt), acc, warp, lane);
+    if (next < ktiles) ops.stash(st, a_stage(next), b_stage(next), k_next, k_end);
     cp_async_commit();
   }
   cp_async_wait<0>();
@@ -503,13 +713,13 @@ __global__ void __launch_bounds__(TC_THREADS) tc_conv_fwd_kernel(ConvFwdParams p
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {  // c0,c1: row lane/4; c2,c3: row lane/4+8
-        const int row = wm * 32 + mi * 16 + lane / 4 + (e / 2) * 8;
-        const int col = wn * 32 + ni * 8 + (lane % 4) * 2 + e % 2;
+      for (int e = 0; e < 4; ++e) {
+        const int row = mma::warp_row(warp) + mi * 16 + mma::acc_row(lane, e);
+        const int col = mma::warp_col(warp) + ni * 8 + mma::acc_col(lane, e);
         Cs[row * LDC + col] = acc[mi][ni][e];
       }
   __syncthreads();
-  FwdEpilogue<S>{p}(Cs, m0, n0, M, p.s.K);
+  epi(Cs, m0, n0, M, Ncols);
 }
 
 // ================================================================ fixed-order reductions
@@ -574,15 +784,19 @@ __global__ void __launch_bounds__(256)
 
 // ================================================================ launchers
 unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+bool aligned16(const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; }
+// The backward tensor-core kernels read 8 channels at a time of both C and K.
+bool vec8_operands(const ConvShape& s) { return s.C % 8 == 0 && s.K % 8 == 0; }
 
 template <class S>
 cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
   const int64_t M = fwd_gemm_m(p.s), kd = fwd_gemm_k(p.s);
   const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.K, BN)));
   if constexpr (sizeof(S) == 2) {
-    const bool vec_a = p.s.C % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-    const bool vec_b = kd % 8 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
-    tc_conv_fwd_kernel<S><<<grid, TC_THREADS, 0, stream>>>(p, vec_a, vec_b);
+    const bool vec_a = p.s.C % 8 == 0 && aligned16(p.x);
+    const bool vec_b = kd % 8 == 0 && aligned16(p.w);
+    tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(FwdTc<S>{p, vec_a, vec_b},
+                                                       FwdEpilogue<S>{p}, M, p.s.K, kd, kd);
   } else {
     simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(FwdOperands<S>{p}, FwdEpilogue<S>{p}, M,
                                                         p.s.K, kd, kd);
@@ -599,8 +813,16 @@ template <class S>
 cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
   const int64_t M = dgrad_gemm_m(p.s), kd = dgrad_gemm_k(p.s);
   const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.C, BN)));
-  simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(DgradOperands<S>{p}, DgradEpilogue<S>{p},
-                                                      M, p.s.C, kd, kd);
+  bool on_tensor_cores = false;
+  if constexpr (sizeof(S) == 2) {
+    on_tensor_cores = vec8_operands(p.s) && aligned16(p.dz) && aligned16(p.y) && aligned16(p.w);
+    if (on_tensor_cores)
+      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(DgradTc<S>{p}, DgradEpilogue<S>{p}, M,
+                                                         p.s.C, kd, kd);
+  }
+  if (!on_tensor_cores)
+    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(DgradOperands<S>{p},
+                                                        DgradEpilogue<S>{p}, M, p.s.C, kd, kd);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.prev_y) return e;
   const int64_t tiles = grid.x, C = p.s.C;
   return merge_partials(
@@ -614,14 +836,23 @@ cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
 template <class S>
 cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t stream) {
   const int64_t kd = fwd_gemm_m(p.s), cols = fwd_gemm_k(p.s);
-  // Split boundaries on multiples of the SIMT BK keep every split's tiles full.
+  // Split boundaries on multiples of both kernels' BK keep every split's stages full.
+  static_assert(TC_BK % SIMT_BK == 0);
   int64_t kchunk = (kd + p.splits - 1) / p.splits;
-  kchunk = (kchunk + SIMT_BK - 1) / SIMT_BK * SIMT_BK;
+  kchunk = (kchunk + TC_BK - 1) / TC_BK * TC_BK;
   const dim3 grid(unsigned(conv_tiles(p.s.K, BM)), unsigned(conv_tiles(cols, BN)),
                   unsigned(p.splits));
   // Splits past the end of the reduction write zero partials (k_begin >= Kdim): still summed.
-  simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(WgradOperands<S>{p}, WgradEpilogue{p},
-                                                      p.s.K, cols, kd, kchunk);
+  bool on_tensor_cores = false;
+  if constexpr (sizeof(S) == 2) {
+    on_tensor_cores = vec8_operands(p.s) && aligned16(p.x) && aligned16(p.dz) && aligned16(p.y);
+    if (on_tensor_cores)
+      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S>{p}, WgradEpilogue{p}, p.s.K,
+                                                         cols, kd, kchunk);
+  }
+  if (!on_tensor_cores)
+    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(WgradOperands<S>{p}, WgradEpilogue{p},
+                                                        p.s.K, cols, kd, kchunk);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const float* ws = static_cast<const float*>(p.workspace);
   const unsigned blocks = blocks_for(p.s.K * cols, 256);
