@@ -91,13 +91,28 @@ for d in (torch.bfloat16, torch.float16, torch.float32):
     print(d, f.backend_status("cuda", d))' > "$OUT/backends.txt" 2>&1
 record backends $? "$start"
 
-# ---------------------------------------------------------------------------- 3. GPU tests
+# ---------------------------------------------------------------------------- 3. sanitizer
+# The conv kernels through plain CUDA (no torch: seconds), then memcheck and racecheck.
+harness() {
+  local bin="$OUT/conv_harness"
+  command -v nvcc > /dev/null || { echo "no nvcc on this machine"; return 3; }
+  nvcc -std=c++20 -O2 -arch=sm_90 -Icsrc csrc/cuda/harness/conv_harness.cu -o "$bin" || return
+  "$bin" || return
+  command -v compute-sanitizer > /dev/null || { echo "no compute-sanitizer"; return 3; }
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$bin" || return
+  compute-sanitizer --tool racecheck --error-exitcode 9 "$bin"
+}
+run_step sanitizer 20 $(min 80 $(( $(left) - 150 ))) "$OUT/sanitizer.log" harness
+
+# ---------------------------------------------------------------------------- 4. GPU tests
+# The CUDA conv ops and whole blocks first: the full GPU suite may not fit the budget.
 run_step gpu_tests 30 $(min 90 $(( $(left) - 110 ))) "$OUT/pytest_gpu.log" \
-  "$PY" -m pytest -m gpu tests -x -q -rs -p no:cacheprovider
+  "$PY" -m pytest -m gpu tests/test_conv_igemm.py tests/test_gpu.py tests -q -rs \
+  --maxfail=20 -p no:cacheprovider
 rc=$?
 [ $rc -eq 5 ] && echo "gpu_tests: no test collected (pytest rc 5)" >> "$SUMMARY"
 
-# ---------------------------------------------------------------------------- 4. benchmark
+# ---------------------------------------------------------------------------- 5. benchmark
 # The benchmark stops starting rows at --budget-s and writes its outputs on SIGTERM too.
 name="$(date -u +%F)_$(card_name || true)_${DTYPE}_b${BATCH}"
 name=${name/__/_}
@@ -107,12 +122,14 @@ run_step bench 60 "$bench_t" "$OUT/bench.log" \
   --budget-s $(( bench_t - 50 )) --json "$OUT/$name.json" --csv "$OUT/$name.csv" \
   --plot "$OUT/$name.png"
 
-# ---------------------------------------------------------------------------- 5. summary
+# ---------------------------------------------------------------------------- 6. summary
 {
   echo
   echo "total ${SECONDS}s of ${LIMIT}s; outputs in $OUT:"
   ls -1 "$OUT"
   echo
+  echo "--- sanitizer"
+  grep -E '^(FAIL|all ok|FAILED)|ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" 2>/dev/null
   echo "--- gpu tests"
   tail -n 3 "$OUT/pytest_gpu.log" 2>/dev/null
   echo "--- backends"

@@ -133,6 +133,7 @@ def test_setup_finds_real_toolkit_and_archs():
 COMMON_CHECK = r"""
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include "common/bn.h"
 #include "common/fusion.h"
 #include "common/igemm.h"
@@ -196,6 +197,13 @@ int main() {
           }
         CHECK(krsc_offset(s, 1, 0, 0, 0) == R * R * 3);
       }
+  // Index decode: the 32-bit fast path and the 64-bit path both match the plain formula.
+  for (int64_t i : {int64_t(0), int64_t(12345), int64_t(0x7fffffff), int64_t(0x80000000),
+                    (int64_t(1) << 40) + 77}) {
+    int64_t o, m, in;
+    decode3(i, 7, 56, &o, &m, &in);
+    CHECK(in == i % 56 && m == i / 56 % 7 && o == i / 56 / 7);
+  }
   const Layout L{2, 3, 4};  // [outer, C, inner]
   CHECK(L.numel() == 24 && L.channel(13) == 0 && L.channel(4) == 1 && L.channel(23) == 2);
   CHECK(nhwc_offset(int64_t(1) << 20, 0, 0, 0, 1 << 10, 1 << 10, 64) == int64_t(1) << 46);
@@ -268,7 +276,7 @@ def test_common_headers_host_math_and_device_compile(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
 
 
-# ---- conv_kernels.cu: tensor cores in the 16-bit forward, a standalone sanitizer harness.
+# ---- conv_kernels.cu: tensor cores in the 16-bit conv kernels, a standalone sanitizer harness.
 HARNESS = ROOT / "csrc" / "cuda" / "harness" / "conv_harness.cu"
 
 
@@ -297,8 +305,16 @@ def sass_by_function(sass: str) -> dict[str, str]:
     return out
 
 
+# Operand policy -> (ldmatrix flavours its SASS must show, whether it issues cp.async):
+# K-major tiles use LDSM.16.M88, MN-major tiles (ldmatrix.trans) LDSM.16.MT88.
+TC_POLICIES = {"FwdTc": ({"LDSM.16.M88"}, True),
+               "DgradTc": ({"LDSM.16.M88", "LDSM.16.MT88"}, True),
+               "WgradTc": ({"LDSM.16.MT88"}, False)}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_conv_fwd_16bit_kernels_use_tensor_cores(ptxas_reports, cubin_dir, arch):
+def test_conv_16bit_kernels_use_tensor_cores(ptxas_reports, cubin_dir, arch):
+    """fwd, dgrad and wgrad in fp16 and bf16 each run HMMA fed by the expected ldmatrix."""
     src = ROOT / "csrc" / "cuda" / "conv_kernels.cu"
     if (src, arch) not in ptxas_reports:
         pytest.skip("no conv_kernels.cu")
@@ -309,15 +325,19 @@ def test_conv_fwd_16bit_kernels_use_tensor_cores(ptxas_reports, cubin_dir, arch)
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     funcs = sass_by_function(res.stdout)
-    tc = {name: body for name, body in funcs.items() if "tc_conv_fwd_kernel" in name}
-    # One instantiation each for __half (I6__half) and __nv_bfloat16.
-    assert any("6__half" in n for n in tc) and any("nv_bfloat16" in n for n in tc), list(funcs)
-    for name, body in tc.items():
-        counts = {op: len(re.findall(rf"\b{op}\b", body)) for op in ("HMMA", "LDSM", "LDGSTS")}
-        print(f"{arch} {name}: {counts}")
-        assert counts["HMMA"] > 0, f"{name} ({arch}) has no HMMA: {counts}"
-        assert counts["LDSM"] > 0, f"{name} ({arch}) has no ldmatrix: {counts}"
-        assert counts["LDGSTS"] > 0, f"{name} ({arch}) has no cp.async: {counts}"
+    for policy, (ldsm, cp_async) in TC_POLICIES.items():
+        tc = {n: body for n, body in funcs.items() if "tc_conv_kernel" in n and policy in n}
+        # One instantiation each for __half (6__half) and __nv_bfloat16.
+        assert any("6__half" in n for n in tc) and any("nv_bfloat16" in n for n in tc), (
+            policy, list(funcs))
+        for name, body in tc.items():
+            ops = re.findall(r"\b(HMMA|LDSM|LDGSTS)(\.[\w.]*)?", body)
+            counts = {op: sum(o == op for o, _ in ops) for op in ("HMMA", "LDSM", "LDGSTS")}
+            flavours = {m.group(0) for m in re.finditer(r"LDSM\.16\.MT?88", body)}
+            print(f"{arch} {policy} {name[:60]}: {counts} {sorted(flavours)}")
+            assert counts["HMMA"] > 0, f"{name} ({arch}) has no HMMA: {counts}"
+            assert flavours == ldsm, f"{name} ({arch}): ldmatrix {flavours}, expected {ldsm}"
+            assert (counts["LDGSTS"] > 0) == cp_async, f"{name} ({arch}) cp.async: {counts}"
 
 
 def test_conv_harness_compiles(tmp_path):

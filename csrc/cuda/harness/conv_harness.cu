@@ -1,10 +1,13 @@
-// Standalone harness for the conv_fwd kernels (no torch): small random NHWC data, the CUDA
-// forward (tensor-core fp16/bf16 and SIMT fp32 paths, with prologue, epilogue, residual and
-// statistics) against a host loop. For compute-sanitizer on a GPU machine:
+// Standalone harness for the conv kernels (no torch): small random NHWC data through the
+// CUDA forward (tensor-core fp16/bf16 and SIMT fp32 paths, with prologue, epilogue, residual
+// and statistics), dgrad (BN-backward map, residual, ReLU mask, sums) and wgrad (split-K,
+// prologue recompute), each against a host loop. For compute-sanitizer on a GPU machine:
 //   nvcc -std=c++20 -O2 -arch=sm_90 -Icsrc csrc/cuda/harness/conv_harness.cu -o conv_harness
 //   compute-sanitizer --tool memcheck ./conv_harness
 //   compute-sanitizer --tool racecheck ./conv_harness
 // Exit status 0 when every case matches. GPU-UNVERIFIED: compiled here, never run yet.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -67,6 +70,31 @@ std::vector<float> download(const void* d, size_t n, DType t) {
     else h[i] = __bfloat162float(reinterpret_cast<__nv_bfloat16*>(bytes.data())[i]);
   }
   return h;
+}
+
+double data_tol(DType t) { return t == DType::kFloat ? 1e-5 : (t == DType::kHalf ? 2e-3 : 1e-2); }
+
+// ||got - want|| / ||want||.
+double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err += (got[i] - want[i]) * (got[i] - want[i]);
+    ref += want[i] * want[i];
+  }
+  return std::sqrt(err / (ref > 0 ? ref : 1));
+}
+
+std::vector<float> random_vec(size_t n, float scale, float offset, DType t, unsigned& seed) {
+  std::vector<float> v(n);
+  for (auto& e : v) e = round_host(offset + scale * frand(seed), t);
+  return v;
+}
+
+void* device_zeros(size_t bytes) {
+  void* d = nullptr;
+  CUDA_OK(cudaMalloc(&d, bytes));
+  CUDA_OK(cudaMemset(d, 0, bytes));
+  return d;
 }
 
 // One case: returns true when y, mean and m2 match the host loop.
@@ -136,12 +164,143 @@ bool run_case(int N, int C, int H, int K, int R, int stride, int pad, int dil, D
     sref += mu * mu + sq * sq;
   }
   const double rel = std::sqrt(err / ref), srel = std::sqrt(serr / sref);
-  const double tol = t == DType::kFloat ? 1e-5 : (t == DType::kHalf ? 2e-3 : 1e-2);
+  const double tol = data_tol(t);
   const bool ok = rel <= tol && srel <= 1e-4;
   std::printf("%s N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d: y rel %.2e, "
               "stats rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil, int(t),
               rel, srel);
   for (void* p : {dx, dw, dres, disc, dish, dosc, dosh, dy, dmean, dm2, dws}) cudaFree(p);
+  return ok;
+}
+
+// Backward operands shared by the dgrad and wgrad cases: dz, y (NHWC [N,P,Q,K]) and the
+// BN-backward coefficients; dy = round(a*dz + b*y + c) as the kernels feed the GEMM.
+struct BwdCase {
+  ConvShape s;
+  DType t;
+  std::vector<float> dz, y, a, b, c, w;
+  std::vector<float> dy;  // host: the rounded BN-backward map
+  BwdCase(int N, int C, int H, int K, int R, int stride, int pad, int dil, DType t_)
+      : s(fr::make_conv_shape(N, C, H, H, K, R, R, stride, pad, dil, 1)), t(t_) {
+    unsigned seed = 777u + unsigned(C * 131 + K);
+    const size_t out = size_t(s.N * s.P * s.Q * s.K);
+    dz = random_vec(out, 1.f, 0.f, t, seed);
+    y = random_vec(out, 1.f, 0.5f, t, seed);
+    a = random_vec(size_t(K), 0.5f, 1.f, DType::kFloat, seed);
+    b = random_vec(size_t(K), 0.1f, 0.f, DType::kFloat, seed);
+    c = random_vec(size_t(K), 0.1f, 0.f, DType::kFloat, seed);
+    w = random_vec(size_t(K * R * R * C), 0.3f, 0.f, t, seed);
+    dy.resize(out);
+    for (size_t i = 0; i < out; ++i) {
+      const int64_t k = int64_t(i) % s.K;
+      dy[i] = round_host(fr::bn_bwd_apply(dz[i], y[i], a[k], b[k], c[k]), t);
+    }
+  }
+};
+
+// dgrad with residual, ReLU mask and sums against a host loop.
+bool run_dgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int dil, DType t) {
+  const BwdCase bc(N, C, H, K, R, stride, pad, dil, t);
+  const ConvShape& s = bc.s;
+  const int64_t M = s.N * s.H * s.W;
+  unsigned seed = 99u + unsigned(C);
+  const auto res = random_vec(size_t(M * C), 1.f, 0.f, t, seed);
+  const auto prev_y = random_vec(size_t(M * C), 1.f, 0.f, t, seed);
+  const auto ps = random_vec(size_t(C), 0.5f, 1.f, DType::kFloat, seed);
+  const auto pb = random_vec(size_t(C), 0.3f, 0.f, DType::kFloat, seed);
+  const auto pm = random_vec(size_t(C), 0.3f, 0.f, DType::kFloat, seed);
+  const auto pi = random_vec(size_t(C), 0.5f, 1.f, DType::kFloat, seed);
+  std::vector<double> dx(static_cast<size_t>(M * C)), s0(static_cast<size_t>(C)),
+      s1(static_cast<size_t>(C));
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t n, h, w;
+    fr::decode_in_pixel(s, m, &n, &h, &w);
+    for (int64_t ci = 0; ci < C; ++ci) {
+      double g = 0;
+      for (int64_t r = 0; r < s.R; ++r)
+        for (int64_t u = 0; u < s.S; ++u) {
+          const int64_t p = fr::dgrad_out_coord(h, r, s.stride, s.padding, s.dilation, s.P);
+          const int64_t q = fr::dgrad_out_coord(w, u, s.stride, s.padding, s.dilation, s.Q);
+          if (p < 0 || q < 0) continue;
+          for (int64_t k = 0; k < s.K; ++k)
+            g += double(bc.dy[fr::nhwc_offset(n, p, q, k, s.P, s.Q, s.K)]) *
+                 bc.w[fr::krsc_offset(s, k, r, u, ci)];
+        }
+      g += res[m * C + ci];
+      g = fr::relu_bwd(g, double(prev_y[m * C + ci]) * ps[ci] + pb[ci]);
+      dx[m * C + ci] = g;
+      s0[ci] += g;
+      s1[ci] += g * (double(prev_y[m * C + ci]) - pm[ci]) * pi[ci];
+    }
+  }
+  void *ddz = upload(bc.dz, t), *dyv = upload(bc.y, t), *dw = upload(bc.w, t);
+  void *da = upload(bc.a, DType::kFloat), *db = upload(bc.b, DType::kFloat);
+  void *dc = upload(bc.c, DType::kFloat), *dres = upload(res, t), *dpy = upload(prev_y, t);
+  void *dps = upload(ps, DType::kFloat), *dpb = upload(pb, DType::kFloat);
+  void *dpm = upload(pm, DType::kFloat), *dpi = upload(pi, DType::kFloat);
+  void* ddx = device_zeros(size_t(M * C) * 4);
+  void* dsum0 = device_zeros(size_t(C) * 4);
+  void* dsum1 = device_zeros(size_t(C) * 4);
+  void* dws = device_zeros(size_t(fr::cuda::conv_dgrad_workspace_elems(s)) * 4);
+  fr::cuda::ConvDgradParams prm{};
+  prm.dz = ddz, prm.y = dyv, prm.a = da, prm.b = db, prm.c = dc, prm.w = dw;
+  prm.residual = dres, prm.prev_y = dpy, prm.prev_scale = dps, prm.prev_shift = dpb;
+  prm.prev_mean = dpm, prm.prev_invstd = dpi;
+  prm.dx = ddx, prm.sum_dx = dsum0, prm.sum_dx_xhat = dsum1, prm.workspace = dws, prm.s = s;
+  CUDA_OK(fr::cuda::launch_conv_dgrad(prm, t, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const double rel = rel_err(download(ddx, size_t(M * C), t), dx);
+  const double srel = std::max(rel_err(download(dsum0, size_t(C), DType::kFloat), s0),
+                               rel_err(download(dsum1, size_t(C), DType::kFloat), s1));
+  const bool ok = rel <= data_tol(t) && srel <= std::max(1e-4, data_tol(t));
+  std::printf("%s dgrad N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d: dx rel %.2e, "
+              "sums rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil, int(t),
+              rel, srel);
+  for (void* p : {ddz, dyv, dw, da, db, dc, dres, dpy, dps, dpb, dpm, dpi, ddx, dsum0, dsum1, dws})
+    cudaFree(p);
+  return ok;
+}
+
+// wgrad (split-K, affine+ReLU prologue recomputed, KRSC output in the data dtype).
+bool run_wgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int dil, DType t) {
+  const BwdCase bc(N, C, H, K, R, stride, pad, dil, t);
+  const ConvShape& s = bc.s;
+  unsigned seed = 4242u + unsigned(K);
+  const auto x = random_vec(size_t(s.N * s.H * s.W * C), 1.f, 0.f, t, seed);
+  const auto isc = random_vec(size_t(C), 0.5f, 1.f, DType::kFloat, seed);
+  const auto ish = random_vec(size_t(C), 0.3f, 0.f, DType::kFloat, seed);
+  const int64_t M = s.N * s.P * s.Q, cols = s.R * s.S * s.C;
+  std::vector<double> dw(size_t(K * cols));
+  for (int64_t i = 0; i < M; ++i) {
+    int64_t n, p, q;
+    fr::decode_m(s, i, &n, &p, &q);
+    for (int64_t j = 0; j < cols; ++j) {
+      int64_t r, u, ci;
+      fr::decode_k(s, j, s.C, &r, &u, &ci);
+      const int64_t off = fr::fwd_input_offset(s, n, p, q, r, u, ci);
+      if (off < 0) continue;
+      const double act = round_host(fr::relu(x[off] * isc[ci] + ish[ci]), t);
+      for (int64_t k = 0; k < K; ++k) dw[k * cols + j] += double(bc.dy[i * K + k]) * act;
+    }
+  }
+  void *ddz = upload(bc.dz, t), *dyv = upload(bc.y, t), *dx = upload(x, t);
+  void *da = upload(bc.a, DType::kFloat), *db = upload(bc.b, DType::kFloat);
+  void *dc = upload(bc.c, DType::kFloat), *disc = upload(isc, DType::kFloat);
+  void* dish = upload(ish, DType::kFloat);
+  void* ddw = device_zeros(size_t(K * cols) * 4);
+  void* dws = device_zeros(size_t(fr::cuda::conv_wgrad_workspace_elems(s)) * 4);
+  fr::cuda::ConvWgradParams prm{};
+  prm.x = dx, prm.in_scale = disc, prm.in_shift = dish, prm.dz = ddz, prm.y = dyv;
+  prm.a = da, prm.b = db, prm.c = dc, prm.dw = ddw, prm.workspace = dws, prm.s = s;
+  prm.splits = fr::cuda::conv_wgrad_splits(s), prm.in_relu = true, prm.dw_krsc = true;
+  CUDA_OK(fr::cuda::launch_conv_wgrad(prm, t, t, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const double rel = rel_err(download(ddw, size_t(K * cols), t), dw);
+  const bool ok = rel <= data_tol(t);
+  std::printf("%s wgrad N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d splits=%lld: "
+              "dw rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil, int(t),
+              static_cast<long long>(prm.splits), rel);
+  for (void* p : {ddz, dyv, dx, da, db, dc, disc, dish, ddw, dws}) cudaFree(p);
   return ok;
 }
 
@@ -154,6 +313,14 @@ int main() {
     ok &= run_case(2, 5, 13, 70, 3, 2, 1, 1, t);  // scalar loads, 2 column tiles, stride 2
     ok &= run_case(1, 64, 7, 64, 1, 1, 0, 1, t);  // 1x1
     ok &= run_case(1, 8, 11, 8, 3, 1, 2, 2, t);   // dilation 2
+    // Backward: tensor cores for 16-bit data with C, K % 8 == 0 (edge tiles, stride holes,
+    // two merge levels at 40 x 40); SIMT for fp32 and other channel counts.
+    ok &= run_dgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);
+    ok &= run_dgrad_case(4, 16, 40, 72, 1, 1, 0, 1, t);
+    ok &= run_dgrad_case(2, 5, 7, 12, 3, 1, 2, 2, t);
+    ok &= run_wgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);
+    ok &= run_wgrad_case(4, 72, 20, 16, 1, 1, 0, 1, t);
+    ok &= run_wgrad_case(2, 5, 7, 12, 3, 1, 2, 2, t);
   }
   std::printf("%s\n", ok ? "all ok" : "FAILED");
   return ok ? 0 : 1;
