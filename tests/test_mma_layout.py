@@ -14,7 +14,8 @@ accumulators are scattered to the 64x64 tile as the kernel's store loop does. It
   [gemm]    for (A, B) in {K-major, MN-major}^2 the scattered tile is A * B^T exactly, every
             element written once; every ldmatrix row address lies inside the stage;
   [banks]   each 8x8 matrix of each ldmatrix.x4: 8 row addresses 16-byte aligned, in 8
-            distinct 16-byte bank groups (4 of the 32 4-byte banks each): no bank conflicts.
+            distinct 16-byte bank groups (4 of the 32 4-byte banks each): no bank conflicts;
+            likewise the loaders' 16-byte stores of each 8 consecutive threads.
 
 The kernel's GEMM convention: C[m][n] = sum_k A[m][k] * B[n][k]; an operand stage is K-major
 (row, k) -> kmajor_at(row, k) or MN-major (row, k) -> mnmajor_at(row, k).
@@ -164,6 +165,19 @@ static void check_loader(Kind kind) {
             k, logical[r * kK + k]);
   for (int i = 0; i < kStageElems; ++i)
     CHECK(phys[i] <= 1, "%s: smem element %d written %d times", kind_name(kind), i, phys[i]);
+  // A warp's 16-byte stores are served 8 lanes at a time: each 8 lanes' chunks must fall in
+  // 8 distinct 16-byte bank groups.
+  g_section = "banks";
+  for (int c = 0; c < 2; ++c)
+    for (int t0 = 0; t0 < kThreads; t0 += 8) {
+      bool seen[8] = {};
+      for (int t = t0; t < t0 + 8; ++t) {
+        const int grp = (chunk(kind, t, c).off * 2 / 16) % 8;
+        CHECK(!seen[grp], "%s chunk %d: threads %d-%d store to bank group %d twice",
+              kind_name(kind), c, t0, t0 + 7, grp);
+        seen[grp] = true;
+      }
+    }
 }
 
 // Stage a 64 x 32 operand M[row][k] through the loader slots of `kind`.
@@ -410,8 +424,8 @@ MUTATIONS = {
     # Fused K-major loader: the two threads of a row overlap instead of splitting its 32 k.
     "kmajor_slot_overlap": (
         "cuda/mma_layout.h",
-        "return {tid / 2, (tid % 2) * 16};",
-        "return {tid / 2, (tid % 2) * 8};",
+        "return {tid % kTile, (tid / kTile) * 16};",
+        "return {tid % kTile, (tid / kTile) * 8};",
         "loader"),
     # 96-byte K-major rows (padding 16 instead of 8) put rows r and r + 4 in the same banks.
     "kmajor_pad_16": (

@@ -339,23 +339,28 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
 // 16-byte async copy; src_bytes = 0 zero-fills the destination (out-of-range tiles).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
-               "l"(src), "r"(src_bytes));
+               "l"(src), "r"(src_bytes)
+               : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(smem_addr(p))
+               : "memory");
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(smem_addr(p))
+               : "memory");
 }
 
 template <class S>
@@ -399,30 +404,44 @@ template <class S>
 __device__ __forceinline__ void store8(S* dst, const Vec8<S>& v) {
   *reinterpret_cast<Vec8<S>*>(dst) = v;
 }
+// 8 per-channel floats from c (c % 8 == 0, the vector 16-byte aligned: the launchers check)
+// in two 16-byte loads instead of eight.
+struct Floats8 {
+  float v[8];
+};
+__device__ __forceinline__ Floats8 load_floats8(const void* vec, int64_t c) {
+  const float4* q = reinterpret_cast<const float4*>(static_cast<const float*>(vec) + c);
+  const float4 lo = q[0], hi = q[1];
+  return Floats8{{lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w}};
+}
+
 // 8 consecutive channels from c: prologue [relu](x*scale + shift), rounded to S.
 template <class S>
 __device__ __forceinline__ Vec8<S> prologue8(const Vec8<S>& x, const void* scale,
                                              const void* shift, bool relu, int64_t c) {
-  const float* sc = static_cast<const float*>(scale);
-  const float* sh = static_cast<const float*>(shift);
   Vec8<S> o;
+  if (scale) {
+    const Floats8 sc = load_floats8(scale, c), sh = load_floats8(shift, c);
 #pragma unroll
-  for (int e = 0; e < 8; ++e)
-    o.v[e] = Cvt<S>::from(prologue<float>(Cvt<S>::to(x.v[e]), sc, sh, relu, c + e));
+    for (int e = 0; e < 8; ++e)  // channel e of the 8 loaded
+      o.v[e] = Cvt<S>::from(prologue<float>(Cvt<S>::to(x.v[e]), sc.v, sh.v, relu, e));
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      o.v[e] = Cvt<S>::from(prologue<float>(Cvt<S>::to(x.v[e]), nullptr, nullptr, relu, 0));
+  }
   return o;
 }
 // 8 consecutive output channels from k: dy = a*dz + b*y + c, rounded to S.
 template <class S>
 __device__ __forceinline__ Vec8<S> bn_bwd8(const Vec8<S>& dz, const Vec8<S>& y, const void* a,
                                            const void* b, const void* c, int64_t k) {
-  const float* ca = static_cast<const float*>(a);
-  const float* cb = static_cast<const float*>(b);
-  const float* cc = static_cast<const float*>(c);
+  const Floats8 ca = load_floats8(a, k), cb = load_floats8(b, k), cc = load_floats8(c, k);
   Vec8<S> o;
 #pragma unroll
   for (int e = 0; e < 8; ++e)
-    o.v[e] = Cvt<S>::from(bn_bwd_apply<float>(Cvt<S>::to(dz.v[e]), Cvt<S>::to(y.v[e]),
-                                              ca[k + e], cb[k + e], cc[k + e]));
+    o.v[e] = Cvt<S>::from(
+        bn_bwd_apply<float>(Cvt<S>::to(dz.v[e]), Cvt<S>::to(y.v[e]), ca.v[e], cb.v[e], cc.v[e]));
   return o;
 }
 
@@ -784,6 +803,9 @@ __global__ void __launch_bounds__(256)
 
 // ================================================================ launchers
 unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+// 16-byte vector loads need 16-byte aligned bases (null: nothing is loaded). The choice
+// depends on pointers, so a view at an odd storage offset takes the other kernel: the same
+// values then give results that differ in rounding (each choice is deterministic).
 bool aligned16(const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; }
 // The backward tensor-core kernels read 8 channels at a time of both C and K.
 bool vec8_operands(const ConvShape& s) { return s.C % 8 == 0 && s.K % 8 == 0; }
@@ -793,7 +815,8 @@ cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
   const int64_t M = fwd_gemm_m(p.s), kd = fwd_gemm_k(p.s);
   const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.K, BN)));
   if constexpr (sizeof(S) == 2) {
-    const bool vec_a = p.s.C % 8 == 0 && aligned16(p.x);
+    const bool vec_a = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
+                       aligned16(p.in_shift);
     const bool vec_b = kd % 8 == 0 && aligned16(p.w);
     tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(FwdTc<S>{p, vec_a, vec_b},
                                                        FwdEpilogue<S>{p}, M, p.s.K, kd, kd);
@@ -815,7 +838,8 @@ cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.C, BN)));
   bool on_tensor_cores = false;
   if constexpr (sizeof(S) == 2) {
-    on_tensor_cores = vec8_operands(p.s) && aligned16(p.dz) && aligned16(p.y) && aligned16(p.w);
+    on_tensor_cores = vec8_operands(p.s) && aligned16(p.dz) && aligned16(p.y) &&
+                      aligned16(p.w) && aligned16(p.a) && aligned16(p.b) && aligned16(p.c);
     if (on_tensor_cores)
       tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(DgradTc<S>{p}, DgradEpilogue<S>{p}, M,
                                                          p.s.C, kd, kd);
@@ -845,7 +869,9 @@ cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t s
   // Splits past the end of the reduction write zero partials (k_begin >= Kdim): still summed.
   bool on_tensor_cores = false;
   if constexpr (sizeof(S) == 2) {
-    on_tensor_cores = vec8_operands(p.s) && aligned16(p.x) && aligned16(p.dz) && aligned16(p.y);
+    on_tensor_cores = vec8_operands(p.s) && aligned16(p.x) && aligned16(p.dz) &&
+                      aligned16(p.y) && aligned16(p.a) && aligned16(p.b) && aligned16(p.c) &&
+                      aligned16(p.in_scale) && aligned16(p.in_shift);
     if (on_tensor_cores)
       tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S>{p}, WgradEpilogue{p}, p.s.K,
                                                          cols, kd, kchunk);

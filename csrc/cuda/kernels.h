@@ -94,13 +94,14 @@ constexpr int64_t kConvTileN = 64;
 FR_HOST_DEVICE int64_t conv_tiles(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
 
 // Per-tile partials [parts][C] are merged per channel in a fixed order by cuda/merge.cuh, in
-// two levels: enough groups of >= 64 parts that ~512 CTAs of 32 channels share the first.
+// two levels: up to ceil(parts / 64) groups, so that ~512 CTAs of 32 channels share the first
+// (a group may be short or even empty: an empty group merges as the identity).
 inline int64_t merge_groups(int64_t parts, int64_t C) {
   const int64_t cblocks = (C + 31) / 32;
   return std::max<int64_t>(1, std::min((parts + 63) / 64, std::max<int64_t>(1, 512 / cblocks)));
 }
-// A conv workspace: `partials` floats, then (8-byte aligned) the first merge level's results,
-// `acc_doubles` doubles per group and channel.
+// A conv workspace: `partials` floats, then (8-byte aligned: rounded up to an even count) the
+// first merge level's results, `acc_doubles` doubles per group and channel.
 inline int64_t merge_results_offset(int64_t partials) { return partials + partials % 2; }
 inline int64_t conv_workspace_elems(int64_t partials, int64_t parts, int64_t C,
                                     int64_t acc_doubles) {

@@ -20,19 +20,21 @@ static_assert(kBK * kLdMN <= kStageElems, "an MN-major tile fits a stage");
 FR_HOST_DEVICE int kmajor_at(int row, int k) { return row * kLdK + k; }
 FR_HOST_DEVICE int mnmajor_at(int row, int k) { return k * kLdMN + row; }
 
-// Loader slots: thread tid writes two 8-element chunks per operand and stage.
-// K-major, fused loads: 2 threads per row, 16 consecutive k each (the row decodes once);
+// Loader slots: thread tid writes two 8-element chunks per operand and stage. A 16-byte
+// store is served 8 threads at a time: 8 consecutive threads take 8 consecutive rows at one
+// k, whose 80-byte pitch puts them in 8 distinct 16-byte bank groups (no bank conflicts).
+// K-major, fused loads: 16 consecutive k of one row per thread (the row decodes once);
 // chunk h = 0, 1 covers (row, kc + 8h .. +7).
 struct KMajorSlot {
   int row, kc;
-  FR_HOST_DEVICE static KMajorSlot of(int tid) { return {tid / 2, (tid % 2) * 16}; }
+  FR_HOST_DEVICE static KMajorSlot of(int tid) { return {tid % kTile, (tid / kTile) * 16}; }
   FR_HOST_DEVICE int at(int h) const { return kmajor_at(row, kc + 8 * h); }
 };
 // K-major, plain copies (weights): chunk i = 0, 1 of thread tid covers (row, kc .. kc+7).
 FR_HOST_DEVICE void kmajor_copy_slot(int tid, int i, int* row, int* kc) {
   const int id = tid + i * kThreads;
-  *row = id / 4;
-  *kc = (id % 4) * 8;
+  *row = id % kTile;
+  *kc = (id / kTile) * 8;
 }
 // MN-major: 8 threads per k row; chunk u = 0, 1 covers rows rc .. rc+7 at k = kr + 16u.
 struct MNMajorSlot {

@@ -54,7 +54,7 @@ void* upload(const std::vector<float>& h, DType t) {
     }
   }
   void* d = nullptr;
-  CUDA_OK(cudaMalloc(&d, bytes.size() + 16));
+  CUDA_OK(cudaMalloc(&d, bytes.size()));  // exact size: memcheck sees any over-read
   CUDA_OK(cudaMemcpy(d, bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
   return d;
 }
@@ -90,11 +90,34 @@ std::vector<float> random_vec(size_t n, float scale, float offset, DType t, unsi
   return v;
 }
 
-void* device_zeros(size_t bytes) {
+// Outputs and workspaces start as NaN (all bits set), so an element a kernel fails to write
+// shows up as an error instead of a plausible 0.
+void* device_poisoned(size_t bytes) {
   void* d = nullptr;
   CUDA_OK(cudaMalloc(&d, bytes));
-  CUDA_OK(cudaMemset(d, 0, bytes));
+  CUDA_OK(cudaMemset(d, 0xFF, bytes));
   return d;
+}
+
+// The larger error; NaN counts as the worst.
+double worse(double a, double b) { return a > b || a != a ? a : b; }
+
+// Besides the relative L2 error: the worst element, relative to the largest reference value
+// (one bad row can hide in an L2 norm).
+double max_rel_err(const std::vector<float>& got, const std::vector<double>& want) {
+  double worst = 0, scale = 1e-30;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = std::abs(double(got[i]) - want[i]);
+    worst = worse(d, worst);
+    scale = std::max(scale, std::abs(want[i]));
+  }
+  return worst / scale;
+}
+
+// The host references below index NHWC / KRSC arrays with their own arithmetic, not the
+// csrc/common helpers the kernels use, so a bug there cannot cancel out.
+int64_t nhwc(int64_t n, int64_t h, int64_t w, int64_t c, int64_t H, int64_t W, int64_t C) {
+  return ((n * H + h) * W + w) * C + c;
 }
 
 // One case: returns true when y, mean and m2 match the host loop.
@@ -111,35 +134,38 @@ bool run_case(int N, int C, int H, int K, int R, int stride, int pad, int dil, D
   for (int k = 0; k < K; ++k) osc[k] = 1.f + 0.5f * frand(seed), osh[k] = 0.3f * frand(seed);
 
   // Host reference: prologue (rounded), zero padding after it, fp32 GEMM, stats, epilogue.
-  std::vector<float> acc(M * s.K), yref(M * s.K);
-  for (int64_t m = 0; m < M; ++m) {
-    int64_t n, p, q;
-    fr::decode_m(s, m, &n, &p, &q);
-    for (int64_t k = 0; k < s.K; ++k) {
-      double a = 0;
-      for (int64_t r = 0; r < s.R; ++r)
-        for (int64_t u = 0; u < s.S; ++u)
-          for (int64_t c = 0; c < s.C; ++c) {
-            const int64_t off = fr::fwd_input_offset(s, n, p, q, r, u, c);
-            if (off < 0) continue;
-            const float act = round_host(fr::relu(x[off] * isc[c] + ish[c]), t);
-            a += double(act) * w[((k * s.R + r) * s.S + u) * s.C + c];
-          }
-      acc[m * s.K + k] = float(a);
-      const float v = float(a) * osc[k] + osh[k] + res[m * s.K + k];
-      yref[m * s.K + k] = round_host(fr::relu(v), t);
-    }
-  }
+  std::vector<float> acc(M * s.K);
+  std::vector<double> yref(M * s.K);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q)
+        for (int64_t k = 0; k < s.K; ++k) {
+          const int64_t m = (n * s.P + p) * s.Q + q;
+          double a = 0;
+          for (int64_t r = 0; r < s.R; ++r)
+            for (int64_t u = 0; u < s.S; ++u) {
+              const int64_t h = p * stride - pad + r * dil, w_ = q * stride - pad + u * dil;
+              if (h < 0 || h >= s.H || w_ < 0 || w_ >= s.W) continue;  // padding: 0
+              for (int64_t c = 0; c < s.C; ++c) {
+                const float xv = x[nhwc(n, h, w_, c, s.H, s.W, s.C)];
+                const float act = round_host(std::max(xv * isc[c] + ish[c], 0.f), t);
+                a += double(act) * w[((k * s.R + r) * s.S + u) * s.C + c];
+              }
+            }
+          acc[m * s.K + k] = float(a);
+          const float v = float(a) * osc[k] + osh[k] + res[m * s.K + k];
+          yref[m * s.K + k] = round_host(std::max(v, 0.f), t);
+        }
 
   fr::cuda::ConvFwdParams prm{};
   void *dx = upload(x, t), *dw = upload(w, t), *dres = upload(res, t);
   void *disc = upload(isc, DType::kFloat), *dish = upload(ish, DType::kFloat);
   void *dosc = upload(osc, DType::kFloat), *dosh = upload(osh, DType::kFloat);
   void *dy, *dmean, *dm2, *dws;
-  CUDA_OK(cudaMalloc(&dy, M * s.K * 4));
-  CUDA_OK(cudaMalloc(&dmean, s.K * 4));
-  CUDA_OK(cudaMalloc(&dm2, s.K * 4));
-  CUDA_OK(cudaMalloc(&dws, fr::cuda::conv_fwd_workspace_elems(s) * 4));
+  dy = device_poisoned(M * s.K * 4);
+  dmean = device_poisoned(s.K * 4);
+  dm2 = device_poisoned(s.K * 4);
+  dws = device_poisoned(fr::cuda::conv_fwd_workspace_elems(s) * 4);
   prm.x = dx, prm.w = dw, prm.residual = dres;
   prm.in_scale = disc, prm.in_shift = dish, prm.out_scale = dosc, prm.out_shift = dosh;
   prm.y = dy, prm.mean = dmean, prm.m2 = dm2, prm.workspace = dws;
@@ -150,25 +176,24 @@ bool run_case(int N, int C, int H, int K, int R, int stride, int pad, int dil, D
   const std::vector<float> mean = download(dmean, s.K, DType::kFloat);
   const std::vector<float> m2 = download(dm2, s.K, DType::kFloat);
 
-  double err = 0, ref = 0, serr = 0, sref = 0;
-  for (int64_t i = 0; i < M * s.K; ++i) {
-    err += double(y[i] - yref[i]) * (y[i] - yref[i]);
-    ref += double(yref[i]) * yref[i];
-  }
+  // Statistics of the raw fp32 accumulator: the mean to within 1e-4 standard deviations and
+  // M2 to 1e-4 relative, per channel (pooling the two would let a bad mean hide behind M2).
+  double srel = 0;
   for (int64_t k = 0; k < s.K; ++k) {
     double mu = 0, sq = 0;
     for (int64_t m = 0; m < M; ++m) mu += acc[m * s.K + k];
     mu /= double(M);
     for (int64_t m = 0; m < M; ++m) sq += (acc[m * s.K + k] - mu) * (acc[m * s.K + k] - mu);
-    serr += (mean[k] - mu) * (mean[k] - mu) + (m2[k] - sq) * (m2[k] - sq);
-    sref += mu * mu + sq * sq;
+    const double dm = std::abs(mean[k] - mu) / std::sqrt(sq / double(M) + 1e-30);
+    const double d2 = std::abs(m2[k] - sq) / (sq + 1e-30);
+    srel = worse(srel, worse(dm, d2));
   }
-  const double rel = std::sqrt(err / ref), srel = std::sqrt(serr / sref);
+  const double rel = rel_err(y, yref), worst = max_rel_err(y, yref);
   const double tol = data_tol(t);
-  const bool ok = rel <= tol && srel <= 1e-4;
-  std::printf("%s N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d: y rel %.2e, "
-              "stats rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil, int(t),
-              rel, srel);
+  const bool ok = rel <= tol && worst <= 8 * tol && srel <= 1e-4;
+  std::printf("%s fwd N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d: y rel %.2e "
+              "(worst %.2e), stats rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad,
+              dil, int(t), rel, worst, srel);
   for (void* p : {dx, dw, dres, disc, dish, dosc, dosh, dy, dmean, dm2, dws}) cudaFree(p);
   return ok;
 }
@@ -212,36 +237,39 @@ bool run_dgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   const auto pi = random_vec(size_t(C), 0.5f, 1.f, DType::kFloat, seed);
   std::vector<double> dx(static_cast<size_t>(M * C)), s0(static_cast<size_t>(C)),
       s1(static_cast<size_t>(C));
-  for (int64_t m = 0; m < M; ++m) {
-    int64_t n, h, w;
-    fr::decode_in_pixel(s, m, &n, &h, &w);
+  // dx as the transpose of the forward: each (output pixel, tap) scatters into the input
+  // pixel the forward read (padding reads nothing, stride holes receive nothing).
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q)
+        for (int64_t r = 0; r < s.R; ++r)
+          for (int64_t u = 0; u < s.S; ++u) {
+            const int64_t h = p * stride - pad + r * dil, w_ = q * stride - pad + u * dil;
+            if (h < 0 || h >= s.H || w_ < 0 || w_ >= s.W) continue;
+            for (int64_t k = 0; k < s.K; ++k) {
+              const double g = bc.dy[nhwc(n, p, q, k, s.P, s.Q, s.K)];
+              for (int64_t ci = 0; ci < C; ++ci)
+                dx[nhwc(n, h, w_, ci, s.H, s.W, C)] += g * bc.w[((k * R + r) * R + u) * C + ci];
+            }
+          }
+  for (int64_t m = 0; m < M; ++m)  // + residual, ReLU mask of the previous BN's output, sums
     for (int64_t ci = 0; ci < C; ++ci) {
-      double g = 0;
-      for (int64_t r = 0; r < s.R; ++r)
-        for (int64_t u = 0; u < s.S; ++u) {
-          const int64_t p = fr::dgrad_out_coord(h, r, s.stride, s.padding, s.dilation, s.P);
-          const int64_t q = fr::dgrad_out_coord(w, u, s.stride, s.padding, s.dilation, s.Q);
-          if (p < 0 || q < 0) continue;
-          for (int64_t k = 0; k < s.K; ++k)
-            g += double(bc.dy[fr::nhwc_offset(n, p, q, k, s.P, s.Q, s.K)]) *
-                 bc.w[fr::krsc_offset(s, k, r, u, ci)];
-        }
-      g += res[m * C + ci];
-      g = fr::relu_bwd(g, double(prev_y[m * C + ci]) * ps[ci] + pb[ci]);
-      dx[m * C + ci] = g;
+      const int64_t i = m * C + ci;
+      const double pre = double(prev_y[i]) * ps[ci] + pb[ci];
+      const double g = pre > 0 ? dx[i] + res[i] : 0.0;
+      dx[i] = g;
       s0[ci] += g;
-      s1[ci] += g * (double(prev_y[m * C + ci]) - pm[ci]) * pi[ci];
+      s1[ci] += g * (double(prev_y[i]) - pm[ci]) * pi[ci];
     }
-  }
   void *ddz = upload(bc.dz, t), *dyv = upload(bc.y, t), *dw = upload(bc.w, t);
   void *da = upload(bc.a, DType::kFloat), *db = upload(bc.b, DType::kFloat);
   void *dc = upload(bc.c, DType::kFloat), *dres = upload(res, t), *dpy = upload(prev_y, t);
   void *dps = upload(ps, DType::kFloat), *dpb = upload(pb, DType::kFloat);
   void *dpm = upload(pm, DType::kFloat), *dpi = upload(pi, DType::kFloat);
-  void* ddx = device_zeros(size_t(M * C) * 4);
-  void* dsum0 = device_zeros(size_t(C) * 4);
-  void* dsum1 = device_zeros(size_t(C) * 4);
-  void* dws = device_zeros(size_t(fr::cuda::conv_dgrad_workspace_elems(s)) * 4);
+  void* ddx = device_poisoned(size_t(M * C) * 4);
+  void* dsum0 = device_poisoned(size_t(C) * 4);
+  void* dsum1 = device_poisoned(size_t(C) * 4);
+  void* dws = device_poisoned(size_t(fr::cuda::conv_dgrad_workspace_elems(s)) * 4);
   fr::cuda::ConvDgradParams prm{};
   prm.dz = ddz, prm.y = dyv, prm.a = da, prm.b = db, prm.c = dc, prm.w = dw;
   prm.residual = dres, prm.prev_y = dpy, prm.prev_scale = dps, prm.prev_shift = dpb;
@@ -249,13 +277,15 @@ bool run_dgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   prm.dx = ddx, prm.sum_dx = dsum0, prm.sum_dx_xhat = dsum1, prm.workspace = dws, prm.s = s;
   CUDA_OK(fr::cuda::launch_conv_dgrad(prm, t, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  const double rel = rel_err(download(ddx, size_t(M * C), t), dx);
-  const double srel = std::max(rel_err(download(dsum0, size_t(C), DType::kFloat), s0),
-                               rel_err(download(dsum1, size_t(C), DType::kFloat), s1));
-  const bool ok = rel <= data_tol(t) && srel <= std::max(1e-4, data_tol(t));
-  std::printf("%s dgrad N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d: dx rel %.2e, "
-              "sums rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil, int(t),
-              rel, srel);
+  const std::vector<float> got = download(ddx, size_t(M * C), t);
+  const double rel = rel_err(got, dx), worst = max_rel_err(got, dx);
+  const double srel = worse(rel_err(download(dsum0, size_t(C), DType::kFloat), s0),
+                            rel_err(download(dsum1, size_t(C), DType::kFloat), s1));
+  const bool ok = rel <= data_tol(t) && worst <= 8 * data_tol(t) &&
+                  srel <= std::max(1e-4, data_tol(t));
+  std::printf("%s dgrad N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d: dx rel %.2e "
+              "(worst %.2e), sums rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad,
+              dil, int(t), rel, worst, srel);
   for (void* p : {ddz, dyv, dw, da, db, dc, dres, dpy, dps, dpb, dpm, dpi, ddx, dsum0, dsum1, dws})
     cudaFree(p);
   return ok;
@@ -269,37 +299,42 @@ bool run_wgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   const auto x = random_vec(size_t(s.N * s.H * s.W * C), 1.f, 0.f, t, seed);
   const auto isc = random_vec(size_t(C), 0.5f, 1.f, DType::kFloat, seed);
   const auto ish = random_vec(size_t(C), 0.3f, 0.f, DType::kFloat, seed);
-  const int64_t M = s.N * s.P * s.Q, cols = s.R * s.S * s.C;
+  const int64_t cols = s.R * s.S * s.C;
   std::vector<double> dw(size_t(K * cols));
-  for (int64_t i = 0; i < M; ++i) {
-    int64_t n, p, q;
-    fr::decode_m(s, i, &n, &p, &q);
-    for (int64_t j = 0; j < cols; ++j) {
-      int64_t r, u, ci;
-      fr::decode_k(s, j, s.C, &r, &u, &ci);
-      const int64_t off = fr::fwd_input_offset(s, n, p, q, r, u, ci);
-      if (off < 0) continue;
-      const double act = round_host(fr::relu(x[off] * isc[ci] + ish[ci]), t);
-      for (int64_t k = 0; k < K; ++k) dw[k * cols + j] += double(bc.dy[i * K + k]) * act;
-    }
-  }
+  // dw[k][r][u][c] = sum over output pixels of dy * the (rounded) activation the tap read.
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q)
+        for (int64_t r = 0; r < s.R; ++r)
+          for (int64_t u = 0; u < s.S; ++u) {
+            const int64_t h = p * stride - pad + r * dil, w_ = q * stride - pad + u * dil;
+            if (h < 0 || h >= s.H || w_ < 0 || w_ >= s.W) continue;
+            for (int64_t ci = 0; ci < C; ++ci) {
+              const float xv = x[nhwc(n, h, w_, ci, s.H, s.W, C)];
+              const double act = round_host(std::max(xv * isc[ci] + ish[ci], 0.f), t);
+              for (int64_t k = 0; k < K; ++k)
+                dw[((k * R + r) * R + u) * C + ci] +=
+                    double(bc.dy[nhwc(n, p, q, k, s.P, s.Q, K)]) * act;
+            }
+          }
   void *ddz = upload(bc.dz, t), *dyv = upload(bc.y, t), *dx = upload(x, t);
   void *da = upload(bc.a, DType::kFloat), *db = upload(bc.b, DType::kFloat);
   void *dc = upload(bc.c, DType::kFloat), *disc = upload(isc, DType::kFloat);
   void* dish = upload(ish, DType::kFloat);
-  void* ddw = device_zeros(size_t(K * cols) * 4);
-  void* dws = device_zeros(size_t(fr::cuda::conv_wgrad_workspace_elems(s)) * 4);
+  void* ddw = device_poisoned(size_t(K * cols) * 4);
+  void* dws = device_poisoned(size_t(fr::cuda::conv_wgrad_workspace_elems(s)) * 4);
   fr::cuda::ConvWgradParams prm{};
   prm.x = dx, prm.in_scale = disc, prm.in_shift = dish, prm.dz = ddz, prm.y = dyv;
   prm.a = da, prm.b = db, prm.c = dc, prm.dw = ddw, prm.workspace = dws, prm.s = s;
   prm.splits = fr::cuda::conv_wgrad_splits(s), prm.in_relu = true, prm.dw_krsc = true;
   CUDA_OK(fr::cuda::launch_conv_wgrad(prm, t, t, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  const double rel = rel_err(download(ddw, size_t(K * cols), t), dw);
-  const bool ok = rel <= data_tol(t);
+  const std::vector<float> got = download(ddw, size_t(K * cols), t);
+  const double rel = rel_err(got, dw), worst = max_rel_err(got, dw);
+  const bool ok = rel <= data_tol(t) && worst <= 8 * data_tol(t);
   std::printf("%s wgrad N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d splits=%lld: "
-              "dw rel %.2e\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil, int(t),
-              static_cast<long long>(prm.splits), rel);
+              "dw rel %.2e (worst %.2e)\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil,
+              int(t), static_cast<long long>(prm.splits), rel, worst);
   for (void* p : {ddz, dyv, dx, da, db, dc, disc, dish, ddw, dws}) cudaFree(p);
   return ok;
 }
@@ -313,6 +348,7 @@ int main() {
     ok &= run_case(2, 5, 13, 70, 3, 2, 1, 1, t);  // scalar loads, 2 column tiles, stride 2
     ok &= run_case(1, 64, 7, 64, 1, 1, 0, 1, t);  // 1x1
     ok &= run_case(1, 8, 11, 8, 3, 1, 2, 2, t);   // dilation 2
+    ok &= run_case(4, 16, 40, 16, 1, 1, 0, 1, t);  // 100 tiles: both merge levels
     // Backward: tensor cores for 16-bit data with C, K % 8 == 0 (edge tiles, stride holes,
     // two merge levels at 40 x 40); SIMT for fp32 and other channel counts.
     ok &= run_dgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);
@@ -321,6 +357,7 @@ int main() {
     ok &= run_wgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);
     ok &= run_wgrad_case(4, 72, 20, 16, 1, 1, 0, 1, t);
     ok &= run_wgrad_case(2, 5, 7, 12, 3, 1, 2, 2, t);
+    ok &= run_wgrad_case(2, 8, 36, 16, 3, 1, 1, 1, t);  // 10 splits, the last one empty
   }
   std::printf("%s\n", ok ? "all ok" : "FAILED");
   return ok ? 0 : 1;
