@@ -689,9 +689,10 @@ __device__ __forceinline__ void tc_compute(const S* As, const S* Bs, float (&acc
 
 // The tensor-core GEMM: CTA (x, y, z) computes rows [64x, 64x+64) x columns [64y, 64y+64)
 // over the reduction range [z*kchunk, min(Kdim, (z+1)*kchunk)) (split-K for wgrad; kchunk is
-// a multiple of TC_BK), then runs the op's epilogue on the fp32 tile in smem.
+// a multiple of TC_BK), then runs the op's epilogue on the fp32 tile in smem. At most 128
+// registers, so 4 CTAs (16 warps, 120 KB of smem) share an SM and hide each other's loads.
 template <class S, class Ops, class Epi>
-__global__ void __launch_bounds__(TC_THREADS)
+__global__ void __launch_bounds__(TC_THREADS, 4)
     tc_conv_kernel(Ops ops, Epi epi, int64_t M, int64_t Ncols, int64_t Kdim, int64_t kchunk) {
   __shared__ __align__(16) unsigned char smem[TC_SMEM_BYTES];
   S* const As = reinterpret_cast<S*>(smem);
