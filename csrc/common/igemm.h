@@ -119,29 +119,44 @@ FR_HOST_DEVICE void decode_in_pixel(const ConvShape& s, int64_t m, int64_t* n, i
   decode3(m, s.H, s.W, n, h, w);
 }
 
-// Forward A element (pixel (n,p,q), reduction k): f(offset, c) (the prologue, rounded to the
-// data dtype) or 0 on padding -- zero AFTER the transform (DESIGN §1 Padding).
+// Forward A operand (pixel (n,p,q), reduction k): the input offset and channel *c it reads,
+// or -1 on padding. The tensor-core loaders call it per 8-element chunk, fwd_a_elem per element.
+FR_HOST_DEVICE int64_t fwd_a_offset(const ConvShape& s, int64_t n, int64_t p, int64_t q,
+                                    int64_t k, int64_t* c) {
+  int64_t r, t;
+  decode_k(s, k, s.C, &r, &t, c);
+  return fwd_input_offset(s, n, p, q, r, t, *c);
+}
+
+// Forward A element: f(offset, c) (the prologue, rounded to the data dtype) or 0 on padding --
+// zero AFTER the transform (DESIGN §1 Padding).
 template <class T, class F>
 FR_HOST_DEVICE T fwd_a_elem(const ConvShape& s, int64_t n, int64_t p, int64_t q, int64_t k,
                             const F& f) {
-  int64_t r, t, c;
-  decode_k(s, k, s.C, &r, &t, &c);
-  const int64_t off = fwd_input_offset(s, n, p, q, r, t, c);
+  int64_t c;
+  const int64_t off = fwd_a_offset(s, n, p, q, k, &c);
   return off < 0 ? T(0) : f(off, c);
 }
 
-// Dgrad A element (input pixel (n,h,w), reduction k over (r, s, out channel)): f(dz offset,
-// out channel) (the BN-backward map, rounded) or 0 for padding and stride holes, after the
-// transform (it maps 0 to a non-zero value).
+// Dgrad A operand (input pixel (n,h,w), reduction k over (r, s, out channel)): the dz/y offset
+// and output channel *ko it reads, or -1 for padding and stride holes.
+FR_HOST_DEVICE int64_t dgrad_a_offset(const ConvShape& s, int64_t n, int64_t h, int64_t w,
+                                      int64_t k, int64_t* ko) {
+  int64_t r, t;
+  decode_k(s, k, s.K, &r, &t, ko);
+  const int64_t p = dgrad_out_coord(h, r, s.stride, s.padding, s.dilation, s.P);
+  const int64_t q = dgrad_out_coord(w, t, s.stride, s.padding, s.dilation, s.Q);
+  return p < 0 || q < 0 ? -1 : nhwc_offset(n, p, q, *ko, s.P, s.Q, s.K);
+}
+
+// Dgrad A element: f(dz offset, out channel) (the BN-backward map, rounded) or 0 for padding
+// and stride holes, after the transform (it maps 0 to a non-zero value).
 template <class T, class F>
 FR_HOST_DEVICE T dgrad_a_elem(const ConvShape& s, int64_t n, int64_t h, int64_t w, int64_t k,
                               const F& f) {
-  int64_t r, t, ko;
-  decode_k(s, k, s.K, &r, &t, &ko);
-  const int64_t p = dgrad_out_coord(h, r, s.stride, s.padding, s.dilation, s.P);
-  const int64_t q = dgrad_out_coord(w, t, s.stride, s.padding, s.dilation, s.Q);
-  if (p < 0 || q < 0) return T(0);
-  return f(nhwc_offset(n, p, q, ko, s.P, s.Q, s.K), ko);
+  int64_t ko;
+  const int64_t off = dgrad_a_offset(s, n, h, w, k, &ko);
+  return off < 0 ? T(0) : f(off, ko);
 }
 
 // Dgrad B element: w[ko][r][s][c] for input channel c, reduction k over (r, s, ko).
@@ -151,13 +166,18 @@ FR_HOST_DEVICE int64_t dgrad_b_offset(const ConvShape& s, int64_t c, int64_t k) 
   return krsc_offset(s, ko, r, t, c);
 }
 
-// Wgrad B element (weight column j over (r, s, c), reduction i = output pixel): the forward
-// A element of pixel i.
-template <class T, class F>
-FR_HOST_DEVICE T wgrad_b_elem(const ConvShape& s, int64_t j, int64_t i, const F& f) {
+// Wgrad B operand (weight column j over (r, s, c), reduction i = output pixel): the forward
+// A operand of pixel i -- its input offset and channel *c, or -1 on padding.
+FR_HOST_DEVICE int64_t wgrad_b_offset(const ConvShape& s, int64_t j, int64_t i, int64_t* c) {
   int64_t n, p, q;
   decode_m(s, i, &n, &p, &q);
-  return fwd_a_elem<T>(s, n, p, q, j, f);
+  return fwd_a_offset(s, n, p, q, j, c);
+}
+template <class T, class F>
+FR_HOST_DEVICE T wgrad_b_elem(const ConvShape& s, int64_t j, int64_t i, const F& f) {
+  int64_t c;
+  const int64_t off = wgrad_b_offset(s, j, i, &c);
+  return off < 0 ? T(0) : f(off, c);
 }
 
 // Offset of dw[k][j] (j over (r, s, c)) in a KRSC (channels-last) or KCRS (contiguous) weight.

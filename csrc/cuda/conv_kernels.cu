@@ -502,9 +502,8 @@ struct FwdTc {
       const int64_t k = k0 + st.slot.kc + 8 * h;
       st.chan[h] = -1;
       if (!st.row_ok || k >= k_end) continue;
-      int64_t r, t, c;
-      decode_k(p.s, k, p.s.C, &r, &t, &c);
-      const int64_t off = fwd_input_offset(p.s, st.n, st.pp, st.q, r, t, c);
+      int64_t c;
+      const int64_t off = fwd_a_offset(p.s, st.n, st.pp, st.q, k, &c);
       if (off < 0) continue;  // padding: zero after the prologue
       st.x[h] = load8<S>(p.x, off);
       st.chan[h] = c;
@@ -567,12 +566,7 @@ struct DgradTc {
     for (int u = 0; u < 2; ++u) {
       const int64_t k = k0 + st.b.kr + 16 * u;
       const bool ok = k < k_end && st.cn < p.s.C;
-      int64_t off = 0;
-      if (ok) {
-        int64_t r, t, ko;
-        decode_k(p.s, k, p.s.K, &r, &t, &ko);
-        off = krsc_offset(p.s, ko, r, t, st.cn);
-      }
+      const int64_t off = ok ? dgrad_b_offset(p.s, st.cn, k) : 0;
       cp_async16(Bs + st.b.at(u), w + off, ok ? 16 : 0);
     }
 #pragma unroll
@@ -580,12 +574,9 @@ struct DgradTc {
       const int64_t k = k0 + st.a.kc + 8 * h;
       st.chan[h] = -1;
       if (!st.row_ok || k >= k_end) continue;
-      int64_t r, t, ko;
-      decode_k(p.s, k, p.s.K, &r, &t, &ko);
-      const int64_t pp = dgrad_out_coord(st.h, r, p.s.stride, p.s.padding, p.s.dilation, p.s.P);
-      const int64_t q = dgrad_out_coord(st.w, t, p.s.stride, p.s.padding, p.s.dilation, p.s.Q);
-      if (pp < 0 || q < 0) continue;
-      const int64_t off = nhwc_offset(st.n, pp, q, ko, p.s.P, p.s.Q, p.s.K);
+      int64_t ko;
+      const int64_t off = dgrad_a_offset(p.s, st.n, st.h, st.w, k, &ko);
+      if (off < 0) continue;  // padding or a stride hole: zero after the BN-backward map
       st.dz[h] = load8<S>(p.dz, off);
       st.y[h] = load8<S>(p.y, off);
       st.chan[h] = ko;
@@ -622,6 +613,7 @@ struct WgradTc {
     st.a_ok = st.ko < p.s.K;
     const int64_t j = n0 + st.slot.rc;
     st.b_ok = j < fwd_gemm_k(p.s);
+    // wgrad_b_offset, with the column's tap decoded once: it is the same every stage.
     if (st.b_ok) decode_k(p.s, j, p.s.C, &st.r, &st.t, &st.c);
     return st;
   }
