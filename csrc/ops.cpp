@@ -33,4 +33,15 @@ TORCH_LIBRARY(fused_resnet, m) {
       "conv_bwd_weight(Tensor x, Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor dz, "
       "Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, int stride, int padding, "
       "int dilation, int groups) -> Tensor");
+  // CPU twins of the CUDA conv_bwd_data / conv_bwd_weight (cpu/conv_igemm_cpu.cpp): same args,
+  // same semantics.
+  m.def(
+      "conv_bwd_data_igemm(Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
+      "int[] input_size, int stride, int padding, int dilation, int groups, Tensor? residual, "
+      "Tensor? prev_y, Tensor? prev_scale, Tensor? prev_shift, Tensor? prev_mean, "
+      "Tensor? prev_invstd) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "conv_bwd_weight_igemm(Tensor x, Tensor? in_scale, Tensor? in_shift, bool in_relu, "
+      "Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, int stride, "
+      "int padding, int dilation, int groups) -> Tensor");
 }

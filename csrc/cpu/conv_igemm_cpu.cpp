@@ -1,78 +1,151 @@
-// fused_resnet::conv_fwd_igemm on CPU: the CPU twin of the CUDA conv_fwd kernel
-// (cuda/conv_kernels.cu). Plain C++, no ATen GEMM: the same NHWC implicit-GEMM view, the same
-// 64x64 CTA tiles walked in BK=32 steps, the same operand math (common/igemm.h fwd_a_elem:
-// prologue, rounding to the data dtype, zero padding after the transform), the same epilogue
-// (common/fusion.h) and the same statistics scheme (per-tile two-pass Welford of the
-// deviations from a pivot, merged per channel in tile order in double with Chan's formula).
-// CI has no GPU: this op is what tests the index/prologue/padding/epilogue/stats math the
-// CUDA kernel runs.
+// fused_resnet::conv_fwd_igemm / conv_bwd_data_igemm / conv_bwd_weight_igemm on CPU: the CPU
+// twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight kernels (cuda/conv_kernels.cu).
+// Plain C++, no ATen GEMM: the same NHWC implicit-GEMM views, the same 64x64 CTA tiles walked
+// in BK=32 steps (over split-K reduction ranges for wgrad), the same operand math
+// (common/igemm.h fwd_a_elem / dgrad_a_elem + dgrad_b_offset / wgrad_b_elem: the prologue or
+// the BN-backward map, rounding to the data dtype, zeros for padding and stride holes AFTER the
+// transform), the same epilogues (common/fusion.h) and the same reduction schemes:
+// - forward statistics: per-tile two-pass Welford of the deviations from a pivot, merged per
+//   channel in tile order in double with Chan's formula (common/stats.h);
+// - dgrad sums: per-tile sums of dx and dx*(prev_y - prev_mean) in the accumulate dtype, added
+//   per channel in tile order in double, the second times prev_invstd at the end;
+// - wgrad: per-split partial dw tiles, summed per element in split order in the accumulate
+//   dtype, stored in the weight's dtype and memory format (wgrad_out_offset).
+// CI has no GPU: these ops are what test the index/prologue/padding/epilogue/reduction math the
+// CUDA kernels run.
 // groups == 1 only (as the CUDA kernels); float64 too, for tight checks.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/fusion.h"
 #include "common/igemm.h"
 #include "common/stats.h"
+#include "cpu/cpu_utils.h"
 #include "op_utils.h"
 
 namespace fr::cpu {
 namespace {
 
 constexpr int64_t BM = 64, BN = 64, BK = 32;  // the CUDA kernels' tile (cuda/kernels.h)
+constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
 int64_t tiles(int64_t n, int64_t t) { return (n + t - 1) / t; }
 
+// ================================================================ the shared tile walker
+// One CTA tile of an implicit GEMM (simt_conv_kernel / tc_conv_kernel): rows m0.., columns
+// n0.., the reduction range [k_begin, k_end) in BK steps, accumulated into acc. The operand
+// policy mirrors the CUDA SIMT loaders (FwdOperands, DgradOperands, WgradOperands): row_a(m) /
+// row_b(n) decode a GEMM row / column once; a(row, k) / b(col, k) give the fused operand,
+// rounded to the data dtype, 0 for rows / columns out of range.
+template <class acc_t, class Ops>
+void tile_gemm(const Ops& ops, int64_t m0, int64_t n0, int64_t k_begin, int64_t k_end,
+               acc_t (&acc)[BM][BN]) {
+  using RowA = decltype(ops.row_a(0));
+  using RowB = decltype(ops.row_b(0));
+  RowA ra[BM];
+  RowB rb[BN];
+  for (int64_t i = 0; i < BM; ++i) ra[i] = ops.row_a(m0 + i);
+  for (int64_t j = 0; j < BN; ++j) rb[j] = ops.row_b(n0 + j);
+  acc_t A[BM][BK], B[BN][BK];
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
+    for (int64_t i = 0; i < BM; ++i)
+      for (int64_t kk = 0; kk < BK; ++kk)
+        A[i][kk] = k0 + kk < k_end ? ops.a(ra[i], k0 + kk) : acc_t(0);
+    for (int64_t j = 0; j < BN; ++j)
+      for (int64_t kk = 0; kk < BK; ++kk)
+        B[j][kk] = k0 + kk < k_end ? ops.b(rb[j], k0 + kk) : acc_t(0);
+    for (int64_t i = 0; i < BM; ++i)
+      for (int64_t j = 0; j < BN; ++j) {
+        acc_t v = acc[i][j];
+        for (int64_t kk = 0; kk < BK; ++kk) v += A[i][kk] * B[j][kk];
+        acc[i][j] = v;
+      }
+  }
+}
+
+// The CUDA launch grid -- x: 64-row tiles of M, y: 64-column tiles of Ncols, z: `splits`
+// reduction ranges [z*kchunk, min(Kdim, (z+1)*kchunk)) (a range may be empty: its tile is
+// zeros) -- on at::parallel_for. epi(acc, m0, n0, z) runs on each finished tile; tiles write
+// disjoint outputs and partials, so any thread order gives the same result.
+template <class acc_t, class Ops, class Epi>
+void run_grid(const Ops& ops, const Epi& epi, int64_t M, int64_t Ncols, int64_t Kdim,
+              int64_t kchunk, int64_t splits) {
+  const int64_t mt = tiles(M, BM), nt = tiles(Ncols, BN);
+  at::parallel_for(0, mt * nt * splits, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t m0 = (t % mt) * BM, n0 = (t / mt % nt) * BN, z = t / (mt * nt);
+      const int64_t k_begin = z * kchunk, k_end = std::min(Kdim, k_begin + kchunk);
+      acc_t acc[BM][BN] = {};
+      tile_gemm<acc_t>(ops, m0, n0, k_begin, k_end, acc);
+      epi(acc, m0, n0, z);
+    }
+  });
+}
+
+// The merge kernels: per channel, the per-tile partials [tiles][C] combined in tile order
+// (cuda/merge.cuh uses another fixed order; both are deterministic).
+template <class Acc, class Combine>
+std::vector<Acc> merge_tiles(const std::vector<Acc>& part, int64_t ntiles, int64_t C,
+                             const Combine& combine) {
+  std::vector<Acc> total(C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < ntiles; ++i) combine(total[c], part[i * C + c]);
+  return total;
+}
+
+// A GEMM row / column that is an index or -1 out of range (a channel, a weight column).
+struct Index {
+  int64_t i = -1;
+};
+Index index_below(int64_t i, int64_t n) { return Index{i < n ? i : -1}; }
+
+// ================================================================ forward
 template <class scalar_t, class acc_t>
-struct FwdTileRunner {
+struct FwdOps {  // FwdOperands: A(m, k) = prologue(x) (0 on padding), B(n, k) = w[n][k]
   const ConvShape& s;
   const scalar_t* x;
   const scalar_t* w;  // KRSC: [K][Kdim]
-  const acc_t *in_scale, *in_shift, *out_scale, *out_shift, *res_scale, *res_shift;
-  const scalar_t* res;  // NHWC or null
-  scalar_t* y;          // NHWC
-  bool in_relu, out_relu, stats;
-  Welford<double>* partial;  // [mtiles][K]
-
-  // One CTA tile: rows m0.., output channels n0...
-  void run(int64_t m0, int64_t n0) const {
-    const int64_t M = fwd_gemm_m(s), kd = fwd_gemm_k(s);
-    acc_t A[BM][BK], B[BN][BK], acc[BM][BN] = {};
-    int64_t pix[BM][3];  // the row's (n, p, q), decoded once as the CUDA loader does
-    for (int64_t i = 0; i < BM; ++i)
-      if (m0 + i < M) decode_m(s, m0 + i, &pix[i][0], &pix[i][1], &pix[i][2]);
-    auto act = [&](int64_t off, int64_t c) {
+  const acc_t *in_scale, *in_shift;
+  bool in_relu;
+  struct Row {
+    int64_t n = 0, p = 0, q = 0;  // the output pixel
+    bool ok = false;
+  };
+  Row row_a(int64_t m) const {
+    Row r;
+    r.ok = m < fwd_gemm_m(s);
+    if (r.ok) decode_m(s, m, &r.n, &r.p, &r.q);
+    return r;
+  }
+  acc_t a(const Row& r, int64_t k) const {
+    if (!r.ok) return acc_t(0);
+    return fwd_a_elem<acc_t>(s, r.n, r.p, r.q, k, [&](int64_t off, int64_t c) {
       return acc_t(static_cast<scalar_t>(
           prologue<acc_t>(acc_t(x[off]), in_scale, in_shift, in_relu, c)));
-    };
-    for (int64_t k0 = 0; k0 < kd; k0 += BK) {
-      for (int64_t i = 0; i < BM; ++i)
-        for (int64_t kk = 0; kk < BK; ++kk) {
-          const int64_t k = k0 + kk;
-          A[i][kk] = (m0 + i < M && k < kd)
-                         ? fwd_a_elem<acc_t>(s, pix[i][0], pix[i][1], pix[i][2], k, act)
-                         : acc_t(0);
-        }
-      for (int64_t j = 0; j < BN; ++j)
-        for (int64_t kk = 0; kk < BK; ++kk) {
-          const int64_t n = n0 + j, k = k0 + kk;
-          B[j][kk] = (n < s.K && k < kd) ? acc_t(w[n * kd + k]) : acc_t(0);
-        }
-      for (int64_t i = 0; i < BM; ++i)
-        for (int64_t j = 0; j < BN; ++j) {
-          acc_t v = acc[i][j];
-          for (int64_t kk = 0; kk < BK; ++kk) v += A[i][kk] * B[j][kk];
-          acc[i][j] = v;
-        }
-    }
-    epilogue_tile(acc, m0, n0, M);
+    });
   }
+  Index row_b(int64_t n) const { return index_below(n, s.K); }
+  acc_t b(Index n, int64_t k) const {
+    return n.i < 0 ? acc_t(0) : acc_t(w[n.i * fwd_gemm_k(s) + k]);
+  }
+};
 
-  void epilogue_tile(const acc_t (&acc)[BM][BN], int64_t m0, int64_t n0, int64_t M) const {
-    const int64_t rows = std::min(BM, M - m0);
+template <class scalar_t, class acc_t>
+struct FwdEpi {  // FwdEpilogue: y = epilogue(acc) (NHWC); stats: per-tile Welford partials
+  const ConvShape& s;
+  const acc_t *out_scale, *out_shift, *res_scale, *res_shift;
+  const scalar_t* res;  // NHWC or null
+  scalar_t* y;          // NHWC
+  bool out_relu, stats;
+  Welford<double>* partial;  // [mtiles][K]
+
+  void operator()(const acc_t (&acc)[BM][BN], int64_t m0, int64_t n0, int64_t) const {
+    const int64_t rows = std::min(BM, fwd_gemm_m(s) - m0);
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < BN && n0 + j < s.K; ++j) {
         const int64_t n = n0 + j, off = (m0 + i) * s.K + n;
@@ -92,9 +165,155 @@ struct FwdTileRunner {
   }
 };
 
+// ================================================================ dgrad
+template <class scalar_t, class acc_t>
+struct DgradOps {  // DgradOperands: A(m, k) = dy (0 on padding / stride holes), B(c, k) = w
+  const ConvShape& s;
+  const scalar_t *dz, *y;  // NHWC
+  const acc_t *ca, *cb, *cc;
+  const scalar_t* w;  // KRSC
+  struct Row {
+    int64_t n = 0, h = 0, w = 0;  // the input pixel
+    bool ok = false;
+  };
+  Row row_a(int64_t m) const {
+    Row r;
+    r.ok = m < dgrad_gemm_m(s);
+    if (r.ok) decode_in_pixel(s, m, &r.n, &r.h, &r.w);
+    return r;
+  }
+  acc_t a(const Row& r, int64_t k) const {
+    if (!r.ok) return acc_t(0);
+    return dgrad_a_elem<acc_t>(s, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
+      return acc_t(static_cast<scalar_t>(
+          bn_bwd_apply<acc_t>(acc_t(dz[off]), acc_t(y[off]), ca[ko], cb[ko], cc[ko])));
+    });
+  }
+  Index row_b(int64_t c) const { return index_below(c, s.C); }
+  acc_t b(Index c, int64_t k) const {
+    return c.i < 0 ? acc_t(0) : acc_t(w[dgrad_b_offset(s, c.i, k)]);
+  }
+};
+
+template <class scalar_t, class acc_t>
+struct DgradEpi {  // DgradEpilogue: dx = acc (+ residual), ReLU-masked; per-tile sums
+  const ConvShape& s;
+  const scalar_t* res;    // NHWC or null
+  const scalar_t* py;     // prev_y, NHWC or null (no mask, no sums)
+  const acc_t *ps, *pb;   // prev_scale / prev_shift (null: identity)
+  const acc_t* pm;        // prev_mean
+  scalar_t* dx;           // NHWC
+  Sums<2>* partial;       // [mtiles][C]: sum dx, sum dx*(prev_y - prev_mean)
+
+  void operator()(const acc_t (&acc)[BM][BN], int64_t m0, int64_t n0, int64_t) const {
+    const int64_t rows = std::min(BM, dgrad_gemm_m(s) - m0);
+    for (int64_t j = 0; j < BN && n0 + j < s.C; ++j) {
+      const int64_t n = n0 + j;
+      acc_t s0 = acc_t(0), s1 = acc_t(0);  // the tile's sums, in the accumulate dtype
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t off = (m0 + i) * s.C + n;
+        acc_t g = acc[i][j];
+        if (res) g += acc_t(res[off]);
+        if (py) {
+          const acc_t pyv = acc_t(py[off]);
+          g = relu_bwd<acc_t, acc_t>(g, maybe_affine<acc_t>(pyv, ps, pb, n));
+          s0 += g;
+          s1 += g * (pyv - pm[n]);
+        }
+        dx[off] = static_cast<scalar_t>(g);
+      }
+      if (py) partial[(m0 / BM) * s.C + n] = Sums<2>{{double(s0), double(s1)}};
+    }
+  }
+};
+
+// ================================================================ wgrad
+template <class scalar_t, class acc_t>
+struct WgradOps {  // WgradOperands: A(ko, i) = dy at output pixel i, B(j, i) = activation
+  const ConvShape& s;
+  const scalar_t* x;  // NHWC
+  const acc_t *in_scale, *in_shift;
+  bool in_relu;
+  const scalar_t *dz, *y;  // NHWC
+  const acc_t *ca, *cb, *cc;
+  Index row_a(int64_t ko) const { return index_below(ko, s.K); }
+  acc_t a(Index ko, int64_t i) const {
+    if (ko.i < 0) return acc_t(0);
+    const int64_t off = i * s.K + ko.i;
+    return acc_t(static_cast<scalar_t>(
+        bn_bwd_apply<acc_t>(acc_t(dz[off]), acc_t(y[off]), ca[ko.i], cb[ko.i], cc[ko.i])));
+  }
+  Index row_b(int64_t j) const { return index_below(j, fwd_gemm_k(s)); }
+  acc_t b(Index j, int64_t i) const {
+    if (j.i < 0) return acc_t(0);
+    return wgrad_b_elem<acc_t>(s, j.i, i, [&](int64_t off, int64_t c) {
+      return acc_t(static_cast<scalar_t>(
+          prologue<acc_t>(acc_t(x[off]), in_scale, in_shift, in_relu, c)));
+    });
+  }
+};
+
+template <class acc_t>
+struct WgradEpi {  // WgradEpilogue: the split's partial dw tile -> workspace [splits][K][RSC]
+  const ConvShape& s;
+  acc_t* ws;
+  void operator()(const acc_t (&acc)[BM][BN], int64_t m0, int64_t n0, int64_t z) const {
+    const int64_t cols = fwd_gemm_k(s);
+    acc_t* part = ws + z * s.K * cols;
+    for (int64_t i = 0; i < BM && m0 + i < s.K; ++i)
+      for (int64_t j = 0; j < BN && n0 + j < cols; ++j)
+        part[(m0 + i) * cols + n0 + j] = acc[i][j];
+  }
+};
+
+// cuda/kernels.h conv_wgrad_splits and the launcher's kchunk (conv_wgrad_typed): that header
+// needs CUDA's runtime API, so the formulas are repeated here and must stay in step. Split the
+// N*P*Q reduction so ~512 CTAs run, each split >= 256 pixels; split boundaries on multiples of
+// 32 (both CUDA kernels' BK). The last splits may be empty (then they add zero partials).
+int64_t wgrad_splits(const ConvShape& s) {
+  const int64_t ctas = tiles(s.K, BM) * tiles(s.R * s.S * s.C, BN);
+  const int64_t by_work = std::max<int64_t>(1, fwd_gemm_m(s) / 256);
+  return std::max<int64_t>(1, std::min(by_work, std::min<int64_t>(512, 512 / ctas)));
+}
+int64_t wgrad_kchunk(const ConvShape& s, int64_t splits) {
+  const int64_t kchunk = (fwd_gemm_m(s) + splits - 1) / splits;
+  return (kchunk + 31) / 32 * 32;
+}
+
+// ================================================================ the ops
 template <class T>
 const T* ptr(const OptTensor& t) {
   return t ? t->const_data_ptr<T>() : nullptr;
+}
+
+// Geometry of the three twins (as the CUDA launchers' conv_shape): conv arguments, groups == 1,
+// a 4-D weight of `wdtype` on `dev` matching the logical NCHW input size `in`.
+ConvShape igemm_shape(const char* op, at::IntArrayRef in, const Tensor& weight,
+                      at::ScalarType wdtype, const at::Device& dev, int64_t stride,
+                      int64_t padding, int64_t dilation, int64_t groups) {
+  check_conv_args(stride, padding, dilation, groups, op);
+  TORCH_CHECK(groups == 1, op, ": groups == 1 only (as the CUDA kernels), got groups=", groups);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == in[1], op, ": weight ", weight.sizes(),
+              " does not match input ", in);
+  TORCH_CHECK(weight.scalar_type() == wdtype && weight.device() == dev, op,
+              ": weight must have dtype ", wdtype, " and be on ", dev, ", got ",
+              weight.scalar_type(), " on ", weight.device());
+  const ConvShape s = make_conv_shape(in[0], in[1], in[2], in[3], weight.size(0), weight.size(2),
+                                      weight.size(3), stride, padding, dilation, groups);
+  TORCH_CHECK(s.P >= 1 && s.Q >= 1, op, ": input ", in, " is too small for kernel ",
+              weight.sizes());
+  return s;
+}
+
+// dz, y and the BN-backward coefficients a, b, c of the backward twins.
+void check_dy_inputs(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
+                     const Tensor& b, const Tensor& c) {
+  check_data(dz, op, "dz");
+  check_like(y, dz, op, "y", "dz");
+  const auto sd = stat_dtype(dz.scalar_type());
+  check_channel(a, dz.size(1), sd, dz.device(), op, "a");
+  check_channel(b, dz.size(1), sd, dz.device(), op, "b");
+  check_channel(c, dz.size(1), sd, dz.device(), op, "c");
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
@@ -104,19 +323,10 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
     const OptTensor& res_scale, const OptTensor& res_shift, bool out_relu, bool stats) {
   const char* op = "conv_fwd_igemm";
   check_data(x_in, op, "x");
-  check_conv_args(stride, padding, dilation, groups, op);
-  TORCH_CHECK(groups == 1, op, ": groups == 1 only (as the CUDA kernels), got groups=", groups);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x_in.size(1), op, ": weight ",
-              weight.sizes(), " does not match x ", x_in.sizes());
-  TORCH_CHECK(weight.scalar_type() == x_in.scalar_type() && weight.device() == x_in.device(), op,
-              ": weight must match x's dtype and device");
   const auto sd = stat_dtype(x_in.scalar_type());
   const auto dev = x_in.device();
-  const ConvShape s = make_conv_shape(x_in.size(0), x_in.size(1), x_in.size(2), x_in.size(3),
-                                      weight.size(0), weight.size(2), weight.size(3), stride,
-                                      padding, dilation, groups);
-  TORCH_CHECK(s.P >= 1 && s.Q >= 1, op, ": input ", x_in.sizes(), " is too small for kernel ",
-              weight.sizes());
+  const ConvShape s = igemm_shape(op, x_in.sizes(), weight, x_in.scalar_type(), dev, stride,
+                                  padding, dilation, groups);
   check_affine(in_scale, in_shift, s.C, sd, dev, op, "in_scale", "in_shift");
   check_affine(out_scale, out_shift, s.K, sd, dev, op, "out_scale", "out_shift");
   const bool has_res = residual_in.has_value();
@@ -124,7 +334,6 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
     check_optional_data(residual_in, {s.N, s.K, s.P, s.Q}, x_in, op, "residual", "x");
     check_affine(res_scale, res_shift, s.K, sd, dev, op, "res_scale", "res_shift");
   }
-  constexpr auto kCL = at::MemoryFormat::ChannelsLast;
   const Tensor x = x_in.contiguous(kCL), w = weight.contiguous(kCL);
   const Tensor res = has_res ? residual_in->contiguous(kCL) : Tensor();
   const OptTensor is = contiguous(in_scale), ib = contiguous(in_shift);
@@ -133,37 +342,166 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
   const OptTensor rb = has_res ? contiguous(res_shift) : std::nullopt;
   Tensor y = at::empty({s.N, s.K, s.P, s.Q}, x.options().memory_format(kCL));
   Tensor mean = empty_stats(x_in), m2 = empty_stats(x_in);
-  const int64_t mtiles = tiles(fwd_gemm_m(s), BM), ntiles = tiles(s.K, BN);
+  const int64_t M = fwd_gemm_m(s), kd = fwd_gemm_k(s), mtiles = tiles(M, BM);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_fwd_igemm",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<Welford<double>> partial(stats ? mtiles * s.K : 0);
-    const FwdTileRunner<scalar_t, acc_t> runner{
-        s, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), ptr<acc_t>(is),
-        ptr<acc_t>(ib), ptr<acc_t>(os), ptr<acc_t>(ob), ptr<acc_t>(rs), ptr<acc_t>(rb),
-        has_res ? res.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), in_relu,
-        out_relu, stats, partial.data()};
-    // The CTA grid; tiles write disjoint outputs and partials, so any thread order works.
-    at::parallel_for(0, mtiles * ntiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) runner.run((t % mtiles) * BM, (t / mtiles) * BN);
-    });
+    const FwdOps<scalar_t, acc_t> ops{s, x.const_data_ptr<scalar_t>(),
+                                      w.const_data_ptr<scalar_t>(), ptr<acc_t>(is),
+                                      ptr<acc_t>(ib), in_relu};
+    const FwdEpi<scalar_t, acc_t> epi{
+        s, ptr<acc_t>(os), ptr<acc_t>(ob), ptr<acc_t>(rs), ptr<acc_t>(rb),
+        has_res ? res.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), out_relu,
+        stats, partial.data()};
+    run_grid<acc_t>(ops, epi, M, s.K, kd, kd, 1);
     if (!stats) return;
-    // The merge kernel: per channel, tiles in order.
+    const auto total = merge_tiles(partial, mtiles, s.K, [](Welford<double>& t, const auto& p) {
+      t = welford_merge(t, p);
+    });
     mean = at::empty({s.K}, x.options().dtype(sd));
     m2 = at::empty({s.K}, x.options().dtype(sd));
     for (int64_t c = 0; c < s.K; ++c) {
-      Welford<double> t;
-      for (int64_t i = 0; i < mtiles; ++i) t = welford_merge(t, partial[i * s.K + c]);
-      mean.data_ptr<acc_t>()[c] = acc_t(t.mean);
-      m2.data_ptr<acc_t>()[c] = acc_t(t.m2);
+      mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
+      m2.data_ptr<acc_t>()[c] = acc_t(total[c].m2);
     }
   });
   return {y.contiguous(memory_format(x_in)), mean, m2};
 }
 
+std::tuple<Tensor, Tensor, Tensor> conv_bwd_data_igemm(
+    const Tensor& dz_in, const Tensor& y_in, const Tensor& a, const Tensor& b, const Tensor& c,
+    const Tensor& weight, at::IntArrayRef input_size, int64_t stride, int64_t padding,
+    int64_t dilation, int64_t groups, const OptTensor& residual_in, const OptTensor& prev_y_in,
+    const OptTensor& prev_scale, const OptTensor& prev_shift, const OptTensor& prev_mean,
+    const OptTensor& prev_invstd) {
+  const char* op = "conv_bwd_data_igemm";
+  check_dy_inputs(op, dz_in, y_in, a, b, c);
+  TORCH_CHECK(input_size.size() == 4 && input_size[0] == dz_in.size(0), op,
+              ": input_size must be [N, C, H, W] with N = dz.size(0), got ", input_size);
+  const auto sd = stat_dtype(dz_in.scalar_type());
+  const auto dev = dz_in.device();
+  const ConvShape s = igemm_shape(op, input_size, weight, dz_in.scalar_type(), dev, stride,
+                                  padding, dilation, groups);
+  TORCH_CHECK(s.K == dz_in.size(1) && s.P == dz_in.size(2) && s.Q == dz_in.size(3), op, ": dz ",
+              dz_in.sizes(), " is not the output of a conv of input ", input_size,
+              " with weight ", weight.sizes());
+  check_optional_data(residual_in, input_size, dz_in, op, "residual", "dz");
+  check_optional_data(prev_y_in, input_size, dz_in, op, "prev_y", "dz");
+  const bool has_prev = prev_y_in.has_value();
+  if (has_prev) {
+    check_affine(prev_scale, prev_shift, s.C, sd, dev, op, "prev_scale", "prev_shift");
+    TORCH_CHECK(prev_mean && prev_invstd, op, ": prev_y needs prev_mean and prev_invstd");
+    check_channel(*prev_mean, s.C, sd, dev, op, "prev_mean");
+    check_channel(*prev_invstd, s.C, sd, dev, op, "prev_invstd");
+  }
+  const Tensor dz = dz_in.contiguous(kCL), y = y_in.contiguous(kCL), w = weight.contiguous(kCL);
+  const Tensor ca = a.contiguous(), cb = b.contiguous(), cc = c.contiguous();
+  const Tensor res = residual_in ? residual_in->contiguous(kCL) : Tensor();
+  const Tensor py = has_prev ? prev_y_in->contiguous(kCL) : Tensor();
+  const OptTensor ps = has_prev ? contiguous(prev_scale) : std::nullopt;
+  const OptTensor pb = has_prev ? contiguous(prev_shift) : std::nullopt;
+  const OptTensor pm = has_prev ? contiguous(prev_mean) : std::nullopt;
+  const OptTensor pi = has_prev ? contiguous(prev_invstd) : std::nullopt;
+  Tensor dx = at::empty(input_size, dz.options().memory_format(kCL));
+  Tensor sum_dx = empty_stats(dz_in), sum_dx_xhat = empty_stats(dz_in);
+  const int64_t M = dgrad_gemm_m(s), kd = dgrad_gemm_k(s), mtiles = tiles(M, BM);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dz.scalar_type(),
+                                  "conv_bwd_data_igemm", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<Sums<2>> partial(has_prev ? mtiles * s.C : 0);
+    const DgradOps<scalar_t, acc_t> ops{s,
+                                        dz.const_data_ptr<scalar_t>(),
+                                        y.const_data_ptr<scalar_t>(),
+                                        ca.const_data_ptr<acc_t>(),
+                                        cb.const_data_ptr<acc_t>(),
+                                        cc.const_data_ptr<acc_t>(),
+                                        w.const_data_ptr<scalar_t>()};
+    const DgradEpi<scalar_t, acc_t> epi{
+        s, res.defined() ? res.const_data_ptr<scalar_t>() : nullptr,
+        has_prev ? py.const_data_ptr<scalar_t>() : nullptr, ptr<acc_t>(ps), ptr<acc_t>(pb),
+        ptr<acc_t>(pm), dx.data_ptr<scalar_t>(), partial.data()};
+    run_grid<acc_t>(ops, epi, M, s.C, kd, kd, 1);
+    if (!has_prev) return;
+    // StoreDgradSums: the double tile-order sums; the second times prev_invstd in double.
+    const auto total = merge_tiles(partial, mtiles, s.C, add_sums<2>);
+    const acc_t* inv = pi->const_data_ptr<acc_t>();
+    sum_dx = at::empty({s.C}, dz.options().dtype(sd));
+    sum_dx_xhat = at::empty({s.C}, dz.options().dtype(sd));
+    for (int64_t ch = 0; ch < s.C; ++ch) {
+      sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
+      sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(inv[ch]));
+    }
+  });
+  return {dx.contiguous(memory_format(dz_in)), sum_dx, sum_dx_xhat};
+}
+
+Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
+                             const OptTensor& in_shift, bool in_relu, const Tensor& dz_in,
+                             const Tensor& y_in, const Tensor& a, const Tensor& b,
+                             const Tensor& c, const Tensor& weight, int64_t stride,
+                             int64_t padding, int64_t dilation, int64_t groups) {
+  const char* op = "conv_bwd_weight_igemm";
+  check_data(x_in, op, "x");
+  check_dy_inputs(op, dz_in, y_in, a, b, c);
+  check_wgrad_operands(op, x_in, dz_in, weight);
+  const auto sd = stat_dtype(x_in.scalar_type());
+  const auto dev = x_in.device();
+  // weight gives only the shape, the output dtype (any floating type) and the memory format.
+  const ConvShape s = igemm_shape(op, x_in.sizes(), weight, weight.scalar_type(), dev, stride,
+                                  padding, dilation, groups);
+  TORCH_CHECK(dz_in.size(0) == s.N && s.K == dz_in.size(1) && s.P == dz_in.size(2) &&
+                  s.Q == dz_in.size(3),
+              op, ": dz ", dz_in.sizes(), " is not the output of a conv of x ", x_in.sizes(),
+              " with weight ", weight.sizes());
+  check_affine(in_scale, in_shift, s.C, sd, dev, op, "in_scale", "in_shift");
+  const Tensor x = x_in.contiguous(kCL), dz = dz_in.contiguous(kCL), y = y_in.contiguous(kCL);
+  const Tensor ca = a.contiguous(), cb = b.contiguous(), cc = c.contiguous();
+  const OptTensor is = contiguous(in_scale), ib = contiguous(in_shift);
+  const auto wfmt = memory_format(weight);
+  // dw in the accumulate dtype and the weight's memory format; rounded to the weight's dtype
+  // once at the end (reduce_wgrad_kernel converts each fp32 sum straight to it).
+  Tensor dw = at::empty(weight.sizes(), x.options().dtype(sd).memory_format(wfmt));
+  const int64_t kd = fwd_gemm_m(s), cols = fwd_gemm_k(s);
+  const int64_t splits = wgrad_splits(s), kchunk = wgrad_kchunk(s, splits);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "conv_bwd_weight_igemm", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> ws(splits * s.K * cols);
+    const WgradOps<scalar_t, acc_t> ops{s,
+                                        x.const_data_ptr<scalar_t>(),
+                                        ptr<acc_t>(is),
+                                        ptr<acc_t>(ib),
+                                        in_relu,
+                                        dz.const_data_ptr<scalar_t>(),
+                                        y.const_data_ptr<scalar_t>(),
+                                        ca.const_data_ptr<acc_t>(),
+                                        cb.const_data_ptr<acc_t>(),
+                                        cc.const_data_ptr<acc_t>()};
+    run_grid<acc_t>(ops, WgradEpi<acc_t>{s, ws.data()}, s.K, cols, kd, kchunk, splits);
+    // reduce_wgrad_kernel: per dw element, the split partials summed in split order.
+    const int64_t total = s.K * cols;
+    acc_t* out = dw.data_ptr<acc_t>();
+    at::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        acc_t v = acc_t(0);
+        for (int64_t z = 0; z < splits; ++z) v += ws[z * total + i];
+        out[wgrad_out_offset(s, i / cols, i % cols, wfmt == kCL)] = v;
+      }
+    });
+  });
+  return dw.to(weight.scalar_type());  // keeps the memory format
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_resnet, CPU, m) { m.impl("conv_fwd_igemm", &conv_fwd_igemm); }
+TORCH_LIBRARY_IMPL(fused_resnet, CPU, m) {
+  m.impl("conv_fwd_igemm", &conv_fwd_igemm);
+  m.impl("conv_bwd_data_igemm", &conv_bwd_data_igemm);
+  m.impl("conv_bwd_weight_igemm", &conv_bwd_weight_igemm);
+}
 
 }  // namespace fr::cpu
