@@ -128,6 +128,9 @@ def _op_exists(qualname: str) -> bool:
 
 if _EXTENSION_ERROR is None:
     register_fakes()
+    # The CPU twins of the CUDA conv kernels (conv_fwd_igemm, conv_bwd_data_igemm,
+    # conv_bwd_weight_igemm: csrc/cpu/conv_igemm_cpu.cpp) share the ops' signatures.
+    register_fakes("_igemm")
 
 
 # --------------------------------------------------------------------------- backends
