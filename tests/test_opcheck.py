@@ -1,5 +1,6 @@
-"""torch.library.opcheck on every fused custom op that is registered (schema, fake kernel,
-autograd registration, AOT dispatch), on CPU tensors."""
+"""torch.library.opcheck on every fused custom op that is registered, and on the CPU twins of
+the CUDA conv kernels (schema, fake kernel, autograd registration, AOT dispatch), on CPU
+tensors."""
 
 from __future__ import annotations
 
@@ -69,6 +70,21 @@ REGISTERED = [n for n in ops.OP_NAMES if ops._op_exists(n)]
 def test_opcheck(name, dtype):
     op = getattr(torch.ops.fused_resnet, name)
     for args in samples(name, dtype):
+        torch.library.opcheck(op, args)
+
+
+# The CPU twins of the CUDA conv kernels: the ops' signatures and fakes (samples of the op
+# without the suffix).
+TWINS = [n + "_igemm" for n in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight")
+         if ops._op_exists(n + "_igemm")]
+
+
+@pytest.mark.skipif(not TWINS, reason="no CPU twin op is registered (_C not built)")
+@pytest.mark.parametrize("name", TWINS or ["none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_opcheck_igemm_twin(name, dtype):
+    op = getattr(torch.ops.fused_resnet, name)
+    for args in samples(name.removesuffix("_igemm"), dtype):
         torch.library.opcheck(op, args)
 
 
