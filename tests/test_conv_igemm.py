@@ -1,12 +1,17 @@
 """The implicit-GEMM conv math of the CUDA kernels (csrc/cuda/conv_kernels.cu).
 
-On CPU: ``fused_resnet::conv_fwd_igemm`` (csrc/cpu/conv_igemm_cpu.cpp) runs the same tile
-loops, operand index math, prologue/padding, epilogue and per-tile statistics merge as the
-CUDA forward kernel, in plain C++; it is checked against ``reference.conv_fwd``.
-On a GPU (``@pytest.mark.gpu``): the three CUDA conv ops on ResNet-50 stage shapes.
+On CPU: ``fused_resnet::conv_fwd_igemm``, ``conv_bwd_data_igemm`` and ``conv_bwd_weight_igemm``
+(csrc/cpu/conv_igemm_cpu.cpp) run the same tile loops, operand index math, prologue / BN-backward
+map, padding and stride holes, epilogues, per-tile statistics / sums merges and split-K
+reduction as the CUDA kernels, in plain C++; they are checked against ``reference.conv_fwd``,
+``conv_bwd_data`` and ``conv_bwd_weight``.
+On a GPU (``@pytest.mark.gpu``): the three CUDA conv ops on ResNet-50 stage shapes, and against
+the twins.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
@@ -21,6 +26,10 @@ except ImportError as e:
 ops = torch.ops.fused_resnet
 if not hasattr(ops, "conv_fwd_igemm"):
     pytest.skip("fused_resnet._C was built without conv_fwd_igemm", allow_module_level=True)
+
+HAS_BWD_TWINS = hasattr(ops, "conv_bwd_data_igemm") and hasattr(ops, "conv_bwd_weight_igemm")
+needs_bwd_twins = pytest.mark.skipif(not HAS_BWD_TWINS,
+                                     reason="fused_resnet._C was built without the backward twins")
 
 CL = torch.channels_last
 FMTS = [torch.contiguous_format, CL]
@@ -91,19 +100,43 @@ def call(name: str, args: dict):
     return getattr(ops, name)(*[args.get(a.name) for a in schema.arguments])
 
 
+def own_args(fn, args: dict) -> dict:
+    """The entries of ``args`` that ``fn`` takes (bwd_args holds both backward ops' inputs)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in args.items() if k in params}
+
+
 def ref_call(fn, args: dict):
     """The reference on CPU float64 copies of ``args`` (already rounded to the data dtype)."""
     return fn(**{k: v.cpu().double() if isinstance(v, torch.Tensor) else v
-                 for k, v in args.items()})
+                 for k, v in own_args(fn, args).items()})
 
 
 def low_tol(fn, low: dict, ref64, dtype) -> float:
     """DESIGN §5: fp16/bf16 may be 2x the error of plain PyTorch in the same dtype."""
     if dtype not in (torch.float16, torch.bfloat16):
         return TOL[dtype]
-    plain = fn(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in low.items()})
+    plain = fn(**{k: v.cpu() if isinstance(v, torch.Tensor) else v
+                  for k, v in own_args(fn, low).items()})
     plain = plain[0] if isinstance(plain, tuple) else plain
     return max(TOL[dtype], 2 * rel_err(plain, ref64))
+
+
+def bwd_args(geom) -> dict:
+    n, c, h, w, k, r, stride, pad, dil = geom
+    p = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
+    q = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1
+    return dict(dz=torch.randn(n, k, p, q, dtype=torch.float64),
+                y=torch.randn(n, k, p, q, dtype=torch.float64) + 0.5,
+                a=vec(k, 1.0), b=vec(k) * 0.1, c=vec(k) * 0.1,
+                x=torch.randn(n, c, h, w, dtype=torch.float64),
+                weight=torch.randn(k, c, r, r, dtype=torch.float64) / (c * r * r) ** 0.5,
+                input_size=[n, c, h, w], stride=stride, padding=pad, dilation=dil, groups=1,
+                in_scale=vec(c, 1.0), in_shift=vec(c, 0.2), in_relu=True,
+                residual=torch.randn(n, c, h, w, dtype=torch.float64),
+                prev_y=torch.randn(n, c, h, w, dtype=torch.float64),
+                prev_scale=vec(c, 1.0), prev_shift=vec(c), prev_mean=vec(c),
+                prev_invstd=torch.rand(c, dtype=torch.float64) + 0.5)
 
 
 # ------------------------------------------------------------------ CPU twin vs reference
@@ -180,6 +213,174 @@ def test_igemm_rejects_groups():
                            False, False)
 
 
+# --------------------------------------------------------- backward twins vs reference
+DGRAD_VARIANTS = ["plain", "residual", "prev_y", "prev_y_noaffine", "all"]
+WGRAD_VARIANTS = ["plain", "prologue", "prologue_norelu"]
+ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+# A 3x3 conv whose wgrad split-K (cuda/kernels.h conv_wgrad_splits) ends with an empty split
+# after a partial one: N*P*Q = 3675 over 14 splits of 288 pixels.
+EMPTY_SPLIT_GEOM = (3, 5, 35, 35, 11, 3, 1, 1, 1)
+
+
+def wgrad_split_ranges(geom) -> list[tuple[int, int]]:
+    """The wgrad reduction ranges of the CUDA launcher (conv_wgrad_splits, kchunk rounded up
+    to 32), as the twin repeats them."""
+    n, c, h, w, k, r, stride, pad, dil = geom
+    p = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
+    q = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1
+    npq, ctas = n * p * q, -(-k // 64) * -(-(r * r * c) // 64)
+    splits = max(1, min(max(1, npq // 256), min(512, 512 // ctas)))
+    kchunk = -(-(-(-npq // splits)) // 32) * 32
+    return [(z * kchunk, min(npq, (z + 1) * kchunk)) for z in range(splits)]
+
+
+def dgrad_args(geom, variant: str) -> dict:
+    args = bwd_args(geom)
+    if variant in ("plain", "prev_y", "prev_y_noaffine"):
+        args.pop("residual")
+    if variant in ("plain", "residual"):
+        for key in ("prev_y", "prev_scale", "prev_shift", "prev_mean", "prev_invstd"):
+            args.pop(key)
+    if variant == "prev_y_noaffine":  # the input was relu(prev_y) itself
+        args.pop("prev_scale")
+        args.pop("prev_shift")
+    return args
+
+
+def wgrad_args(geom, variant: str) -> dict:
+    args = bwd_args(geom)
+    if variant == "plain":
+        args.update(in_scale=None, in_shift=None, in_relu=False)
+    if variant == "prologue_norelu":
+        args["in_relu"] = False
+    return args
+
+
+def check_bwd_twin(name: str, args64: dict, dtype, fmt, weight_fmt=torch.contiguous_format):
+    """The twin ``<name>_igemm`` vs ``reference.<name>`` on ``args64`` cast to ``dtype``."""
+    low = cast(args64, dtype, fmt)
+    low["weight"] = low["weight"].contiguous(memory_format=weight_fmt)
+    fn = getattr(R, name)
+    ours = call(name + "_igemm", low)
+    ref = ref_call(fn, low)
+    ours, ref = (ours, ref) if isinstance(ref, tuple) else ((ours,), (ref,))
+    main = "weight" if name == "conv_bwd_weight" else "dz"
+    assert ours[0].dtype == low[main].dtype and ours[0].shape == ref[0].shape
+    assert R.memory_format(ours[0]) == R.memory_format(low[main]), "output memory format"
+    tol = low_tol(fn, low, ref[0], dtype)
+    assert rel_err(ours[0], ref[0]) <= tol, (name, dtype, rel_err(ours[0], ref[0]), tol)
+    stol = {torch.float64: 1e-10, torch.float32: 1e-5}.get(dtype, tol)
+    for o, r in zip(ours[1:], ref[1:]):  # dgrad's sums (empty without prev_y)
+        assert o.dtype == R.stat_dtype(dtype) and o.shape == r.shape
+        if r.numel():
+            assert rel_err(o, r) <= stol, (name, dtype, rel_err(o, r), stol)
+
+
+@needs_bwd_twins
+@pytest.mark.parametrize("variant", DGRAD_VARIANTS)
+@pytest.mark.parametrize("fmt", FMTS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("geom", GEOMS, ids=GEOM_IDS)
+def test_igemm_bwd_data_matches_reference(geom, fmt, variant):
+    args = dgrad_args(geom, variant)
+    for dtype in ALL_DTYPES:
+        check_bwd_twin("conv_bwd_data", args, dtype, fmt)
+
+
+@needs_bwd_twins
+@pytest.mark.parametrize("variant", WGRAD_VARIANTS)
+@pytest.mark.parametrize("wfmt", FMTS, ids=["w_kcrs", "w_krsc"])
+@pytest.mark.parametrize("fmt", FMTS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("geom", GEOMS, ids=GEOM_IDS)
+def test_igemm_bwd_weight_matches_reference(geom, fmt, wfmt, variant):
+    args = wgrad_args(geom, variant)
+    for dtype in ALL_DTYPES:
+        check_bwd_twin("conv_bwd_weight", args, dtype, fmt, wfmt)
+
+
+@needs_bwd_twins
+@pytest.mark.parametrize("wfmt", FMTS, ids=["w_kcrs", "w_krsc"])
+def test_igemm_bwd_weight_empty_split(wfmt):
+    """Several split-K ranges, a partial one and an empty last one (zero partials)."""
+    ranges = wgrad_split_ranges(EMPTY_SPLIT_GEOM)
+    assert len(ranges) > 2 and ranges[-1][0] >= ranges[-1][1], ranges
+    assert any(0 < e - b < ranges[0][1] for b, e in ranges), "a partial split"
+    args = wgrad_args(EMPTY_SPLIT_GEOM, "prologue")
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        check_bwd_twin("conv_bwd_weight", args, dtype, CL, wfmt)
+
+
+@needs_bwd_twins
+@pytest.mark.parametrize("fmt", FMTS, ids=["nchw", "nhwc"])
+def test_igemm_bwd_data_stride_holes(fmt):
+    """1x1 stride 2: odd input rows/columns (and the last, past every output) receive no
+    gradient. The BN-backward map sends 0 to c != 0, so a hole must give 0 AFTER the map:
+    there dx is exactly the residual, masked by the previous ReLU."""
+    geom = (2, 3, 8, 9, 5, 1, 2, 0, 1)
+    args = dgrad_args(geom, "all")
+    args["c"] = args["c"] + 1.0  # a hole read as dz = y = 0 would give c*w != 0
+    low = cast(args, torch.float64, fmt)
+    dx, sum_dx, sum_dx_xhat = call("conv_bwd_data_igemm", low)
+    ref = ref_call(R.conv_bwd_data, low)
+    pre = R._affine(low["prev_y"], low["prev_scale"], low["prev_shift"])
+    hole_dx = torch.where(pre <= 0, torch.zeros_like(dx), low["residual"])
+    holes = torch.ones(8, 9, dtype=torch.bool)
+    holes[::2, ::2] = False
+    assert torch.equal(dx[..., holes], hole_dx[..., holes])
+    for ours, theirs in zip((dx, sum_dx, sum_dx_xhat), ref):
+        assert rel_err(ours, theirs) <= 1e-10
+    check_bwd_twin("conv_bwd_data", args, torch.bfloat16, fmt)
+
+
+@needs_bwd_twins
+def test_igemm_bwd_weight_in_weight_dtype():
+    """Mixed precision: bf16 activations and gradients, a float32 (master) weight -> float32
+    dw, accumulated in float32 and rounded once."""
+    args = cast(wgrad_args(GEOMS[5], "prologue"), torch.bfloat16, CL)
+    args["weight"] = args["weight"].float().contiguous(memory_format=CL)
+    dw = call("conv_bwd_weight_igemm", args)
+    ref = R.conv_bwd_weight(**own_args(R.conv_bwd_weight, args))  # bf16 operands, fp32 math
+    assert ref.dtype == dw.dtype == torch.float32 and R.memory_format(dw) == CL
+    assert rel_err(dw, ref) <= 1e-5
+
+
+@needs_bwd_twins
+def test_igemm_bwd_match_cpp_ops():
+    args = cast(bwd_args(GEOMS[1]), torch.float32, CL)
+    for name in ("conv_bwd_data", "conv_bwd_weight"):
+        ours, theirs = call(name + "_igemm", args), call(name, args)
+        ours, theirs = (ours, theirs) if isinstance(ours, tuple) else ((ours,), (theirs,))
+        for o, t in zip(ours, theirs):
+            assert rel_err(o, t) <= 1e-6, name
+
+
+@needs_bwd_twins
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_igemm_bwd_nan_propagates(dtype):
+    args = bwd_args(GEOMS[0])
+    args["dz"][0, 1, 3, 3] = float("nan")      # through the BN-backward map and both GEMMs
+    args["prev_y"][1, 2, 4, 4] = float("nan")  # a NaN pre-activation lets the gradient pass
+    args["x"][1, 0, 2, 2] = float("nan")       # through the wgrad prologue ReLU
+    low = cast(args, dtype, CL)
+    dx, sum_dx, sum_dx_xhat = call("conv_bwd_data_igemm", low)
+    dw = call("conv_bwd_weight_igemm", low)
+    assert dx.isnan().any() and sum_dx_xhat.isnan().any() and dw.isnan().any()
+    for ours, ref in zip((dx, sum_dx, sum_dx_xhat), ref_call(R.conv_bwd_data, low)):
+        rel_err(ours, ref)  # asserts equal NaN patterns
+    rel_err(dw, ref_call(R.conv_bwd_weight, low))
+
+
+@needs_bwd_twins
+def test_igemm_bwd_rejects_groups():
+    dz, y, v = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), torch.randn(4)
+    w = torch.randn(4, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="groups == 1"):
+        ops.conv_bwd_data_igemm(dz, y, v, v, v, w, [1, 4, 5, 5], 1, 1, 1, 2, None, None, None,
+                                None, None, None)
+    with pytest.raises(RuntimeError, match="groups == 1"):
+        ops.conv_bwd_weight_igemm(torch.randn(1, 4, 5, 5), None, None, False, dz, y, v, v, v, w,
+                                  1, 1, 1, 2)
+
+
 # ------------------------------------------------------------------ CUDA kernels (GPU only)
 # ResNet-50 (v1.5) conv shapes at batch 8: (C, H, K, R, stride).
 R50 = [(64, 56, 64, 1, 1), (64, 56, 64, 3, 1), (64, 56, 256, 1, 1), (256, 56, 128, 1, 1),
@@ -192,23 +393,6 @@ GPU_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 def r50_geom(shape):
     c, h, k, r, s = shape
     return (8, c, h, h, k, r, s, r // 2, 1)
-
-
-def bwd_args(geom) -> dict:
-    n, c, h, w, k, r, stride, pad, dil = geom
-    p = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
-    q = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1
-    return dict(dz=torch.randn(n, k, p, q, dtype=torch.float64),
-                y=torch.randn(n, k, p, q, dtype=torch.float64) + 0.5,
-                a=vec(k, 1.0), b=vec(k) * 0.1, c=vec(k) * 0.1,
-                x=torch.randn(n, c, h, w, dtype=torch.float64),
-                weight=torch.randn(k, c, r, r, dtype=torch.float64) / (c * r * r) ** 0.5,
-                input_size=[n, c, h, w], stride=stride, padding=pad, dilation=dil, groups=1,
-                in_scale=vec(c, 1.0), in_shift=vec(c, 0.2), in_relu=True,
-                residual=torch.randn(n, c, h, w, dtype=torch.float64),
-                prev_y=torch.randn(n, c, h, w, dtype=torch.float64),
-                prev_scale=vec(c, 1.0), prev_shift=vec(c), prev_mean=vec(c),
-                prev_invstd=torch.rand(c, dtype=torch.float64) + 0.5)
 
 
 def gpu_check(name: str, args64: dict, dtype, fmt):
@@ -271,6 +455,27 @@ def test_cuda_conv_matches_igemm_twin_and_is_deterministic():
     for a, b, c in zip(first, second, cpu):
         assert torch.equal(a, b)
         assert rel_err(a, c) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_bwd_twins
+@pytest.mark.parametrize("wfmt", FMTS, ids=["w_kcrs", "w_krsc"])
+@pytest.mark.parametrize("geom", [GEOMS[5], GEOMS[6], EMPTY_SPLIT_GEOM],
+                         ids=["k70_simt", "c16_k8_tc", "empty_split"])
+def test_cuda_conv_bwd_matches_igemm_twins_and_is_deterministic(geom, wfmt):
+    """bf16: the tensor-core kernels where C % 8 == K % 8 == 0, else the SIMT fallback."""
+    args = cast(bwd_args(geom), torch.bfloat16, CL)
+    args["weight"] = args["weight"].contiguous(memory_format=wfmt)
+    cuda_args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    for name in ("conv_bwd_data", "conv_bwd_weight"):
+        cpu = call(name + "_igemm", args)
+        first, second = call(name, cuda_args), call(name, cuda_args)
+        if not isinstance(cpu, tuple):
+            cpu, first, second = (cpu,), (first,), (second,)
+        assert R.memory_format(first[0]) == R.memory_format(cpu[0]), name
+        for a, b, c in zip(first, second, cpu):
+            assert torch.equal(a, b), name
+            assert rel_err(a, c) <= 1e-2, (name, rel_err(a, c))
 
 
 @pytest.mark.gpu
