@@ -217,14 +217,14 @@ def test_igemm_rejects_groups():
 DGRAD_VARIANTS = ["plain", "residual", "prev_y", "prev_y_noaffine", "all"]
 WGRAD_VARIANTS = ["plain", "prologue", "prologue_norelu"]
 ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-# A 3x3 conv whose wgrad split-K (cuda/kernels.h conv_wgrad_splits) ends with an empty split
+# A 3x3 conv whose wgrad split-K (common/igemm.h conv_wgrad_splits) ends with an empty split
 # after a partial one: N*P*Q = 3675 over 14 splits of 288 pixels.
 EMPTY_SPLIT_GEOM = (3, 5, 35, 35, 11, 3, 1, 1, 1)
 
 
 def wgrad_split_ranges(geom) -> list[tuple[int, int]]:
-    """The wgrad reduction ranges of the CUDA launcher (conv_wgrad_splits, kchunk rounded up
-    to 32), as the twin repeats them."""
+    """The wgrad reduction ranges of the CUDA launcher and the twin (common/igemm.h
+    conv_wgrad_splits / conv_wgrad_kchunk), recomputed independently."""
     n, c, h, w, k, r, stride, pad, dil = geom
     p = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
     q = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1

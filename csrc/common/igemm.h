@@ -180,6 +180,27 @@ FR_HOST_DEVICE T wgrad_b_elem(const ConvShape& s, int64_t j, int64_t i, const F&
   return off < 0 ? T(0) : f(off, c);
 }
 
+// ---- CTA tiling of the CUDA conv kernels, which their CPU twins (cpu/conv_igemm_cpu.cpp)
+// walk the same way: 64 GEMM rows x 64 GEMM columns per tile, the reduction in steps of 32.
+constexpr int64_t kConvTileM = 64;
+constexpr int64_t kConvTileN = 64;
+constexpr int64_t kConvTileK = 32;
+
+FR_HOST_DEVICE int64_t conv_tiles(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
+
+// Wgrad split-K: the N*P*Q reduction splits so that ~512 CTAs run, each split >= 256 pixels.
+inline int64_t conv_wgrad_splits(const ConvShape& s) {
+  const int64_t ctas = conv_tiles(s.K, kConvTileM) * conv_tiles(fwd_gemm_k(s), kConvTileN);
+  const int64_t by_work = fwd_gemm_m(s) / 256 > 1 ? fwd_gemm_m(s) / 256 : 1;
+  const int64_t by_ctas = 512 / ctas > 1 ? 512 / ctas : 1;
+  return by_work < by_ctas ? by_work : by_ctas;
+}
+// Pixels per split, a multiple of the reduction step so every split's steps are full; the
+// last splits may be empty (they contribute zero partials).
+inline int64_t conv_wgrad_kchunk(const ConvShape& s, int64_t splits) {
+  return conv_tiles(conv_tiles(fwd_gemm_m(s), splits), kConvTileK) * kConvTileK;
+}
+
 // Offset of dw[k][j] (j over (r, s, c)) in a KRSC (channels-last) or KCRS (contiguous) weight.
 FR_HOST_DEVICE int64_t wgrad_out_offset(const ConvShape& s, int64_t k, int64_t j, bool krsc) {
   const int64_t Cg = s.C / s.groups;

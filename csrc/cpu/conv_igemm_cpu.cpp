@@ -11,6 +11,8 @@
 //   per channel in tile order in double, the second times prev_invstd at the end;
 // - wgrad: per-split partial dw tiles, summed per element in split order in the accumulate
 //   dtype, stored in the weight's dtype and memory format (wgrad_out_offset).
+// The GPU merges the per-tile partials in another fixed order (cuda/merge.cuh: lane-strided,
+// two levels), so the twins agree with it to rounding, not bit for bit.
 // CI has no GPU: these ops are what test the index/prologue/padding/epilogue/reduction math the
 // CUDA kernels run.
 // groups == 1 only (as the CUDA kernels); float64 too, for tight checks.
@@ -31,10 +33,8 @@
 namespace fr::cpu {
 namespace {
 
-constexpr int64_t BM = 64, BN = 64, BK = 32;  // the CUDA kernels' tile (cuda/kernels.h)
+constexpr int64_t BM = kConvTileM, BN = kConvTileN, BK = kConvTileK;  // the CUDA kernels' tile
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
-
-int64_t tiles(int64_t n, int64_t t) { return (n + t - 1) / t; }
 
 // ================================================================ the shared tile walker
 // One CTA tile of an implicit GEMM (simt_conv_kernel / tc_conv_kernel): rows m0.., columns
@@ -75,7 +75,7 @@ void tile_gemm(const Ops& ops, int64_t m0, int64_t n0, int64_t k_begin, int64_t 
 template <class acc_t, class Ops, class Epi>
 void run_grid(const Ops& ops, const Epi& epi, int64_t M, int64_t Ncols, int64_t Kdim,
               int64_t kchunk, int64_t splits) {
-  const int64_t mt = tiles(M, BM), nt = tiles(Ncols, BN);
+  const int64_t mt = conv_tiles(M, BM), nt = conv_tiles(Ncols, BN);
   at::parallel_for(0, mt * nt * splits, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t m0 = (t % mt) * BM, n0 = (t / mt % nt) * BN, z = t / (mt * nt);
@@ -266,20 +266,6 @@ struct WgradEpi {  // WgradEpilogue: the split's partial dw tile -> workspace [s
   }
 };
 
-// cuda/kernels.h conv_wgrad_splits and the launcher's kchunk (conv_wgrad_typed): that header
-// needs CUDA's runtime API, so the formulas are repeated here and must stay in step. Split the
-// N*P*Q reduction so ~512 CTAs run, each split >= 256 pixels; split boundaries on multiples of
-// 32 (both CUDA kernels' BK). The last splits may be empty (then they add zero partials).
-int64_t wgrad_splits(const ConvShape& s) {
-  const int64_t ctas = tiles(s.K, BM) * tiles(s.R * s.S * s.C, BN);
-  const int64_t by_work = std::max<int64_t>(1, fwd_gemm_m(s) / 256);
-  return std::max<int64_t>(1, std::min(by_work, std::min<int64_t>(512, 512 / ctas)));
-}
-int64_t wgrad_kchunk(const ConvShape& s, int64_t splits) {
-  const int64_t kchunk = (fwd_gemm_m(s) + splits - 1) / splits;
-  return (kchunk + 31) / 32 * 32;
-}
-
 // ================================================================ the ops
 template <class T>
 const T* ptr(const OptTensor& t) {
@@ -342,7 +328,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
   const OptTensor rb = has_res ? contiguous(res_shift) : std::nullopt;
   Tensor y = at::empty({s.N, s.K, s.P, s.Q}, x.options().memory_format(kCL));
   Tensor mean = empty_stats(x_in), m2 = empty_stats(x_in);
-  const int64_t M = fwd_gemm_m(s), kd = fwd_gemm_k(s), mtiles = tiles(M, BM);
+  const int64_t M = fwd_gemm_m(s), kd = fwd_gemm_k(s), mtiles = conv_tiles(M, BM);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_fwd_igemm",
                                   [&] {
@@ -406,7 +392,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data_igemm(
   const OptTensor pi = has_prev ? contiguous(prev_invstd) : std::nullopt;
   Tensor dx = at::empty(input_size, dz.options().memory_format(kCL));
   Tensor sum_dx = empty_stats(dz_in), sum_dx_xhat = empty_stats(dz_in);
-  const int64_t M = dgrad_gemm_m(s), kd = dgrad_gemm_k(s), mtiles = tiles(M, BM);
+  const int64_t M = dgrad_gemm_m(s), kd = dgrad_gemm_k(s), mtiles = conv_tiles(M, BM);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dz.scalar_type(),
                                   "conv_bwd_data_igemm", [&] {
@@ -465,7 +451,7 @@ Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
   // once at the end (reduce_wgrad_kernel converts each fp32 sum straight to it).
   Tensor dw = at::empty(weight.sizes(), x.options().dtype(sd).memory_format(wfmt));
   const int64_t kd = fwd_gemm_m(s), cols = fwd_gemm_k(s);
-  const int64_t splits = wgrad_splits(s), kchunk = wgrad_kchunk(s, splits);
+  const int64_t splits = conv_wgrad_splits(s), kchunk = conv_wgrad_kchunk(s, splits);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "conv_bwd_weight_igemm", [&] {

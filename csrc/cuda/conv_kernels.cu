@@ -854,9 +854,8 @@ template <class S>
 cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t stream) {
   const int64_t kd = fwd_gemm_m(p.s), cols = fwd_gemm_k(p.s);
   // Split boundaries on multiples of both kernels' BK keep every split's stages full.
-  static_assert(TC_BK % SIMT_BK == 0);
-  int64_t kchunk = (kd + p.splits - 1) / p.splits;
-  kchunk = (kchunk + TC_BK - 1) / TC_BK * TC_BK;
+  static_assert(kConvTileK % TC_BK == 0 && kConvTileK % SIMT_BK == 0);
+  const int64_t kchunk = conv_wgrad_kchunk(p.s, p.splits);
   const dim3 grid(unsigned(conv_tiles(p.s.K, BM)), unsigned(conv_tiles(cols, BN)),
                   unsigned(p.splits));
   // Splits past the end of the reduction write zero partials (k_begin >= Kdim): still summed.

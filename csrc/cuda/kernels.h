@@ -87,11 +87,7 @@ cudaError_t launch_block_end_bwd(const BlockEndBwdParams& p, DType data, cudaStr
 // GPU-UNVERIFIED: compiled and ptxas-checked here, never run on a GPU yet.
 // All data NHWC (the launcher makes it channels_last-contiguous), weight KRSC, groups == 1,
 // float32 / float16 / bfloat16 data (no float64 kernels); per-channel vectors are float32.
-// CTA tile of every conv kernel: 64 GEMM rows x 64 GEMM columns.
-constexpr int64_t kConvTileM = 64;
-constexpr int64_t kConvTileN = 64;
-
-FR_HOST_DEVICE int64_t conv_tiles(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
+// CTA tile of every conv kernel: common/igemm.h (kConvTileM x kConvTileN, steps of kConvTileK).
 
 // Per-tile partials [parts][C] are merged per channel in a fixed order by cuda/merge.cuh, in
 // two levels: up to ceil(parts / 64) groups, so that ~512 CTAs of 32 channels share the first
@@ -178,12 +174,7 @@ struct ConvWgradParams {
   bool in_relu;
   bool dw_krsc;
 };
-// Split the N*P*Q reduction so ~512 CTAs run; each split owns >= 256 pixels.
-inline int64_t conv_wgrad_splits(const ConvShape& s) {
-  const int64_t ctas = conv_tiles(s.K, kConvTileM) * conv_tiles(s.R * s.S * s.C, kConvTileN);
-  const int64_t by_work = std::max<int64_t>(1, fwd_gemm_m(s) / 256);
-  return std::max<int64_t>(1, std::min(by_work, std::min<int64_t>(512, 512 / ctas)));
-}
+// Split-K partials of conv_wgrad_splits (common/igemm.h) splits.
 inline int64_t conv_wgrad_workspace_elems(const ConvShape& s) {
   return conv_wgrad_splits(s) * s.K * s.R * s.S * s.C;
 }

@@ -326,7 +326,7 @@ bool run_wgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   fr::cuda::ConvWgradParams prm{};
   prm.x = dx, prm.in_scale = disc, prm.in_shift = dish, prm.dz = ddz, prm.y = dyv;
   prm.a = da, prm.b = db, prm.c = dc, prm.dw = ddw, prm.workspace = dws, prm.s = s;
-  prm.splits = fr::cuda::conv_wgrad_splits(s), prm.in_relu = true, prm.dw_krsc = true;
+  prm.splits = fr::conv_wgrad_splits(s), prm.in_relu = true, prm.dw_krsc = true;
   CUDA_OK(fr::cuda::launch_conv_wgrad(prm, t, t, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = download(ddw, size_t(K * cols), t);
