@@ -385,7 +385,8 @@ def test_igemm_bwd_rejects_groups():
 # ResNet-50 (v1.5) conv shapes at batch 8: (C, H, K, R, stride).
 R50 = [(64, 56, 64, 1, 1), (64, 56, 64, 3, 1), (64, 56, 256, 1, 1), (256, 56, 128, 1, 1),
        (128, 56, 128, 3, 2), (512, 28, 256, 1, 1), (256, 28, 256, 3, 2), (256, 14, 1024, 1, 1),
-       (1024, 14, 512, 1, 1), (512, 14, 512, 3, 2), (512, 7, 2048, 1, 1), (3, 13, 11, 3, 1)]
+       (1024, 14, 512, 1, 1), (512, 14, 512, 3, 2), (512, 7, 2048, 1, 1), (3, 13, 11, 3, 1),
+       (3, 32, 64, 7, 2)]  # the last two: odd channels (SIMT backward), the stem
 R50_IDS = [f"c{c}_h{h}_k{k}_{r}x{r}s{s}" for c, h, k, r, s in R50]
 GPU_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 

@@ -8,7 +8,7 @@
 // - fp16/bf16: one tensor-core implicit GEMM (mma.sync m16n8k16 fed by ldmatrix[.trans], a
 //   3-stage pipeline: cp.async for weights, register-staged loads with the fused prologue /
 //   BN-backward map for activations and gradients), templated on per-op operand policies
-//   (FwdTc, DgradTc, WgradTc) and epilogues. The backward needs C % 8 == K % 8 == 0.
+//   (FwdTc, DgradTc, WgradTc) and epilogues. dgrad needs C % 8 == K % 8 == 0, wgrad K % 8 == 0.
 // - fp32, and the backward of other channel counts: one tiled SIMT GEMM templated on its
 //   operand loaders and the same epilogues.
 // - Statistics / sums: per-CTA partials in a workspace, merged per channel in parallel in a
@@ -593,15 +593,18 @@ struct DgradTc {
 
 // conv_bwd_weight: A(ko, i) = dy at output pixel i, channel ko (MN-major, fused), B(j, i) =
 // the forward activation of pixel i through tap/channel j (MN-major, fused prologue; 0 on
-// padding). Needs K % 8 == 0, C % 8 == 0 and 16-byte aligned x, dz, y.
-template <class S>
+// padding). Needs K % 8 == 0 and 16-byte aligned dz, y. kVecB: C % 8 == 0 and x 16-byte
+// aligned; else element loads for B (the stem's C = 3), in their own instantiation so the
+// common path keeps its registers.
+template <class S, bool kVecB>
 struct WgradTc {
   static constexpr bool kTransA = true, kTransB = true;
   ConvWgradParams p;
   struct State {
     MNMajorSlot slot;
     int64_t ko;         // the thread's A channels ko..ko+7
-    int64_t r, t, c;    // the thread's B columns: tap (r, t), channels c..c+7
+    int64_t j;          // the thread's B columns j..j+7 ...
+    int64_t r, t, c;    // ... vec_b: tap (r, t), channels c..c+7
     bool a_ok, b_ok;
     Vec8<S> dz[2], y[2], x[2];
     bool dy_ok[2], x_ok[2];
@@ -611,10 +614,10 @@ struct WgradTc {
     st.slot = MNMajorSlot::of(threadIdx.x);
     st.ko = m0 + st.slot.rc;
     st.a_ok = st.ko < p.s.K;
-    const int64_t j = n0 + st.slot.rc;
-    st.b_ok = j < fwd_gemm_k(p.s);
+    st.j = n0 + st.slot.rc;
+    st.b_ok = st.j < fwd_gemm_k(p.s);
     // wgrad_b_offset, with the column's tap decoded once: it is the same every stage.
-    if (st.b_ok) decode_k(p.s, j, p.s.C, &st.r, &st.t, &st.c);
+    if (st.b_ok && kVecB) decode_k(p.s, st.j, p.s.C, &st.r, &st.t, &st.c);
     return st;
   }
   __device__ void fetch(State& st, S*, S*, int64_t k0, int64_t k_end) const {
@@ -627,7 +630,7 @@ struct WgradTc {
         st.y[u] = load8<S>(p.y, i * p.s.K + st.ko);
       }
       st.x_ok[u] = false;
-      if (!st.b_ok || i >= k_end) continue;
+      if (!kVecB || !st.b_ok || i >= k_end) continue;
       int64_t n, pp, q;
       decode_m(p.s, i, &n, &pp, &q);
       const int64_t off = fwd_input_offset(p.s, n, pp, q, st.r, st.t, st.c);
@@ -636,15 +639,35 @@ struct WgradTc {
       st.x_ok[u] = true;
     }
   }
-  __device__ void stash(const State& st, S* As, S* Bs, int64_t, int64_t) const {
+  __device__ void stash(const State& st, S* As, S* Bs, int64_t k0, int64_t k_end) const {
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       store8(As + st.slot.at(u),
              st.dy_ok[u] ? bn_bwd8<S>(st.dz[u], st.y[u], p.a, p.b, p.c, st.ko) : zeros8<S>());
-      store8(Bs + st.slot.at(u), st.x_ok[u] ? prologue8<S>(st.x[u], p.in_scale, p.in_shift,
-                                                           p.in_relu, st.c)
-                                            : zeros8<S>());
+      Vec8<S> b;
+      if constexpr (kVecB)
+        b = st.x_ok[u] ? prologue8<S>(st.x[u], p.in_scale, p.in_shift, p.in_relu, st.c)
+                       : zeros8<S>();
+      else
+        b = b_elements(st, k0 + st.slot.kr + 16 * u, k_end);
+      store8(Bs + st.slot.at(u), b);
     }
+  }
+  // B's 8 columns j.. at pixel i element by element (wgrad_b_elem), for C % 8 != 0.
+  __device__ Vec8<S> b_elements(const State& st, int64_t i, int64_t k_end) const {
+    const S* x = static_cast<const S*>(p.x);
+    const float* sc = static_cast<const float*>(p.in_scale);
+    const float* sh = static_cast<const float*>(p.in_shift);
+    auto act = [&](int64_t off, int64_t c) {
+      return round_to<S>(prologue<float>(Cvt<S>::to(x[off]), sc, sh, p.in_relu, c));
+    };
+    Vec8<S> v;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const bool ok = i < k_end && st.j + e < fwd_gemm_k(p.s);
+      v.v[e] = Cvt<S>::from(ok ? wgrad_b_elem<float>(p.s, st.j + e, i, act) : 0.f);
+    }
+    return v;
   }
 };
 
@@ -861,12 +884,17 @@ cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t s
   // Splits past the end of the reduction write zero partials (k_begin >= Kdim): still summed.
   bool on_tensor_cores = false;
   if constexpr (sizeof(S) == 2) {
-    on_tensor_cores = vec8_operands(p.s) && aligned16(p.x) && aligned16(p.dz) &&
-                      aligned16(p.y) && aligned16(p.a) && aligned16(p.b) && aligned16(p.c) &&
-                      aligned16(p.in_scale) && aligned16(p.in_shift);
-    if (on_tensor_cores)
-      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S>{p}, WgradEpilogue{p}, p.s.K,
-                                                         cols, kd, kchunk);
+    // dy in 16-byte vectors; the activations too when C % 8 == 0, else element by element.
+    on_tensor_cores = p.s.K % 8 == 0 && aligned16(p.dz) && aligned16(p.y) && aligned16(p.a) &&
+                      aligned16(p.b) && aligned16(p.c);
+    const bool vec_b = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
+                       aligned16(p.in_shift);
+    if (on_tensor_cores && vec_b)
+      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, true>{p}, WgradEpilogue{p},
+                                                         p.s.K, cols, kd, kchunk);
+    else if (on_tensor_cores)
+      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, false>{p}, WgradEpilogue{p},
+                                                         p.s.K, cols, kd, kchunk);
   }
   if (!on_tensor_cores)
     simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(WgradOperands<S>{p}, WgradEpilogue{p},

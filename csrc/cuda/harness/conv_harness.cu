@@ -358,6 +358,7 @@ int main() {
     ok &= run_wgrad_case(4, 72, 20, 16, 1, 1, 0, 1, t);
     ok &= run_wgrad_case(2, 5, 7, 12, 3, 1, 2, 2, t);
     ok &= run_wgrad_case(2, 8, 36, 16, 3, 1, 1, 1, t);  // 10 splits, the last one empty
+    ok &= run_wgrad_case(2, 3, 15, 16, 7, 2, 3, 1, t);  // the stem: element loads of x
   }
   std::printf("%s\n", ok ? "all ok" : "FAILED");
   return ok ? 0 : 1;
