@@ -372,7 +372,7 @@ static bool close(double a, double b) { return std::fabs(a - b) <= 1e-12 * (1 + 
 
 int main() {
   int kase = 0;
-  for (int64_t stride = 1; stride <= 2; ++stride)
+  for (int64_t stride = 1; stride <= 3; ++stride)  // 3: phases whose tap step is 3
     for (int64_t dil = 1; dil <= 2; ++dil)
       for (int64_t R = 1; R <= 3; R += 2)
         for (int64_t pad = 0; pad <= dil * (R / 2) + 1; pad += 1 + dil * (R / 2)) {
@@ -418,19 +418,28 @@ int main() {
               CHECK(close(a, y[m * K + k]));
             }
           }
-          // Dgrad view: rows are input pixels, columns input channels, reduction (r, s, k).
-          CHECK(dgrad_gemm_m(s) == N * H * W && dgrad_gemm_k(s) == R * S * K);
-          for (int64_t m = 0; m < dgrad_gemm_m(s); ++m) {
-            int64_t n, h, ww;
-            decode_in_pixel(s, m, &n, &h, &ww);
-            CHECK(((n * H + h) * W + ww) == m);
-            for (int64_t c = 0; c < C; ++c) {
-              double a = 0;
-              for (int64_t i = 0; i < dgrad_gemm_k(s); ++i)
-                a += dgrad_a_elem<double>(s, n, h, ww, i, tdy) * w[dgrad_b_offset(s, c, i)];
-              CHECK(close(a, dx[m * C + c]));
+          // Dgrad view, per stride phase: rows the phase's input pixels (together: every
+          // pixel exactly once), columns input channels, reduction (phase taps, k).
+          std::vector<int> seen(N * H * W, 0);
+          for (int64_t z = 0; z < dgrad_phases(s); ++z) {
+            const DgradPhase f = dgrad_phase(s, z);
+            CHECK(dgrad_gemm_m(s, f) <= dgrad_gemm_m_max(s));
+            for (int64_t m = 0; m < dgrad_gemm_m(s, f); ++m) {
+              int64_t n, h, ww;
+              decode_in_pixel(s, f, m, &n, &h, &ww);
+              CHECK(n < N && h < H && ww < W && h % stride == f.ph && ww % stride == f.pw);
+              const int64_t px = (n * H + h) * W + ww;
+              ++seen[px];
+              for (int64_t c = 0; c < C; ++c) {
+                double a = 0;
+                for (int64_t i = 0; i < dgrad_gemm_k(s, f); ++i)
+                  a += dgrad_a_elem<double>(s, f, n, h, ww, i, tdy) *
+                       w[dgrad_b_offset(s, f, c, i)];
+                CHECK(close(a, dx[px * C + c]));
+              }
             }
           }
+          for (int v : seen) CHECK(v == 1);
           // Wgrad view: rows output channels, columns (r, s, c), reduction output pixels;
           // stored KRSC and KCRS.
           for (int64_t k = 0; k < K; ++k)

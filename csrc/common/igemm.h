@@ -98,25 +98,18 @@ FR_HOST_DEVICE int64_t krsc_offset(const ConvShape& s, int64_t k, int64_t r, int
 // (cpu/conv_igemm_cpu.cpp), so CI on a CPU exercises the index math the kernels run.
 //
 //   forward: M = N*P*Q (output pixel), Ncols = K, Kdim = R*S*C   A(m,k)=act, B(n,k)=w[n][k]
-//   dgrad:   M = N*H*W (input pixel),  Ncols = C, Kdim = R*S*K   A(m,k)=dy,  B(c,k)=w[k'][r][s][c]
+//   dgrad:   per stride phase (below): M = the phase's input pixels, Ncols = C,
+//            Kdim = its taps * K                                  A(m,k)=dy,  B(c,k)=w[k'][r][s][c]
 //   wgrad:   M = K,  Ncols = R*S*C,    Kdim = N*P*Q              A(k,j)=dy,  B(j,i)=act
 // Reduction indices run (r, s, channel) with the channel fastest (KRSC / NHWC order).
 
 FR_HOST_DEVICE int64_t fwd_gemm_m(const ConvShape& s) { return s.N * s.P * s.Q; }
 FR_HOST_DEVICE int64_t fwd_gemm_k(const ConvShape& s) { return s.R * s.S * (s.C / s.groups); }
-FR_HOST_DEVICE int64_t dgrad_gemm_m(const ConvShape& s) { return s.N * s.H * s.W; }
-FR_HOST_DEVICE int64_t dgrad_gemm_k(const ConvShape& s) { return s.R * s.S * s.K; }
 
 // Reduction index k -> (filter row r, filter column t, channel c) over `channels` channels.
 FR_HOST_DEVICE void decode_k(const ConvShape& s, int64_t k, int64_t channels, int64_t* r,
                              int64_t* t, int64_t* c) {
   decode3(k, s.S, channels, r, t, c);
-}
-
-// Input pixel (n, h, w) of dgrad row m (NHWC order of dx).
-FR_HOST_DEVICE void decode_in_pixel(const ConvShape& s, int64_t m, int64_t* n, int64_t* h,
-                                    int64_t* w) {
-  decode3(m, s.H, s.W, n, h, w);
 }
 
 // Forward A operand (pixel (n,p,q), reduction k): the input offset and channel *c it reads,
@@ -138,31 +131,111 @@ FR_HOST_DEVICE T fwd_a_elem(const ConvShape& s, int64_t n, int64_t p, int64_t q,
   return off < 0 ? T(0) : f(off, c);
 }
 
-// Dgrad A operand (input pixel (n,h,w), reduction k over (r, s, out channel)): the dz/y offset
-// and output channel *ko it reads, or -1 for padding and stride holes.
-FR_HOST_DEVICE int64_t dgrad_a_offset(const ConvShape& s, int64_t n, int64_t h, int64_t w,
-                                      int64_t k, int64_t* ko) {
+// ---- Dgrad by stride phase. Input pixel h receives from output p = (h + pad - r*dil)/stride
+// only through the taps r that make the division exact, and which taps those are depends on
+// h mod stride alone. So the input pixels split into stride^2 phases (h % stride, w % stride),
+// each a dense GEMM over its own taps: a stride-2 dgrad does 1/4 of the products a GEMM over
+// every (pixel, tap) would, 3/4 of them zeros (stride holes). Stride 1: one phase, every tap.
+struct DgradPhase {  // image coordinates and tap counts: int32 keeps it to 9 GPU registers
+  int32_t ph, pw;        // the phase's input pixels: h = ph + stride*i (i < Hp), likewise w
+  int32_t Hp, Wp;
+  int32_t r0, t0, step;  // its taps: r = r0 + step*a (a < Rv), t = t0 + step*b (b < Sv)
+  int32_t Rv, Sv;
+};
+
+FR_HOST_DEVICE int64_t dgrad_phases(const ConvShape& s) { return s.stride * s.stride; }
+
+// The taps r in [0, R) with (ph + padding - r*dilation) % stride == 0: an arithmetic
+// progression of step stride/gcd(stride, dilation) from the smallest solution (if any).
+FR_HOST_DEVICE void dgrad_phase_taps(int64_t ph, int64_t R, int64_t stride, int64_t padding,
+                                     int64_t dilation, int32_t* r0, int32_t* step,
+                                     int32_t* count) {
+  int64_t g = stride, b = dilation;  // gcd
+  while (b != 0) {
+    const int64_t t = g % b;
+    g = b;
+    b = t;
+  }
+  *step = int32_t(stride / g);
+  *r0 = 0;
+  *count = 0;
+  for (int64_t r = 0; r < *step; ++r)
+    if ((ph + padding - r * dilation) % stride == 0) {
+      *r0 = int32_t(r);
+      *count = int32_t(r < R ? (R - r + *step - 1) / *step : 0);
+      return;
+    }
+}
+
+// Phase z (0 <= z < dgrad_phases): ph = z / stride, pw = z % stride.
+FR_HOST_DEVICE DgradPhase dgrad_phase(const ConvShape& s, int64_t z) {
+  DgradPhase f{};
+  f.ph = int32_t(z / s.stride);
+  f.pw = int32_t(z % s.stride);
+  f.Hp = int32_t(f.ph < s.H ? (s.H - f.ph + s.stride - 1) / s.stride : 0);
+  f.Wp = int32_t(f.pw < s.W ? (s.W - f.pw + s.stride - 1) / s.stride : 0);
+  int32_t step_t;
+  dgrad_phase_taps(f.ph, s.R, s.stride, s.padding, s.dilation, &f.r0, &f.step, &f.Rv);
+  dgrad_phase_taps(f.pw, s.S, s.stride, s.padding, s.dilation, &f.t0, &step_t, &f.Sv);
+  return f;
+}
+
+// The phase's GEMM: M = its input pixels, Kdim = its taps x K output channels.
+FR_HOST_DEVICE int64_t dgrad_gemm_m(const ConvShape& s, const DgradPhase& f) {
+  return s.N * f.Hp * f.Wp;
+}
+FR_HOST_DEVICE int64_t dgrad_gemm_k(const ConvShape& s, const DgradPhase& f) {
+  return f.Rv * f.Sv * s.K;
+}
+// Rows of the largest phase (phase 0): the grid's row tiles cover every phase.
+FR_HOST_DEVICE int64_t dgrad_gemm_m_max(const ConvShape& s) {
+  return s.N * ((s.H + s.stride - 1) / s.stride) * ((s.W + s.stride - 1) / s.stride);
+}
+
+// Phase row m -> input pixel (n, h, w).
+FR_HOST_DEVICE void decode_in_pixel(const ConvShape& s, const DgradPhase& f, int64_t m,
+                                    int64_t* n, int64_t* h, int64_t* w) {
+  int64_t i, j;
+  decode3(m, f.Hp, f.Wp, n, &i, &j);
+  *h = f.ph + s.stride * i;
+  *w = f.pw + s.stride * j;
+}
+
+// Phase reduction k -> tap (r, t) and output channel *ko (channel fastest).
+FR_HOST_DEVICE void decode_dgrad_k(const ConvShape& s, const DgradPhase& f, int64_t k,
+                                   int64_t* r, int64_t* t, int64_t* ko) {
+  int64_t a, b;
+  decode3(k, f.Sv, s.K, &a, &b, ko);
+  *r = f.r0 + f.step * a;
+  *t = f.t0 + f.step * b;
+}
+
+// Dgrad A operand (input pixel (n,h,w) of phase f, reduction k): the dz/y offset and output
+// channel *ko it reads, or -1 where the tap's output pixel is outside the image (padding).
+FR_HOST_DEVICE int64_t dgrad_a_offset(const ConvShape& s, const DgradPhase& f, int64_t n,
+                                      int64_t h, int64_t w, int64_t k, int64_t* ko) {
   int64_t r, t;
-  decode_k(s, k, s.K, &r, &t, ko);
+  decode_dgrad_k(s, f, k, &r, &t, ko);
   const int64_t p = dgrad_out_coord(h, r, s.stride, s.padding, s.dilation, s.P);
   const int64_t q = dgrad_out_coord(w, t, s.stride, s.padding, s.dilation, s.Q);
   return p < 0 || q < 0 ? -1 : nhwc_offset(n, p, q, *ko, s.P, s.Q, s.K);
 }
 
-// Dgrad A element: f(dz offset, out channel) (the BN-backward map, rounded) or 0 for padding
-// and stride holes, after the transform (it maps 0 to a non-zero value).
+// Dgrad A element: f(dz offset, out channel) (the BN-backward map, rounded) or 0 outside the
+// image, after the transform (it maps 0 to a non-zero value).
 template <class T, class F>
-FR_HOST_DEVICE T dgrad_a_elem(const ConvShape& s, int64_t n, int64_t h, int64_t w, int64_t k,
-                              const F& f) {
+FR_HOST_DEVICE T dgrad_a_elem(const ConvShape& s, const DgradPhase& ph, int64_t n, int64_t h,
+                              int64_t w, int64_t k, const F& f) {
   int64_t ko;
-  const int64_t off = dgrad_a_offset(s, n, h, w, k, &ko);
+  const int64_t off = dgrad_a_offset(s, ph, n, h, w, k, &ko);
   return off < 0 ? T(0) : f(off, ko);
 }
 
-// Dgrad B element: w[ko][r][s][c] for input channel c, reduction k over (r, s, ko).
-FR_HOST_DEVICE int64_t dgrad_b_offset(const ConvShape& s, int64_t c, int64_t k) {
+// Dgrad B element: the offset of w[ko][r][s][c] for input channel c, phase reduction k.
+FR_HOST_DEVICE int64_t dgrad_b_offset(const ConvShape& s, const DgradPhase& f, int64_t c,
+                                      int64_t k) {
   int64_t r, t, ko;
-  decode_k(s, k, s.K, &r, &t, &ko);
+  decode_dgrad_k(s, f, k, &r, &t, &ko);
   return krsc_offset(s, ko, r, t, c);
 }
 
@@ -197,8 +270,33 @@ inline int64_t conv_wgrad_splits(const ConvShape& s) {
 }
 // Pixels per split, a multiple of the reduction step so every split's steps are full; the
 // last splits may be empty (they contribute zero partials).
-inline int64_t conv_wgrad_kchunk(const ConvShape& s, int64_t splits) {
+FR_HOST_DEVICE int64_t conv_wgrad_kchunk(const ConvShape& s, int64_t splits) {
   return conv_tiles(conv_tiles(fwd_gemm_m(s), splits), kConvTileK) * kConvTileK;
+}
+
+// A conv op's GEMM runs as a grid of tiles over slices (grid z): one for the forward, the
+// split-K ranges for wgrad, the stride phases for dgrad. A slice's rows and reduction range:
+struct GemmSlice {
+  int64_t rows, k_begin, k_end;
+};
+FR_HOST_DEVICE GemmSlice fwd_slice(const ConvShape& s) {
+  return {fwd_gemm_m(s), 0, fwd_gemm_k(s)};
+}
+FR_HOST_DEVICE GemmSlice wgrad_slice(const ConvShape& s, int64_t splits, int64_t z) {
+  const int64_t kchunk = conv_wgrad_kchunk(s, splits), b = z * kchunk;
+  const int64_t e = b + kchunk < fwd_gemm_m(s) ? b + kchunk : fwd_gemm_m(s);
+  return {s.K, b, e > b ? e : b};  // past the end: empty (a zero partial)
+}
+FR_HOST_DEVICE GemmSlice dgrad_slice(const ConvShape& s, const DgradPhase& f) {
+  return {dgrad_gemm_m(s, f), 0, dgrad_gemm_k(s, f)};
+}
+// Dgrad's grid: this many row tiles in each of the dgrad_phases slices; tile (x, z) keeps its
+// per-tile partial sums at z * dgrad_row_tiles + x.
+FR_HOST_DEVICE int64_t dgrad_row_tiles(const ConvShape& s) {
+  return conv_tiles(dgrad_gemm_m_max(s), kConvTileM);
+}
+FR_HOST_DEVICE int64_t dgrad_tiles(const ConvShape& s) {
+  return dgrad_phases(s) * dgrad_row_tiles(s);
 }
 
 // Offset of dw[k][j] (j over (r, s, c)) in a KRSC (channels-last) or KCRS (contiguous) weight.

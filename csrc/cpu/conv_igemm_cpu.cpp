@@ -1,10 +1,11 @@
 // fused_resnet::conv_fwd_igemm / conv_bwd_data_igemm / conv_bwd_weight_igemm on CPU: the CPU
 // twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight kernels (cuda/conv_kernels.cu).
 // Plain C++, no ATen GEMM: the same NHWC implicit-GEMM views, the same 64x64 CTA tiles walked
-// in BK=32 steps (over split-K reduction ranges for wgrad), the same operand math
-// (common/igemm.h fwd_a_elem / dgrad_a_elem + dgrad_b_offset / wgrad_b_elem: the prologue or
-// the BN-backward map, rounding to the data dtype, zeros for padding and stride holes AFTER the
-// transform), the same epilogues (common/fusion.h) and the same reduction schemes:
+// in BK=32 steps over the same grid slices (split-K reduction ranges for wgrad, stride phases
+// for dgrad: common/igemm.h GemmSlice), the same operand math (fwd_a_elem / dgrad_a_elem +
+// dgrad_b_offset / wgrad_b_elem: the prologue or the BN-backward map, rounding to the data
+// dtype, zeros for padding AFTER the transform), the same epilogues (common/fusion.h) and the
+// same reduction schemes:
 // - forward statistics: per-tile two-pass Welford of the deviations from a pivot, merged per
 //   channel in tile order in double with Chan's formula (common/stats.h);
 // - dgrad sums: per-tile sums of dx and dx*(prev_y - prev_mean) in the accumulate dtype, added
@@ -68,20 +69,22 @@ void tile_gemm(const Ops& ops, int64_t m0, int64_t n0, int64_t k_begin, int64_t 
   }
 }
 
-// The CUDA launch grid -- x: 64-row tiles of M, y: 64-column tiles of Ncols, z: `splits`
-// reduction ranges [z*kchunk, min(Kdim, (z+1)*kchunk)) (a range may be empty: its tile is
-// zeros) -- on at::parallel_for. epi(acc, m0, n0, z) runs on each finished tile; tiles write
-// disjoint outputs and partials, so any thread order gives the same result.
+// The CUDA launch grid -- x: 64-row tiles of the largest slice's `rows`, y: 64-column tiles
+// of Ncols, z: the `slices` (common/igemm.h GemmSlice: forward 1, wgrad split-K ranges, dgrad
+// stride phases) -- on at::parallel_for. ops.at(z) is the operand policy bound to slice z,
+// .slice() its rows and reduction range (maybe empty: the tile is zeros); epi(acc, m0, n0, z)
+// runs on each finished tile. Tiles write disjoint outputs and partials, so any thread order
+// gives the same result.
 template <class acc_t, class Ops, class Epi>
-void run_grid(const Ops& ops, const Epi& epi, int64_t M, int64_t Ncols, int64_t Kdim,
-              int64_t kchunk, int64_t splits) {
-  const int64_t mt = conv_tiles(M, BM), nt = conv_tiles(Ncols, BN);
-  at::parallel_for(0, mt * nt * splits, 1, [&](int64_t begin, int64_t end) {
+void run_grid(const Ops& ops, const Epi& epi, int64_t rows, int64_t Ncols, int64_t slices) {
+  const int64_t mt = conv_tiles(rows, BM), nt = conv_tiles(Ncols, BN);
+  at::parallel_for(0, mt * nt * slices, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t m0 = (t % mt) * BM, n0 = (t / mt % nt) * BN, z = t / (mt * nt);
-      const int64_t k_begin = z * kchunk, k_end = std::min(Kdim, k_begin + kchunk);
+      const auto oz = ops.at(z);
+      const GemmSlice sl = oz.slice();
       acc_t acc[BM][BN] = {};
-      tile_gemm<acc_t>(ops, m0, n0, k_begin, k_end, acc);
+      tile_gemm<acc_t>(oz, m0, n0, sl.k_begin, sl.k_end, acc);
       epi(acc, m0, n0, z);
     }
   });
@@ -112,6 +115,8 @@ struct FwdOps {  // FwdOperands: A(m, k) = prologue(x) (0 on padding), B(n, k) =
   const scalar_t* w;  // KRSC: [K][Kdim]
   const acc_t *in_scale, *in_shift;
   bool in_relu;
+  FwdOps at(int64_t) const { return *this; }
+  GemmSlice slice() const { return fwd_slice(s); }
   struct Row {
     int64_t n = 0, p = 0, q = 0;  // the output pixel
     bool ok = false;
@@ -172,26 +177,33 @@ struct DgradOps {  // DgradOperands: A(m, k) = dy (0 on padding / stride holes),
   const scalar_t *dz, *y;  // NHWC
   const acc_t *ca, *cb, *cc;
   const scalar_t* w;  // KRSC
+  DgradPhase f{};     // the stride phase of slice z (set by at(z))
+  DgradOps at(int64_t z) const {
+    DgradOps o = *this;
+    o.f = dgrad_phase(s, z);
+    return o;
+  }
+  GemmSlice slice() const { return dgrad_slice(s, f); }
   struct Row {
     int64_t n = 0, h = 0, w = 0;  // the input pixel
     bool ok = false;
   };
   Row row_a(int64_t m) const {
     Row r;
-    r.ok = m < dgrad_gemm_m(s);
-    if (r.ok) decode_in_pixel(s, m, &r.n, &r.h, &r.w);
+    r.ok = m < dgrad_gemm_m(s, f);
+    if (r.ok) decode_in_pixel(s, f, m, &r.n, &r.h, &r.w);
     return r;
   }
   acc_t a(const Row& r, int64_t k) const {
     if (!r.ok) return acc_t(0);
-    return dgrad_a_elem<acc_t>(s, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
+    return dgrad_a_elem<acc_t>(s, f, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
       return acc_t(static_cast<scalar_t>(
           bn_bwd_apply<acc_t>(acc_t(dz[off]), acc_t(y[off]), ca[ko], cb[ko], cc[ko])));
     });
   }
   Index row_b(int64_t c) const { return index_below(c, s.C); }
   acc_t b(Index c, int64_t k) const {
-    return c.i < 0 ? acc_t(0) : acc_t(w[dgrad_b_offset(s, c.i, k)]);
+    return c.i < 0 ? acc_t(0) : acc_t(w[dgrad_b_offset(s, f, c.i, k)]);
   }
 };
 
@@ -205,13 +217,22 @@ struct DgradEpi {  // DgradEpilogue: dx = acc (+ residual), ReLU-masked; per-til
   scalar_t* dx;           // NHWC
   Sums<2>* partial;       // [mtiles][C]: sum dx, sum dx*(prev_y - prev_mean)
 
-  void operator()(const acc_t (&acc)[BM][BN], int64_t m0, int64_t n0, int64_t) const {
-    const int64_t rows = std::min(BM, dgrad_gemm_m(s) - m0);
+  // Tile (x, z) of the grid: rows m0.. of phase z; its partial goes to tile z*mtiles + x.
+  void operator()(const acc_t (&acc)[BM][BN], int64_t m0, int64_t n0, int64_t z) const {
+    const DgradPhase f = dgrad_phase(s, z);
+    const int64_t rows = std::min(BM, dgrad_gemm_m(s, f) - m0);
+    const int64_t tile = z * dgrad_row_tiles(s) + m0 / BM;
+    int64_t px[BM];  // the rows' input pixels (NHWC order of dx)
+    for (int64_t i = 0; i < rows; ++i) {
+      int64_t n, h, w;
+      decode_in_pixel(s, f, m0 + i, &n, &h, &w);
+      px[i] = (n * s.H + h) * s.W + w;
+    }
     for (int64_t j = 0; j < BN && n0 + j < s.C; ++j) {
       const int64_t n = n0 + j;
       acc_t s0 = acc_t(0), s1 = acc_t(0);  // the tile's sums, in the accumulate dtype
       for (int64_t i = 0; i < rows; ++i) {
-        const int64_t off = (m0 + i) * s.C + n;
+        const int64_t off = px[i] * s.C + n;
         acc_t g = acc[i][j];
         if (res) g += acc_t(res[off]);
         if (py) {
@@ -222,7 +243,7 @@ struct DgradEpi {  // DgradEpilogue: dx = acc (+ residual), ReLU-masked; per-til
         }
         dx[off] = static_cast<scalar_t>(g);
       }
-      if (py) partial[(m0 / BM) * s.C + n] = Sums<2>{{double(s0), double(s1)}};
+      if (py) partial[tile * s.C + n] = Sums<2>{{double(s0), double(s1)}};
     }
   }
 };
@@ -236,6 +257,14 @@ struct WgradOps {  // WgradOperands: A(ko, i) = dy at output pixel i, B(j, i) = 
   bool in_relu;
   const scalar_t *dz, *y;  // NHWC
   const acc_t *ca, *cb, *cc;
+  int64_t splits;
+  int64_t z = 0;  // the split-K range of slice z (set by at(z))
+  WgradOps at(int64_t zz) const {
+    WgradOps o = *this;
+    o.z = zz;
+    return o;
+  }
+  GemmSlice slice() const { return wgrad_slice(s, splits, z); }
   Index row_a(int64_t ko) const { return index_below(ko, s.K); }
   acc_t a(Index ko, int64_t i) const {
     if (ko.i < 0) return acc_t(0);
@@ -328,7 +357,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
   const OptTensor rb = has_res ? contiguous(res_shift) : std::nullopt;
   Tensor y = at::empty({s.N, s.K, s.P, s.Q}, x.options().memory_format(kCL));
   Tensor mean = empty_stats(x_in), m2 = empty_stats(x_in);
-  const int64_t M = fwd_gemm_m(s), kd = fwd_gemm_k(s), mtiles = conv_tiles(M, BM);
+  const int64_t M = fwd_gemm_m(s), mtiles = conv_tiles(M, BM);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_fwd_igemm",
                                   [&] {
@@ -341,7 +370,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
         s, ptr<acc_t>(os), ptr<acc_t>(ob), ptr<acc_t>(rs), ptr<acc_t>(rb),
         has_res ? res.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), out_relu,
         stats, partial.data()};
-    run_grid<acc_t>(ops, epi, M, s.K, kd, kd, 1);
+    run_grid<acc_t>(ops, epi, M, s.K, 1);
     if (!stats) return;
     const auto total = merge_tiles(partial, mtiles, s.K, [](Welford<double>& t, const auto& p) {
       t = welford_merge(t, p);
@@ -392,7 +421,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data_igemm(
   const OptTensor pi = has_prev ? contiguous(prev_invstd) : std::nullopt;
   Tensor dx = at::empty(input_size, dz.options().memory_format(kCL));
   Tensor sum_dx = empty_stats(dz_in), sum_dx_xhat = empty_stats(dz_in);
-  const int64_t M = dgrad_gemm_m(s), kd = dgrad_gemm_k(s), mtiles = conv_tiles(M, BM);
+  // Row tiles of the largest stride phase, for every phase: partials [phases * mtiles][C].
+  const int64_t mtiles = dgrad_tiles(s);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dz.scalar_type(),
                                   "conv_bwd_data_igemm", [&] {
@@ -409,7 +439,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data_igemm(
         s, res.defined() ? res.const_data_ptr<scalar_t>() : nullptr,
         has_prev ? py.const_data_ptr<scalar_t>() : nullptr, ptr<acc_t>(ps), ptr<acc_t>(pb),
         ptr<acc_t>(pm), dx.data_ptr<scalar_t>(), partial.data()};
-    run_grid<acc_t>(ops, epi, M, s.C, kd, kd, 1);
+    run_grid<acc_t>(ops, epi, dgrad_gemm_m_max(s), s.C, dgrad_phases(s));
     if (!has_prev) return;
     // StoreDgradSums: the double tile-order sums; the second times prev_invstd in double.
     const auto total = merge_tiles(partial, mtiles, s.C, add_sums<2>);
@@ -450,8 +480,7 @@ Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
   // dw in the accumulate dtype and the weight's memory format; rounded to the weight's dtype
   // once at the end (reduce_wgrad_kernel converts each fp32 sum straight to it).
   Tensor dw = at::empty(weight.sizes(), x.options().dtype(sd).memory_format(wfmt));
-  const int64_t kd = fwd_gemm_m(s), cols = fwd_gemm_k(s);
-  const int64_t splits = conv_wgrad_splits(s), kchunk = conv_wgrad_kchunk(s, splits);
+  const int64_t cols = fwd_gemm_k(s), splits = conv_wgrad_splits(s);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "conv_bwd_weight_igemm", [&] {
@@ -466,8 +495,9 @@ Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
                                         y.const_data_ptr<scalar_t>(),
                                         ca.const_data_ptr<acc_t>(),
                                         cb.const_data_ptr<acc_t>(),
-                                        cc.const_data_ptr<acc_t>()};
-    run_grid<acc_t>(ops, WgradEpi<acc_t>{s, ws.data()}, s.K, cols, kd, kchunk, splits);
+                                        cc.const_data_ptr<acc_t>(),
+                                        splits};
+    run_grid<acc_t>(ops, WgradEpi<acc_t>{s, ws.data()}, s.K, cols, splits);
     // reduce_wgrad_kernel: per dw element, the split partials summed in split order.
     const int64_t total = s.K * cols;
     acc_t* out = dw.data_ptr<acc_t>();

@@ -64,14 +64,15 @@ __device__ __forceinline__ float round_to(float v) {
 
 // ================================================================ fused epilogues
 // Each runs after the CTA's fp32 accumulator tile sits in smem (Cs[BM][LDC]), with all
-// threads of the CTA; rows m0.., columns n0...
+// threads of the CTA; rows m0.., columns n0.. of grid slice blockIdx.z.
 
 // conv_fwd: y = epilogue(acc) stored NHWC (y[m*K + n]); stats: per-column Welford of the
 // tile's valid rows (two-pass over smem) -> workspace [count, pivot, mean - pivot, m2][mtiles][K].
 template <class S>
 struct FwdEpilogue {
   ConvFwdParams p;  // by value: these functors are kernel arguments
-  __device__ void operator()(float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t Ncols) const {
+  __device__ void operator()(float* Cs, int64_t m0, int64_t n0) const {
+    const int64_t M = fwd_gemm_m(p.s), Ncols = p.s.K;
     const float* os = static_cast<const float*>(p.out_scale);
     const float* ob = static_cast<const float*>(p.out_shift);
     const float* rs = static_cast<const float*>(p.res_scale);
@@ -108,12 +109,22 @@ struct FwdEpilogue {
   }
 };
 
-// conv_bwd_data: dx = acc (+ residual), ReLU-masked by prev_y*prev_scale + prev_shift; sums of
-// dx and dx*(prev_y - prev_mean) per column -> workspace [2][mtiles][C].
+// conv_bwd_data: dx = acc (+ residual), ReLU-masked by prev_y*prev_scale + prev_shift, at
+// the input pixels of the stride phase's rows; sums of dx and dx*(prev_y - prev_mean) per
+// column -> workspace [2][tiles][C], tile z * dgrad_row_tiles + x.
 template <class S>
 struct DgradEpilogue {
   ConvDgradParams p;
-  __device__ void operator()(float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t Ncols) const {
+  __device__ void operator()(float* Cs, int64_t m0, int64_t n0) const {
+    const DgradPhase f = dgrad_phase(p.s, blockIdx.z);
+    const int64_t M = dgrad_gemm_m(p.s, f), Ncols = p.s.C;
+    __shared__ int64_t px[BM];  // the rows' input pixels (NHWC order of dx), decoded once
+    for (int i = threadIdx.x; i < BM; i += blockDim.x) {
+      int64_t n = 0, h = 0, w = 0;
+      if (m0 + i < M) decode_in_pixel(p.s, f, m0 + i, &n, &h, &w);
+      px[i] = (n * p.s.H + h) * p.s.W + w;
+    }
+    __syncthreads();
     const S* res = static_cast<const S*>(p.residual);
     const S* py = static_cast<const S*>(p.prev_y);
     const float* ps = static_cast<const float*>(p.prev_scale);
@@ -123,7 +134,7 @@ struct DgradEpilogue {
       const int row = idx / BN, col = idx % BN;
       const int64_t m = m0 + row, n = n0 + col;
       if (m >= M || n >= Ncols) continue;
-      const int64_t off = m * Ncols + n;
+      const int64_t off = px[row] * Ncols + n;
       float g = Cs[row * LDC + col];
       if (res) g += Cvt<S>::to(res[off]);
       if (py) g = relu_bwd<float, float>(g, maybe_affine<float>(Cvt<S>::to(py[off]), ps, pb, n));
@@ -133,8 +144,9 @@ struct DgradEpilogue {
     if (!py) return;
     __syncthreads();
     const float* pm = static_cast<const float*>(p.prev_mean);
-    const int64_t mtiles = conv_tiles(M, BM);
-    const int64_t rows = M - m0 < BM ? M - m0 : BM;
+    const int64_t tiles = dgrad_tiles(p.s);
+    const int64_t tile = blockIdx.z * dgrad_row_tiles(p.s) + m0 / BM;
+    const int64_t rows = M - m0 < BM ? M - m0 : BM;  // <= 0: an empty tile, zero sums
     float* ws = static_cast<float*>(p.workspace);
     for (int col = threadIdx.x; col < BN; col += blockDim.x) {
       const int64_t n = n0 + col;
@@ -143,11 +155,11 @@ struct DgradEpilogue {
       for (int64_t i = 0; i < rows; ++i) {
         const float g = Cs[i * LDC + col];
         s0 += g;
-        s1 += g * (Cvt<S>::to(py[(m0 + i) * Ncols + n]) - pm[n]);
+        s1 += g * (Cvt<S>::to(py[px[i] * Ncols + n]) - pm[n]);
       }
-      const int64_t at = (m0 / BM) * Ncols + n;
+      const int64_t at = tile * Ncols + n;
       ws[at] = s0;
-      ws[mtiles * Ncols + at] = s1;
+      ws[tiles * Ncols + at] = s1;
     }
   }
 };
@@ -155,7 +167,8 @@ struct DgradEpilogue {
 // conv_bwd_weight: the split's fp32 partial dw tile -> workspace [splits][K][RSC].
 struct WgradEpilogue {
   ConvWgradParams p;
-  __device__ void operator()(float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t Ncols) const {
+  __device__ void operator()(float* Cs, int64_t m0, int64_t n0) const {
+    const int64_t M = p.s.K, Ncols = fwd_gemm_k(p.s);
     float* ws = static_cast<float*>(p.workspace) + int64_t(blockIdx.z) * M * Ncols;
     for (int idx = threadIdx.x; idx < BM * BN; idx += blockDim.x) {
       const int row = idx / BN, col = idx % BN;
@@ -166,12 +179,15 @@ struct WgradEpilogue {
 };
 
 // ================================================================ operand loaders (SIMT path)
+// at(z): the loader bound to grid slice z, slice() its rows and reduction range (GemmSlice).
 // A loader: row(m) caches the per-row decode; a(row, k) gives the fused, rounded operand.
 // B loader: the same for GEMM columns. Out-of-range rows/columns/k give 0.
 
 template <class S>
 struct FwdOperands {
   ConvFwdParams p;  // by value: these functors are kernel arguments
+  __device__ FwdOperands at(int64_t) const { return *this; }
+  __device__ GemmSlice slice() const { return fwd_slice(p.s); }
   struct Row {
     int64_t n, p, q;
     bool ok;
@@ -201,37 +217,43 @@ struct FwdOperands {
 template <class S>
 struct DgradOperands {
   ConvDgradParams p;
+  DgradPhase f;  // the stride phase of the slice
+  __device__ DgradOperands at(int64_t z) const { return {p, dgrad_phase(p.s, z)}; }
+  __device__ GemmSlice slice() const { return dgrad_slice(p.s, f); }
   struct Row {
     int64_t n, h, w;
     bool ok;
   };
   __device__ Row row_a(int64_t m) const {
-    Row r{0, 0, 0, m < dgrad_gemm_m(p.s)};
-    if (r.ok) decode_in_pixel(p.s, m, &r.n, &r.h, &r.w);
+    Row r{0, 0, 0, m < dgrad_gemm_m(p.s, f)};
+    if (r.ok) decode_in_pixel(p.s, f, m, &r.n, &r.h, &r.w);
     return r;
   }
   __device__ float a(const Row& r, int64_t k) const {
-    if (!r.ok || k >= dgrad_gemm_k(p.s)) return 0.f;
+    if (!r.ok || k >= dgrad_gemm_k(p.s, f)) return 0.f;
     const S* dz = static_cast<const S*>(p.dz);
     const S* y = static_cast<const S*>(p.y);
     const float* ca = static_cast<const float*>(p.a);
     const float* cb = static_cast<const float*>(p.b);
     const float* cc = static_cast<const float*>(p.c);
-    return dgrad_a_elem<float>(p.s, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
+    return dgrad_a_elem<float>(p.s, f, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
       return round_to<S>(
           bn_bwd_apply<float>(Cvt<S>::to(dz[off]), Cvt<S>::to(y[off]), ca[ko], cb[ko], cc[ko]));
     });
   }
   __device__ int64_t row_b(int64_t c) const { return c < p.s.C ? c : -1; }
   __device__ float b(int64_t c, int64_t k) const {
-    if (c < 0 || k >= dgrad_gemm_k(p.s)) return 0.f;
-    return Cvt<S>::to(static_cast<const S*>(p.w)[dgrad_b_offset(p.s, c, k)]);
+    if (c < 0 || k >= dgrad_gemm_k(p.s, f)) return 0.f;
+    return Cvt<S>::to(static_cast<const S*>(p.w)[dgrad_b_offset(p.s, f, c, k)]);
   }
 };
 
 template <class S>
 struct WgradOperands {
   ConvWgradParams p;
+  int64_t z;  // the split-K range of the slice
+  __device__ WgradOperands at(int64_t zz) const { return {p, zz}; }
+  __device__ GemmSlice slice() const { return wgrad_slice(p.s, p.splits, z); }
   using Row = int64_t;  // output channel, -1 when out of range
   __device__ Row row_a(int64_t ko) const { return ko < p.s.K ? ko : -1; }
   __device__ float a(Row ko, int64_t i) const {  // dy at output pixel i, channel ko
@@ -255,21 +277,22 @@ struct WgradOperands {
 };
 
 // ================================================================ SIMT tiled GEMM
-// 256 threads, 64x64 tile, BK=16, 4x4 outputs per thread, fp32 accumulate. The reduction
-// range of CTA z is [z*kchunk, min(Kdim, (z+1)*kchunk)) (split-K for wgrad, one split else).
+// 256 threads, 64x64 tile, BK=16, 4x4 outputs per thread, fp32 accumulate. CTA (x, y, z)
+// computes rows [64x, 64x+64) x columns [64y, 64y+64) of grid slice z (common/igemm.h
+// GemmSlice) over the slice's reduction range, then runs the op's epilogue.
 constexpr int SIMT_THREADS = 256;
 constexpr int SIMT_BK = 16;
 
 template <class Ops, class Epi>
-__global__ void __launch_bounds__(SIMT_THREADS)
-    simt_conv_kernel(Ops ops, Epi epi, int64_t M, int64_t Ncols, int64_t Kdim, int64_t kchunk) {
+__global__ void __launch_bounds__(SIMT_THREADS) simt_conv_kernel(Ops ops_all, Epi epi) {
   __shared__ float As[SIMT_BK][BM];
   __shared__ float Bs[SIMT_BK][BN];
   __shared__ float Cs[BM * LDC];
   const int tid = threadIdx.x;
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
-  const int64_t k_begin = int64_t(blockIdx.z) * kchunk;
-  const int64_t k_end = k_begin + kchunk < Kdim ? k_begin + kchunk : Kdim;
+  const Ops ops = ops_all.at(blockIdx.z);
+  const GemmSlice sl = ops.slice();
+  const int64_t k_begin = sl.k_begin, k_end = sl.k_end;
   // Loader mapping: one tile row per 4 threads, 4 consecutive k each (rows decoded once).
   const int lrow = tid / 4, lk = (tid % 4) * 4;
   const auto arow = ops.row_a(m0 + lrow);
@@ -303,7 +326,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
 #pragma unroll
     for (int j = 0; j < 4; ++j) Cs[(ty + 16 * i) * LDC + tx + 16 * j] = acc[i][j];
   __syncthreads();
-  epi(Cs, m0, n0, M, Ncols);
+  epi(Cs, m0, n0);
 }
 
 // ================================================================ tensor-core implicit GEMM
@@ -315,7 +338,8 @@ __global__ void __launch_bounds__(SIMT_THREADS)
 // whichever makes the global reads 16-byte vectors of NHWC / KRSC memory. Rows are padded
 // (80 B / 144 B) so the 8 row addresses of an ldmatrix hit different banks.
 //
-// Each op supplies an operand policy (FwdTc, DgradTc, WgradTc below): begin() decodes what a
+// Each op supplies an operand policy (FwdTc, DgradTc, WgradTc below): at(z) / slice() bind it
+// to grid slice z as the SIMT loaders do; begin() decodes what a
 // thread keeps for the whole reduction; fetch(k0) issues the stage's global reads -- cp.async
 // straight to smem for plain copies (weights), loads into registers for fused operands --
 // before the MMAs of the current stage, so they are in flight meanwhile; stash() then applies
@@ -478,6 +502,8 @@ struct FwdTc {
   static constexpr bool kTransA = false, kTransB = false;
   ConvFwdParams p;
   bool vec_a, vec_b;
+  __device__ FwdTc at(int64_t) const { return *this; }
+  __device__ GemmSlice slice() const { return fwd_slice(p.s); }
   struct State {
     KMajorSlot slot;
     int64_t n0, n, pp, q;
@@ -535,14 +561,17 @@ struct FwdTc {
   }
 };
 
-// conv_bwd_data: A(m, k) = dy at the output pixel that input pixel m reaches through tap k
-// (K-major, fused BN-backward map; 0 on padding and stride holes), B(c, k) = w[ko][r][s][c]
-// (MN-major copy: 8 input channels are contiguous in KRSC). Needs K % 8 == 0, C % 8 == 0 and
-// 16-byte aligned dz, y, w (the launcher falls back to the SIMT kernel otherwise).
+// conv_bwd_data, per stride phase: A(m, k) = dy at the output pixel that the phase's input
+// pixel m reaches through its tap k (K-major, fused BN-backward map; 0 outside the image),
+// B(c, k) = w[ko][r][s][c] (MN-major copy: 8 input channels are contiguous in KRSC). Needs
+// K % 8 == 0, C % 8 == 0 and 16-byte aligned dz, y, w (else the launcher takes SIMT).
 template <class S>
 struct DgradTc {
   static constexpr bool kTransA = false, kTransB = true;
   ConvDgradParams p;
+  DgradPhase f;
+  __device__ DgradTc at(int64_t z) const { return {p, dgrad_phase(p.s, z)}; }
+  __device__ GemmSlice slice() const { return dgrad_slice(p.s, f); }
   struct State {
     KMajorSlot a;
     MNMajorSlot b;
@@ -556,8 +585,8 @@ struct DgradTc {
     st.a = KMajorSlot::of(threadIdx.x);
     st.b = MNMajorSlot::of(threadIdx.x);
     st.cn = n0 + st.b.rc;
-    st.row_ok = m0 + st.a.row < dgrad_gemm_m(p.s);
-    if (st.row_ok) decode_in_pixel(p.s, m0 + st.a.row, &st.n, &st.h, &st.w);
+    st.row_ok = m0 + st.a.row < dgrad_gemm_m(p.s, f);
+    if (st.row_ok) decode_in_pixel(p.s, f, m0 + st.a.row, &st.n, &st.h, &st.w);
     return st;
   }
   __device__ void fetch(State& st, S* As, S* Bs, int64_t k0, int64_t k_end) const {
@@ -566,7 +595,7 @@ struct DgradTc {
     for (int u = 0; u < 2; ++u) {
       const int64_t k = k0 + st.b.kr + 16 * u;
       const bool ok = k < k_end && st.cn < p.s.C;
-      const int64_t off = ok ? dgrad_b_offset(p.s, st.cn, k) : 0;
+      const int64_t off = ok ? dgrad_b_offset(p.s, f, st.cn, k) : 0;
       cp_async16(Bs + st.b.at(u), w + off, ok ? 16 : 0);
     }
 #pragma unroll
@@ -575,8 +604,8 @@ struct DgradTc {
       st.chan[h] = -1;
       if (!st.row_ok || k >= k_end) continue;
       int64_t ko;
-      const int64_t off = dgrad_a_offset(p.s, st.n, st.h, st.w, k, &ko);
-      if (off < 0) continue;  // padding or a stride hole: zero after the BN-backward map
+      const int64_t off = dgrad_a_offset(p.s, f, st.n, st.h, st.w, k, &ko);
+      if (off < 0) continue;  // outside the image: zero after the BN-backward map
       st.dz[h] = load8<S>(p.dz, off);
       st.y[h] = load8<S>(p.y, off);
       st.chan[h] = ko;
@@ -600,6 +629,9 @@ template <class S, bool kVecB>
 struct WgradTc {
   static constexpr bool kTransA = true, kTransB = true;
   ConvWgradParams p;
+  int64_t z;
+  __device__ WgradTc at(int64_t zz) const { return {p, zz}; }
+  __device__ GemmSlice slice() const { return wgrad_slice(p.s, p.splits, z); }
   struct State {
     MNMajorSlot slot;
     int64_t ko;         // the thread's A channels ko..ko+7
@@ -702,20 +734,22 @@ __device__ __forceinline__ void tc_compute(const S* As, const S* Bs, float (&acc
   }
 }
 
-// The tensor-core GEMM: CTA (x, y, z) computes rows [64x, 64x+64) x columns [64y, 64y+64)
-// over the reduction range [z*kchunk, min(Kdim, (z+1)*kchunk)) (split-K for wgrad; kchunk is
-// a multiple of TC_BK), then runs the op's epilogue on the fp32 tile in smem. At most 128
-// registers, so 4 CTAs (16 warps, 120 KB of smem) share an SM and hide each other's loads.
+// The tensor-core GEMM: CTA (x, y, z) computes rows [64x, 64x+64) x columns [64y, 64y+64) of
+// grid slice z (common/igemm.h GemmSlice: wgrad's split ranges start at multiples of TC_BK)
+// over the slice's reduction range, then runs the op's epilogue on the fp32 tile in smem. At
+// most 168 registers, so at least 3 CTAs (12 warps) share an SM and hide each other's loads
+// (4 would cap registers at 128: the bf16 dgrad/wgrad then spill).
 template <class S, class Ops, class Epi>
-__global__ void __launch_bounds__(TC_THREADS, 4)
-    tc_conv_kernel(Ops ops, Epi epi, int64_t M, int64_t Ncols, int64_t Kdim, int64_t kchunk) {
+__global__ void __launch_bounds__(TC_THREADS, 3)
+    tc_conv_kernel(Ops ops_all, Epi epi) {
   __shared__ __align__(16) unsigned char smem[TC_SMEM_BYTES];
   S* const As = reinterpret_cast<S*>(smem);
   S* const Bs = As + TC_STAGES * TC_TILE_ELEMS;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
-  const int64_t k_begin = int64_t(blockIdx.z) * kchunk;
-  const int64_t k_end = k_begin + kchunk < Kdim ? k_begin + kchunk : Kdim;
+  const Ops ops = ops_all.at(blockIdx.z);
+  const GemmSlice sl = ops.slice();
+  const int64_t k_begin = sl.k_begin, k_end = sl.k_end;
   const int64_t ktiles = k_end > k_begin ? (k_end - k_begin + TC_BK - 1) / TC_BK : 0;
   auto st = ops.begin(m0, n0);
   auto a_stage = [&](int64_t kt) { return As + int(kt % TC_STAGES) * TC_TILE_ELEMS; };
@@ -754,7 +788,7 @@ __global__ void __launch_bounds__(TC_THREADS, 4)
         Cs[row * LDC + col] = acc[mi][ni][e];
       }
   __syncthreads();
-  epi(Cs, m0, n0, M, Ncols);
+  epi(Cs, m0, n0);
 }
 
 // ================================================================ fixed-order reductions
@@ -829,16 +863,15 @@ bool vec8_operands(const ConvShape& s) { return s.C % 8 == 0 && s.K % 8 == 0; }
 template <class S>
 cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
   const int64_t M = fwd_gemm_m(p.s), kd = fwd_gemm_k(p.s);
-  const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.K, BN)));
+  const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.K, BN)));  // one slice
   if constexpr (sizeof(S) == 2) {
     const bool vec_a = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
                        aligned16(p.in_shift);
     const bool vec_b = kd % 8 == 0 && aligned16(p.w);
     tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(FwdTc<S>{p, vec_a, vec_b},
-                                                       FwdEpilogue<S>{p}, M, p.s.K, kd, kd);
+                                                       FwdEpilogue<S>{p});
   } else {
-    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(FwdOperands<S>{p}, FwdEpilogue<S>{p}, M,
-                                                        p.s.K, kd, kd);
+    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(FwdOperands<S>{p}, FwdEpilogue<S>{p});
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.stats) return e;
   const int64_t tiles = grid.x, K = p.s.K;
@@ -850,21 +883,21 @@ cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
 
 template <class S>
 cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
-  const int64_t M = dgrad_gemm_m(p.s), kd = dgrad_gemm_k(p.s);
-  const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.C, BN)));
+  // Slice z: stride phase z (common/igemm.h DgradPhase).
+  const dim3 grid(unsigned(dgrad_row_tiles(p.s)), unsigned(conv_tiles(p.s.C, BN)),
+                  unsigned(dgrad_phases(p.s)));
   bool on_tensor_cores = false;
   if constexpr (sizeof(S) == 2) {
     on_tensor_cores = vec8_operands(p.s) && aligned16(p.dz) && aligned16(p.y) &&
                       aligned16(p.w) && aligned16(p.a) && aligned16(p.b) && aligned16(p.c);
     if (on_tensor_cores)
-      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(DgradTc<S>{p}, DgradEpilogue<S>{p}, M,
-                                                         p.s.C, kd, kd);
+      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(DgradTc<S>{p, {}}, DgradEpilogue<S>{p});
   }
   if (!on_tensor_cores)
-    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(DgradOperands<S>{p},
-                                                        DgradEpilogue<S>{p}, M, p.s.C, kd, kd);
+    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(DgradOperands<S>{p, {}},
+                                                        DgradEpilogue<S>{p});
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.prev_y) return e;
-  const int64_t tiles = grid.x, C = p.s.C;
+  const int64_t tiles = dgrad_tiles(p.s), C = p.s.C;
   return merge_partials(
       DgradTileSums{static_cast<const float*>(p.workspace), tiles * C, C},
       StoreDgradSums{static_cast<const float*>(p.prev_invstd), static_cast<float*>(p.sum_dx),
@@ -875,13 +908,13 @@ cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
 
 template <class S>
 cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t stream) {
-  const int64_t kd = fwd_gemm_m(p.s), cols = fwd_gemm_k(p.s);
-  // Split boundaries on multiples of both kernels' BK keep every split's stages full.
+  const int64_t cols = fwd_gemm_k(p.s);
+  // Slice z: split z of the N*P*Q reduction (common/igemm.h wgrad_slice). Split boundaries on
+  // multiples of both kernels' BK keep every split's stages full; splits past the end write
+  // zero partials, still summed.
   static_assert(kConvTileK % TC_BK == 0 && kConvTileK % SIMT_BK == 0);
-  const int64_t kchunk = conv_wgrad_kchunk(p.s, p.splits);
   const dim3 grid(unsigned(conv_tiles(p.s.K, BM)), unsigned(conv_tiles(cols, BN)),
                   unsigned(p.splits));
-  // Splits past the end of the reduction write zero partials (k_begin >= Kdim): still summed.
   bool on_tensor_cores = false;
   if constexpr (sizeof(S) == 2) {
     // dy in 16-byte vectors; the activations too when C % 8 == 0, else element by element.
@@ -890,15 +923,14 @@ cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t s
     const bool vec_b = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
                        aligned16(p.in_shift);
     if (on_tensor_cores && vec_b)
-      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, true>{p}, WgradEpilogue{p},
-                                                         p.s.K, cols, kd, kchunk);
+      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, true>{p, 0},
+                                                         WgradEpilogue{p});
     else if (on_tensor_cores)
-      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, false>{p}, WgradEpilogue{p},
-                                                         p.s.K, cols, kd, kchunk);
+      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, false>{p, 0},
+                                                         WgradEpilogue{p});
   }
   if (!on_tensor_cores)
-    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(WgradOperands<S>{p}, WgradEpilogue{p},
-                                                        p.s.K, cols, kd, kchunk);
+    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(WgradOperands<S>{p, 0}, WgradEpilogue{p});
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const float* ws = static_cast<const float*>(p.workspace);
   const unsigned blocks = blocks_for(p.s.K * cols, 256);

@@ -150,10 +150,10 @@ struct ConvDgradParams {
   void* workspace;  // prev_y: conv_dgrad_workspace_elems floats
   ConvShape s;
 };
-// Per-tile partial sums [sum dx, sum dx*(prev_y - prev_mean)][tiles][C] (floats), then the
-// merge's group sums (2 doubles).
+// Per-tile partial sums [sum dx, sum dx*(prev_y - prev_mean)][tiles][C] (floats; tiles of
+// every stride phase), then the merge's group sums (2 doubles).
 inline int64_t conv_dgrad_workspace_elems(const ConvShape& s) {
-  const int64_t tiles = conv_tiles(dgrad_gemm_m(s), kConvTileM);
+  const int64_t tiles = dgrad_tiles(s);
   return conv_workspace_elems(2 * tiles * s.C, tiles, s.C, 2);
 }
 cudaError_t launch_conv_dgrad(const ConvDgradParams& p, DType data, cudaStream_t stream);
