@@ -68,36 +68,58 @@ Tensor bn_bwd_dy(const Tensor& dz_in, const Tensor& y_in, const Tensor& a_in,
   return dy;
 }
 
-// y = [relu](c*scale + shift + [res*res_scale + res_shift]) over the [outer, C, inner]
-// view, with the options as compile-time constants so that the inner loop (channels for
-// channels-last, pixels for NCHW) vectorises. y may alias c (in place).
+// One contiguous run of the epilogue. The channel advances with i (kPerElem: a channels-last
+// pixel) or stays (an NCHW plane; the coefficient pointers then point at its channel).
+// Restrict-qualified so that it vectorises with no runtime alias check, which an in-place
+// call would fail: in place, y is both read and written and src is unused.
+template <bool kPerElem, bool kInPlace, bool kOs, bool kRes, bool kRs, bool kRelu,
+          class scalar_t, class acc_t>
+void epilogue_run(int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict__ y,
+                  const acc_t* __restrict__ os, const acc_t* __restrict__ ob,
+                  const scalar_t* __restrict__ r, const acc_t* __restrict__ rs,
+                  const acc_t* __restrict__ rb) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t v = kInPlace ? acc_t(y[i]) : src[i];
+    const acc_t res = kRes ? acc_t(r[i]) : acc_t(0);
+    y[i] = static_cast<scalar_t>(epilogue<acc_t>(v, kOs ? os : nullptr, kOs ? ob : nullptr, kRes,
+                                                 res, kRs ? rs : nullptr, kRs ? rb : nullptr,
+                                                 kRelu, kPerElem ? i : 0));
+  }
+}
+
+template <class T>
+T* offset(T* p, int64_t k) {
+  return p ? p + k : nullptr;
+}
+
+// y = [relu](c*scale + shift + [res*res_scale + res_shift]) over the [outer, C, inner] view,
+// with the options as compile-time constants. y may be c itself (in place).
 template <class scalar_t, class acc_t>
 void epilogue_loop(const Layout& L, const acc_t* cp, scalar_t* yp, const acc_t* osp,
                    const acc_t* obp, const scalar_t* rp, const acc_t* rsp, const acc_t* rbp,
                    bool out_relu) {
+  const bool in_place = static_cast<const void*>(cp) == static_cast<const void*>(yp);
   static_flags(
-      [&](auto has_os, auto has_r, auto has_rs, auto relu) {
-        const acc_t* os = has_os ? osp : nullptr;
-        const acc_t* ob = has_os ? obp : nullptr;
-        const acc_t* rs = has_rs ? rsp : nullptr;
-        const acc_t* rb = has_rs ? rbp : nullptr;
-        auto apply = [&](int64_t i, int64_t c) {
-          const acc_t r = has_r ? acc_t(rp[i]) : acc_t(0);
-          yp[i] = static_cast<scalar_t>(epilogue<acc_t>(cp[i], os, ob, has_r, r, rs, rb, relu, c));
-        };
+      [&](auto in_pl, auto has_os, auto has_r, auto has_rs, auto relu) {
+        const acc_t* src = in_pl ? nullptr : cp;
         at::parallel_for(0, L.outer, outer_grain(L), [&](int64_t begin, int64_t end) {
-          for (int64_t o = begin; o < end; ++o)
+          for (int64_t o = begin; o < end; ++o) {
             if (L.inner == 1) {
-              for (int64_t c = 0; c < L.C; ++c) apply(o * L.C + c, c);
-            } else {
-              for (int64_t c = 0; c < L.C; ++c) {
-                const int64_t base = (o * L.C + c) * L.inner;
-                for (int64_t i = 0; i < L.inner; ++i) apply(base + i, c);
-              }
+              const int64_t k = o * L.C;
+              epilogue_run<true, in_pl, has_os, has_r, has_rs, relu>(
+                  L.C, offset(src, k), yp + k, osp, obp, offset(rp, k), rsp, rbp);
+              continue;
             }
+            for (int64_t c = 0; c < L.C; ++c) {
+              const int64_t k = (o * L.C + c) * L.inner;
+              epilogue_run<false, in_pl, has_os, has_r, has_rs, relu>(
+                  L.inner, offset(src, k), yp + k, offset(osp, c), offset(obp, c),
+                  offset(rp, k), offset(rsp, c), offset(rbp, c));
+            }
+          }
         });
       },
-      osp != nullptr, rp != nullptr, rsp != nullptr, out_relu);
+      in_place, osp != nullptr, rp != nullptr, rsp != nullptr, out_relu);
 }
 
 // Per-channel mean and m2 of the raw conv output, in double: Welford per element for
