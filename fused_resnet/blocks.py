@@ -175,17 +175,16 @@ def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
     """Fixed statistics, no gradient: every BN folded into its conv's epilogue."""
     ops = plan.backend
     units = _split_units(tensors, len(plan.units))
+    # (scale, shift, invstd) of every unit's BN, chain first, then the shortcut's.
+    folds = reference.bn_eval_affines(
+        [(t[3], t[4], t[1], t[2], spec.norm.eps) for spec, t in zip(plan.units, units)], x.dtype)
 
-    def conv(spec: UnitSpec, t: tuple, inp: Tensor, fold: bool, relu: bool, **epilogue):
-        weight, gamma, beta, running_mean, running_var, _ = t
-        scale = shift = None
-        if fold:
-            scale, shift, _ = reference.bn_eval_affine(running_mean, running_var, gamma, beta,
-                                                       spec.norm.eps, inp.dtype)
+    def conv(spec: UnitSpec, weight: Tensor, inp: Tensor, fold: tuple | None, relu: bool,
+             **epilogue):
         c = spec.conv
-        args = dict(in_scale=None, in_shift=None, in_relu=False, out_scale=scale,
-                    out_shift=shift, residual=None, res_scale=None, res_shift=None,
-                    out_relu=relu, stats=False)
+        args = dict(in_scale=None, in_shift=None, in_relu=False,
+                    out_scale=fold[0] if fold else None, out_shift=fold[1] if fold else None,
+                    residual=None, res_scale=None, res_shift=None, out_relu=relu, stats=False)
         args.update(epilogue)
         return ops.conv_fwd(x=inp, weight=weight, stride=c.stride, padding=c.padding,
                             dilation=c.dilation, groups=c.groups, **args)[0]
@@ -194,16 +193,14 @@ def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
     res_scale = res_shift = None
     if plan.shortcut is not None:
         # The projection's BN is applied in the last conv's epilogue, in fp32.
-        t = units[-1]
-        residual = conv(plan.shortcut, t, x, fold=False, relu=False)
-        res_scale, res_shift, _ = reference.bn_eval_affine(t[3], t[4], t[1], t[2],
-                                                           plan.shortcut.norm.eps, x.dtype)
+        residual = conv(plan.shortcut, units[-1][0], x, None, relu=False)
+        res_scale, res_shift, _ = folds[-1]
     h = x
     for i, (spec, t) in enumerate(zip(plan.chain, units)):
         if i < len(plan.chain) - 1:
-            h = conv(spec, t, h, fold=True, relu=True)
+            h = conv(spec, t[0], h, folds[i], relu=True)
         else:
-            h = conv(spec, t, h, fold=True, relu=True, residual=residual, res_scale=res_scale,
+            h = conv(spec, t[0], h, folds[i], relu=True, residual=residual, res_scale=res_scale,
                      res_shift=res_shift)
     return h
 

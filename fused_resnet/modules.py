@@ -167,12 +167,6 @@ class _FusedUnits:
         """The unfused forward (used for empty batches, N == 0)."""
         raise NotImplementedError
 
-    def _unfusable(self) -> str | None:
-        shortcut = self._shortcut()
-        if isinstance(shortcut, str):
-            return shortcut
-        return units_problem(self._chain(), shortcut)
-
     def _init_backend(self, backend: str | None) -> None:
         # (process_group,) when the block's BNs use the statistics of a whole process group
         # (set by convert(sync_bn=True)); None for per-process statistics.
@@ -247,6 +241,8 @@ class _FusedUnits:
 
     def _check_batch_stats(self, x: Tensor, units: list, plan: BlockPlan) -> None:
         """nn.BatchNorm2d's check: batch statistics need more than one value per channel."""
+        if plan.fixed_stats:
+            return
         h, w = x.shape[2], x.shape[3]
         sizes = []
         for conv, _ in units[:len(plan.chain)]:
@@ -262,12 +258,12 @@ class _FusedUnits:
                                  f"got input size {size}")
 
     def _plan(self) -> tuple[list, BlockPlan]:
-        reason = self._unfusable()
+        chain, shortcut = self._chain(), self._shortcut()
+        reason = shortcut if isinstance(shortcut, str) else units_problem(chain, shortcut)
         if reason:
             raise ValueError(f"{type(self).__name__} cannot run fused: {reason}")
         if self._ops is None:
             raise RuntimeError(f"{type(self).__name__}: {self._ops_error}")
-        chain, shortcut = self._chain(), self._shortcut()
         specs = [_unit_spec(c, b, self.sync_bn) for c, b in chain + shortcut]
         plan = BlockPlan(tuple(specs[:len(chain)]), specs[len(chain)] if shortcut else None,
                          self._ops, self.residual)

@@ -179,6 +179,23 @@ def bn_eval_affine(
     return scale, torch.addcmul(bias.to(sd), mean, scale, value=-1), invstd
 
 
+
+def bn_eval_affines(
+    bns: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None, float]], dtype: torch.dtype,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """:func:`bn_eval_affine` of several BNs ``(running_mean, running_var, weight, bias, eps)``,
+    bitwise the same values, in four multi-tensor ops: per-op overhead, not arithmetic, is
+    what a small eval-mode block spends on folding its BNs."""
+    if any(w is None or b is None for _, _, w, b, _ in bns):
+        return [bn_eval_affine(*bn, dtype) for bn in bns]
+    sd = stat_dtype(dtype)
+    mean, var, weight, bias = ([t.to(sd) for t in ts] for ts in list(zip(*bns))[:4])
+    invstd = torch._foreach_add(var, [eps for *_, eps in bns])
+    torch._foreach_rsqrt_(invstd)
+    scale = torch._foreach_mul(invstd, weight)
+    shift = torch._foreach_addcmul(bias, mean, scale, value=-1)
+    return list(zip(scale, shift, invstd))
+
 def block_end(
     y: Tensor,
     scale: Tensor,

@@ -236,3 +236,26 @@ def test_triton_block_in_the_interpreter(shape, dtype, train):
         check(runs[0], dtype)
     else:
         check_low_precision(runs, plains, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+def test_batched_eval_fold_is_bitwise_the_per_bn_fold(dtype, affine):
+    """forward_inference folds all BNs at once: the very values of reference.bn_eval_affine."""
+    from fused_resnet import reference
+
+    g = torch.Generator().manual_seed(0)
+
+    def bn(c: int, eps: float) -> tuple:
+        def vec(lo: float, hi: float):
+            return (torch.rand(c, generator=g) * (hi - lo) + lo).to(dtype)
+
+        weight, bias = (vec(0.5, 1.5), vec(-1, 1)) if affine else (None, None)
+        return vec(-1, 1), vec(1e-3, 2), weight, bias, eps
+
+    bns = [bn(5, 1e-5), bn(7, 1e-3), bn(5, 0.1)]
+    for got, want in zip(reference.bn_eval_affines(bns, dtype),
+                         [reference.bn_eval_affine(*b, dtype) for b in bns]):
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and torch.equal(a, b)

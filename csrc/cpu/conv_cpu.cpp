@@ -68,6 +68,84 @@ Tensor bn_bwd_dy(const Tensor& dz_in, const Tensor& y_in, const Tensor& a_in,
   return dy;
 }
 
+// One contiguous run of the epilogue. The channel advances with i (kPerElem: a channels-last
+// pixel) or stays (an NCHW plane; the coefficient pointers then point at its channel).
+// Restrict-qualified so that it vectorises with no runtime alias check, which an in-place
+// call would fail: in place, y is both read and written and src is unused.
+template <bool kPerElem, bool kInPlace, bool kOs, bool kRes, bool kRs, bool kRelu,
+          class scalar_t, class acc_t>
+void epilogue_run(int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict__ y,
+                  const acc_t* __restrict__ os, const acc_t* __restrict__ ob,
+                  const scalar_t* __restrict__ r, const acc_t* __restrict__ rs,
+                  const acc_t* __restrict__ rb) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t v = kInPlace ? acc_t(y[i]) : src[i];
+    const acc_t res = kRes ? acc_t(r[i]) : acc_t(0);
+    y[i] = static_cast<scalar_t>(epilogue<acc_t>(v, kOs ? os : nullptr, kOs ? ob : nullptr, kRes,
+                                                 res, kRs ? rs : nullptr, kRs ? rb : nullptr,
+                                                 kRelu, kPerElem ? i : 0));
+  }
+}
+
+template <class T>
+T* offset(T* p, int64_t k) {
+  return p ? p + k : nullptr;
+}
+
+// y = [relu](c*scale + shift + [res*res_scale + res_shift]) over the [outer, C, inner] view,
+// with the options as compile-time constants. y may be c itself (in place).
+template <class scalar_t, class acc_t>
+void epilogue_loop(const Layout& L, const acc_t* cp, scalar_t* yp, const acc_t* osp,
+                   const acc_t* obp, const scalar_t* rp, const acc_t* rsp, const acc_t* rbp,
+                   bool out_relu) {
+  const bool in_place = static_cast<const void*>(cp) == static_cast<const void*>(yp);
+  static_flags(
+      [&](auto in_pl, auto has_os, auto has_r, auto has_rs, auto relu) {
+        const acc_t* src = in_pl ? nullptr : cp;
+        at::parallel_for(0, L.outer, outer_grain(L), [&](int64_t begin, int64_t end) {
+          for (int64_t o = begin; o < end; ++o) {
+            if (L.inner == 1) {
+              const int64_t k = o * L.C;
+              epilogue_run<true, in_pl, has_os, has_r, has_rs, relu>(
+                  L.C, offset(src, k), yp + k, osp, obp, offset(rp, k), rsp, rbp);
+              continue;
+            }
+            for (int64_t c = 0; c < L.C; ++c) {
+              const int64_t k = (o * L.C + c) * L.inner;
+              epilogue_run<false, in_pl, has_os, has_r, has_rs, relu>(
+                  L.inner, offset(src, k), yp + k, offset(osp, c), offset(obp, c),
+                  offset(rp, k), offset(rsp, c), offset(rbp, c));
+            }
+          }
+        });
+      },
+      in_place, osp != nullptr, rp != nullptr, rsp != nullptr, out_relu);
+}
+
+// Per-channel mean and m2 of the raw conv output, in double: Welford per element for
+// channels-last runs, two-pass per H*W run for NCHW, Chan merges across runs and chunks.
+template <class acc_t>
+std::pair<Tensor, Tensor> conv_stats(const Layout& L, const acc_t* cp,
+                                     const at::TensorOptions& options) {
+  using W = Welford<double>;
+  auto total = reduce_runs<W>(
+      L,
+      [&](W& acc, int64_t, int64_t off, int64_t len) {
+        if (len == 1)
+          welford_add(acc, double(cp[off]));
+        else
+          acc = welford_merge(
+              acc, welford_run<double>([&](int64_t i) { return double(cp[off + i]); }, len));
+      },
+      [](W& t, const W& p) { t = welford_merge(t, p); });
+  Tensor mean = at::empty({L.C}, options), m2 = at::empty({L.C}, options);
+  for (int64_t c = 0; c < L.C; ++c) {
+    mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
+    m2.data_ptr<acc_t>()[c] = acc_t(total[c].m2);
+  }
+  return {mean, m2};
+}
+
 // Weight shape and conv geometry shared by the three conv ops. Returns (P, Q).
 std::pair<int64_t, int64_t> check_conv(const char* op, at::IntArrayRef in, const Tensor& weight,
                                        at::ScalarType dtype, const at::Device& device,
@@ -122,71 +200,25 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   const OptTensor os = contiguous(out_scale_in), ob = contiguous(out_shift_in);
   const OptTensor rs = has_res ? contiguous(res_scale_in) : std::nullopt;
   const OptTensor rb = has_res ? contiguous(res_shift_in) : std::nullopt;
-  Tensor y = at::empty(conv.sizes(), x_in.options().memory_format(fmt));
+  // fp32/fp64: the epilogue overwrites the conv output, which this op owns. A fresh output
+  // costs a first touch of every page (on small layers as much as the GEMM) and a stream.
+  const bool in_place = conv.scalar_type() == x_in.scalar_type();
+  Tensor y = in_place ? conv : at::empty(conv.sizes(), x_in.options().memory_format(fmt));
+  const bool identity = !os && !has_res && !out_relu;
   Tensor mean = empty_stats(x_in), m2 = empty_stats(x_in);
   const Layout L = layout_of(conv.sizes(), fmt);
 
   FR_DISPATCH(x_in.scalar_type(), "conv_fwd_epilogue_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* cp = conv.const_data_ptr<acc_t>();
-    const scalar_t* rp = has_res ? res.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    const acc_t* osp = opt_ptr<acc_t>(os);
-    const acc_t* obp = opt_ptr<acc_t>(ob);
-    const acc_t* rsp = opt_ptr<acc_t>(rs);
-    const acc_t* rbp = opt_ptr<acc_t>(rb);
-    auto store = [&](int64_t c, int64_t off, int64_t len) {
-      for (int64_t i = off; i < off + len; ++i)
-        yp[i] = static_cast<scalar_t>(epilogue<acc_t>(
-            cp[i], osp, obp, has_res, has_res ? acc_t(rp[i]) : acc_t(0), rsp, rbp, out_relu, c));
-    };
-    if (!stats && L.inner == 1) {
-      // Channels-last inference: one pixel's channels per inner loop, with the epilogue's
-      // options as constants, so the loop vectorises over channels.
-      static_flags(
-          [&](auto has_os, auto has_r, auto has_rs, auto relu) {
-            const acc_t* os_ = has_os ? osp : nullptr;
-            const acc_t* ob_ = has_os ? obp : nullptr;
-            const acc_t* rs_ = has_rs ? rsp : nullptr;
-            const acc_t* rb_ = has_rs ? rbp : nullptr;
-            at::parallel_for(0, L.outer, outer_grain(L), [&](int64_t begin, int64_t end) {
-              for (int64_t o = begin; o < end; ++o) {
-                const int64_t base = o * L.C;
-                for (int64_t c = 0; c < L.C; ++c) {
-                  const acc_t r = has_r ? acc_t(rp[base + c]) : acc_t(0);
-                  yp[base + c] = static_cast<scalar_t>(
-                      epilogue<acc_t>(cp[base + c], os_, ob_, has_r, r, rs_, rb_, relu, c));
-                }
-              }
-            });
-          },
-          osp != nullptr, has_res, rsp != nullptr, out_relu);
-      return;
+    if (stats) {
+      std::tie(mean, m2) = conv_stats(L, cp, conv.options());
     }
-    if (!stats) {
-      for_each_run(L, store);
-      return;
-    }
-    // Statistics of the raw conv output in double: Welford per element for channels-last
-    // runs, two-pass per H*W run for NCHW, Chan merges across runs and chunks.
-    using W = Welford<double>;
-    auto total = reduce_runs<W>(
-        L,
-        [&](W& acc, int64_t c, int64_t off, int64_t len) {
-          store(c, off, len);
-          if (len == 1)
-            welford_add(acc, double(cp[off]));
-          else
-            acc = welford_merge(acc, welford_run<double>(
-                                         [&](int64_t i) { return double(cp[off + i]); }, len));
-        },
-        [](W& t, const W& p) { t = welford_merge(t, p); });
-    mean = at::empty({K}, conv.options());
-    m2 = at::empty({K}, conv.options());
-    for (int64_t c = 0; c < K; ++c) {
-      mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
-      m2.data_ptr<acc_t>()[c] = acc_t(total[c].m2);
-    }
+    if (in_place && identity) return;
+    epilogue_loop<scalar_t, acc_t>(L, cp, y.data_ptr<scalar_t>(), opt_ptr<acc_t>(os),
+                                   opt_ptr<acc_t>(ob),
+                                   has_res ? res.const_data_ptr<scalar_t>() : nullptr,
+                                   opt_ptr<acc_t>(rs), opt_ptr<acc_t>(rb), out_relu);
   });
   return {y, mean, m2};
 }
