@@ -11,6 +11,8 @@
 //   (FwdTc, DgradTc, WgradTc) and epilogues. dgrad needs C % 8 == K % 8 == 0, wgrad K % 8 == 0.
 // - fp32, and the backward of other channel counts: one tiled SIMT GEMM templated on its
 //   operand loaders and the same epilogues.
+// - Grid z is a slice of the op's GEMM (common/igemm.h GemmSlice): wgrad's split-K ranges,
+//   dgrad's stride phases (each a dense GEMM over only the taps that reach its pixels).
 // - Statistics / sums: per-CTA partials in a workspace, merged per channel in parallel in a
 //   fixed order (cuda/merge.cuh; deterministic, no atomics). wgrad: split-K partials, reduced
 //   in a fixed order.
