@@ -351,7 +351,8 @@ int main() {
     ok &= run_case(4, 16, 40, 16, 1, 1, 0, 1, t);  // 100 tiles: both merge levels
     // Backward: tensor cores for 16-bit data with C, K % 8 == 0 (edge tiles, stride holes,
     // two merge levels at 40 x 40); SIMT for fp32 and other channel counts.
-    ok &= run_dgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);
+    ok &= run_dgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);  // 4 stride phases
+    ok &= run_dgrad_case(2, 16, 9, 24, 1, 2, 0, 1, t);  // 1x1 s2: 3 phases without taps
     ok &= run_dgrad_case(4, 16, 40, 72, 1, 1, 0, 1, t);
     ok &= run_dgrad_case(2, 5, 7, 12, 3, 1, 2, 2, t);
     ok &= run_wgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);
