@@ -46,8 +46,10 @@ GEOMS = [
     (1, 5, 13, 13, 3, 3, 1, 2, 2),
     (1, 8, 9, 11, 70, 3, 2, 1, 1),
     (2, 16, 13, 13, 8, 3, 1, 0, 1),
+    (2, 5, 11, 11, 7, 3, 2, 1, 1),  # dgrad: phase 0 has two row tiles, phase 3 one
 ]
-GEOM_IDS = ["c3_3x3", "c5_3x3s2", "c11_1x1", "c11_1x1s2", "c5_3x3d2", "k70_3x3s2", "c16_nopad"]
+GEOM_IDS = ["c3_3x3", "c5_3x3s2", "c11_1x1", "c11_1x1s2", "c5_3x3d2", "k70_3x3s2", "c16_nopad",
+             "c5_3x3s2_h11"]
 VARIANTS = ["plain", "prologue", "epilogue", "residual", "res_affine", "all"]
 
 

@@ -372,12 +372,13 @@ static bool close(double a, double b) { return std::fabs(a - b) <= 1e-12 * (1 + 
 
 int main() {
   int kase = 0;
+  for (int hw = 0; hw < 2; ++hw)  // 7x6, and 2x1: smaller than some strides
   for (int64_t stride = 1; stride <= 3; ++stride)  // 3: phases whose tap step is 3
     for (int64_t dil = 1; dil <= 2; ++dil)
       for (int64_t R = 1; R <= 3; R += 2)
         for (int64_t pad = 0; pad <= dil * (R / 2) + 1; pad += 1 + dil * (R / 2)) {
           ++kase;
-          const int64_t N = 2, C = 3, H = 7, W = 6, K = 5;
+          const int64_t N = 2, C = 3, H = hw ? 2 : 7, W = hw ? 1 : 6, K = 5;
           ConvShape s = make_conv_shape(N, C, H, W, K, R, R + (R > 1), stride, pad, dil, 1);
           if (s.P < 1 || s.Q < 1) continue;
           const int64_t P = s.P, Q = s.Q, S = s.S, kd = fwd_gemm_k(s);

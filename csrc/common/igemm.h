@@ -143,7 +143,12 @@ struct DgradPhase {  // image coordinates and tap counts: int32 keeps it to 9 GP
   int32_t Rv, Sv;
 };
 
-FR_HOST_DEVICE int64_t dgrad_phases(const ConvShape& s) { return s.stride * s.stride; }
+// Phases with pixels: a stride above the image size leaves the rest empty.
+FR_HOST_DEVICE int64_t dgrad_phase_rows(const ConvShape& s) { return s.stride < s.H ? s.stride : s.H; }
+FR_HOST_DEVICE int64_t dgrad_phase_cols(const ConvShape& s) { return s.stride < s.W ? s.stride : s.W; }
+FR_HOST_DEVICE int64_t dgrad_phases(const ConvShape& s) {
+  return dgrad_phase_rows(s) * dgrad_phase_cols(s);
+}
 
 // The taps r in [0, R) with (ph + padding - r*dilation) % stride == 0: an arithmetic
 // progression of step stride/gcd(stride, dilation) from the smallest solution (if any).
@@ -167,16 +172,16 @@ FR_HOST_DEVICE void dgrad_phase_taps(int64_t ph, int64_t R, int64_t stride, int6
     }
 }
 
-// Phase z (0 <= z < dgrad_phases): ph = z / stride, pw = z % stride.
+// Phase z (0 <= z < dgrad_phases): ph = z / dgrad_phase_cols, pw = z % dgrad_phase_cols.
 FR_HOST_DEVICE DgradPhase dgrad_phase(const ConvShape& s, int64_t z) {
   DgradPhase f{};
-  f.ph = int32_t(z / s.stride);
-  f.pw = int32_t(z % s.stride);
+  f.ph = int32_t(z / dgrad_phase_cols(s));
+  f.pw = int32_t(z % dgrad_phase_cols(s));
   f.Hp = int32_t(f.ph < s.H ? (s.H - f.ph + s.stride - 1) / s.stride : 0);
   f.Wp = int32_t(f.pw < s.W ? (s.W - f.pw + s.stride - 1) / s.stride : 0);
-  int32_t step_t;
+  int32_t same_step;  // t's step is r's: both are stride / gcd(stride, dilation)
   dgrad_phase_taps(f.ph, s.R, s.stride, s.padding, s.dilation, &f.r0, &f.step, &f.Rv);
-  dgrad_phase_taps(f.pw, s.S, s.stride, s.padding, s.dilation, &f.t0, &step_t, &f.Sv);
+  dgrad_phase_taps(f.pw, s.S, s.stride, s.padding, s.dilation, &f.t0, &same_step, &f.Sv);
   return f;
 }
 
@@ -282,8 +287,8 @@ struct GemmSlice {
 FR_HOST_DEVICE GemmSlice fwd_slice(const ConvShape& s) {
   return {fwd_gemm_m(s), 0, fwd_gemm_k(s)};
 }
-FR_HOST_DEVICE GemmSlice wgrad_slice(const ConvShape& s, int64_t splits, int64_t z) {
-  const int64_t kchunk = conv_wgrad_kchunk(s, splits), b = z * kchunk;
+FR_HOST_DEVICE GemmSlice wgrad_slice(const ConvShape& s, int64_t kchunk, int64_t z) {
+  const int64_t b = z * kchunk;  // kchunk = conv_wgrad_kchunk(s, splits)
   const int64_t e = b + kchunk < fwd_gemm_m(s) ? b + kchunk : fwd_gemm_m(s);
   return {s.K, b, e > b ? e : b};  // past the end: empty (a zero partial)
 }

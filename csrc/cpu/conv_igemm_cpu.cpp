@@ -257,14 +257,14 @@ struct WgradOps {  // WgradOperands: A(ko, i) = dy at output pixel i, B(j, i) = 
   bool in_relu;
   const scalar_t *dz, *y;  // NHWC
   const acc_t *ca, *cb, *cc;
-  int64_t splits;
-  int64_t z = 0;  // the split-K range of slice z (set by at(z))
+  int64_t kchunk;  // conv_wgrad_kchunk
+  int64_t z = 0;   // the split-K range of slice z (set by at(z))
   WgradOps at(int64_t zz) const {
     WgradOps o = *this;
     o.z = zz;
     return o;
   }
-  GemmSlice slice() const { return wgrad_slice(s, splits, z); }
+  GemmSlice slice() const { return wgrad_slice(s, kchunk, z); }
   Index row_a(int64_t ko) const { return index_below(ko, s.K); }
   acc_t a(Index ko, int64_t i) const {
     if (ko.i < 0) return acc_t(0);
@@ -496,7 +496,7 @@ Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
                                         ca.const_data_ptr<acc_t>(),
                                         cb.const_data_ptr<acc_t>(),
                                         cc.const_data_ptr<acc_t>(),
-                                        splits};
+                                        conv_wgrad_kchunk(s, splits)};
     run_grid<acc_t>(ops, WgradEpi<acc_t>{s, ws.data()}, s.K, cols, splits);
     // reduce_wgrad_kernel: per dw element, the split partials summed in split order.
     const int64_t total = s.K * cols;

@@ -81,6 +81,8 @@ ConvShape conv_shape(const char* op, at::IntArrayRef in, const Tensor& weight,
   TORCH_CHECK(conv_tiles(std::max(s.C, s.R * s.S * s.C), kConvTileN) <= 65535 &&
                   conv_tiles(s.K, kConvTileN) <= 65535,
               op, ": too many channels for the CUDA kernels (C=", s.C, ", K=", s.K, ")");
+  TORCH_CHECK(dgrad_phases(s) <= 65535, op, ": stride ", stride, " over a ", in[2], "x", in[3],
+              " input gives too many dgrad phases for one launch");
   return s;
 }
 
@@ -250,6 +252,7 @@ Tensor conv_bwd_weight(const Tensor& x_in, const OptTensor& in_scale, const OptT
   p.workspace = ws.data_ptr();
   p.s = s;
   p.splits = conv_wgrad_splits(s);
+  p.kchunk = conv_wgrad_kchunk(s, p.splits);
   p.in_relu = in_relu;
   p.dw_krsc = wfmt == kCL;
   C10_CUDA_CHECK(launch_conv_wgrad(p, dtype_of(x.scalar_type()), dtype_of(weight.scalar_type()),

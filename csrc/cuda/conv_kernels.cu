@@ -255,7 +255,7 @@ struct WgradOperands {
   ConvWgradParams p;
   int64_t z;  // the split-K range of the slice
   __device__ WgradOperands at(int64_t zz) const { return {p, zz}; }
-  __device__ GemmSlice slice() const { return wgrad_slice(p.s, p.splits, z); }
+  __device__ GemmSlice slice() const { return wgrad_slice(p.s, p.kchunk, z); }
   using Row = int64_t;  // output channel, -1 when out of range
   __device__ Row row_a(int64_t ko) const { return ko < p.s.K ? ko : -1; }
   __device__ float a(Row ko, int64_t i) const {  // dy at output pixel i, channel ko
@@ -633,7 +633,7 @@ struct WgradTc {
   ConvWgradParams p;
   int64_t z;
   __device__ WgradTc at(int64_t zz) const { return {p, zz}; }
-  __device__ GemmSlice slice() const { return wgrad_slice(p.s, p.splits, z); }
+  __device__ GemmSlice slice() const { return wgrad_slice(p.s, p.kchunk, z); }
   struct State {
     MNMajorSlot slot;
     int64_t ko;         // the thread's A channels ko..ko+7

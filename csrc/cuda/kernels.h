@@ -171,6 +171,7 @@ struct ConvWgradParams {
   void* workspace;  // conv_wgrad_workspace_elems floats (split-K partials)
   ConvShape s;
   int64_t splits;
+  int64_t kchunk;  // conv_wgrad_kchunk(s, splits): computed once on the host
   bool in_relu;
   bool dw_krsc;
 };

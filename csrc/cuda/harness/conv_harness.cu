@@ -326,7 +326,8 @@ bool run_wgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   fr::cuda::ConvWgradParams prm{};
   prm.x = dx, prm.in_scale = disc, prm.in_shift = dish, prm.dz = ddz, prm.y = dyv;
   prm.a = da, prm.b = db, prm.c = dc, prm.dw = ddw, prm.workspace = dws, prm.s = s;
-  prm.splits = fr::conv_wgrad_splits(s), prm.in_relu = true, prm.dw_krsc = true;
+  prm.splits = fr::conv_wgrad_splits(s), prm.kchunk = fr::conv_wgrad_kchunk(s, prm.splits);
+  prm.in_relu = true, prm.dw_krsc = true;
   CUDA_OK(fr::cuda::launch_conv_wgrad(prm, t, t, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = download(ddw, size_t(K * cols), t);
@@ -352,7 +353,11 @@ int main() {
     // Backward: tensor cores for 16-bit data with C, K % 8 == 0 (edge tiles, stride holes,
     // two merge levels at 40 x 40); SIMT for fp32 and other channel counts.
     ok &= run_dgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);  // 4 stride phases
-    ok &= run_dgrad_case(2, 16, 9, 24, 1, 2, 0, 1, t);  // 1x1 s2: 3 phases without taps
+    ok &= run_dgrad_case(2, 16, 11, 24, 1, 2, 0, 1, t);  // 1x1 s2: 3 phases without taps,
+                                                         // an empty row tile in phase 3
+    ok &= run_dgrad_case(4, 16, 40, 72, 3, 2, 1, 1, t);  // 100 phase tiles: both merge levels
+    ok &= run_dgrad_case(2, 8, 2, 8, 1, 3, 0, 1, t);     // H < stride
+    ok &= run_dgrad_case(2, 5, 9, 12, 3, 2, 1, 1, t);    // stride 2, SIMT for 16-bit too
     ok &= run_dgrad_case(4, 16, 40, 72, 1, 1, 0, 1, t);
     ok &= run_dgrad_case(2, 5, 7, 12, 3, 1, 2, 2, t);
     ok &= run_wgrad_case(2, 24, 9, 40, 3, 2, 1, 1, t);
