@@ -154,7 +154,7 @@ __global__ void device_instantiation(float* out, double* dout) {
   int64_t n, p, q;
   decode_m(s, threadIdx.x, &n, &p, &q);
   out[0] = float(fwd_input_offset(s, n, p, q, 1, 1, 3) + krsc_offset(s, 1, 2, 0, 3) +
-                 dgrad_out_coord(5, 1, 2, 1, 1, s.P) + nhwc_offset(n, p, q, 0, 9, 9, 8));
+                 dgrad_phase(s, 1).p0 + nhwc_offset(n, p, q, 0, 9, 9, 8));
   Welford<float> a, b;
   welford_add(a, out[1]);
   b = welford_merge(a, welford_run<float>([&](int64_t i) { return out[i]; }, 3));
@@ -188,12 +188,18 @@ int main() {
             CHECK(inside ? off == ((n * H + h) * H + w) * 6 + 5 : off == -1);
           }
         }
+        // Dgrad inverts the forward map through h's stride phase: its taps are exactly the
+        // r that reach h, and p0 + i - dstep*a the output row they come from.
         for (int64_t h = 0; h < H; ++h)
           for (int64_t r = 0; r < R; ++r) {
             int64_t hits = 0, found = -1;
             for (int64_t p = 0; p < s.P; ++p)
               if (fwd_in_coord(p, r, stride, pad, dil) == h) { ++hits; found = p; }
-            CHECK(dgrad_out_coord(h, r, stride, pad, dil, s.P) == (hits ? found : -1));
+            const DgradPhase f = dgrad_phase(s, (h % stride) * dgrad_phase_cols(s));
+            const int64_t i = h / stride, a = (r - f.r0) / f.step;
+            const bool tap = r >= f.r0 && (r - f.r0) % f.step == 0 && a < f.Rv;
+            const int64_t p = tap ? f.p0 + i - f.dstep * a : -1;
+            CHECK(hits <= 1 && (hits ? found : -1) == (p >= 0 && p < s.P ? p : -1));
           }
         CHECK(krsc_offset(s, 1, 0, 0, 0) == R * R * 3);
       }
@@ -426,16 +432,17 @@ int main() {
             const DgradPhase f = dgrad_phase(s, z);
             CHECK(dgrad_gemm_m(s, f) <= dgrad_gemm_m_max(s));
             for (int64_t m = 0; m < dgrad_gemm_m(s, f); ++m) {
-              int64_t n, h, ww;
+              int64_t n, h, ww, i, j;
               decode_in_pixel(s, f, m, &n, &h, &ww);
+              decode_phase_row(f, m, &n, &i, &j);
               CHECK(n < N && h < H && ww < W && h % stride == f.ph && ww % stride == f.pw);
               const int64_t px = (n * H + h) * W + ww;
               ++seen[px];
               for (int64_t c = 0; c < C; ++c) {
                 double a = 0;
-                for (int64_t i = 0; i < dgrad_gemm_k(s, f); ++i)
-                  a += dgrad_a_elem<double>(s, f, n, h, ww, i, tdy) *
-                       w[dgrad_b_offset(s, f, c, i)];
+                for (int64_t k = 0; k < dgrad_gemm_k(s, f); ++k)
+                  a += dgrad_a_elem<double>(s, f, n, i, j, k, tdy) *
+                       w[dgrad_b_offset(s, f, c, k)];
                 CHECK(close(a, dx[px * C + c]));
               }
             }

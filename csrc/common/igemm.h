@@ -73,21 +73,6 @@ FR_HOST_DEVICE int64_t fwd_input_offset(const ConvShape& s, int64_t n, int64_t p
   return nhwc_offset(n, h, w, c, s.H, s.W, s.C);
 }
 
-// Dgrad: input pixel h receives from output p = (h + padding - r*dilation)/stride when that
-// division is exact and in range (stride holes give no contribution); -1 otherwise.
-FR_HOST_DEVICE int64_t dgrad_out_coord(int64_t h, int64_t r, int64_t stride, int64_t padding,
-                                       int64_t dilation, int64_t P) {
-  const int64_t num = h + padding - r * dilation;
-  if (num < 0) return -1;
-  int64_t p = num;
-  if (stride != 1) {  // image coordinates: 32-bit division suffices
-    const int32_t q = int32_t(num) / int32_t(stride);
-    if (q * int32_t(stride) != int32_t(num)) return -1;  // a stride hole
-    p = q;
-  }
-  return p < P ? p : -1;
-}
-
 // Weight offset of (k, r, s, c) in a KRSC (channels-last) filter of C/groups channels.
 FR_HOST_DEVICE int64_t krsc_offset(const ConvShape& s, int64_t k, int64_t r, int64_t t,
                                    int64_t c) {
@@ -136,11 +121,12 @@ FR_HOST_DEVICE T fwd_a_elem(const ConvShape& s, int64_t n, int64_t p, int64_t q,
 // h mod stride alone. So the input pixels split into stride^2 phases (h % stride, w % stride),
 // each a dense GEMM over its own taps: a stride-2 dgrad does 1/4 of the products a GEMM over
 // every (pixel, tap) would, 3/4 of them zeros (stride holes). Stride 1: one phase, every tap.
-struct DgradPhase {  // image coordinates and tap counts: int32 keeps it to 9 GPU registers
+struct DgradPhase {  // image coordinates and tap counts: int32 keeps GPU registers down
   int32_t ph, pw;        // the phase's input pixels: h = ph + stride*i (i < Hp), likewise w
   int32_t Hp, Wp;
   int32_t r0, t0, step;  // its taps: r = r0 + step*a (a < Rv), t = t0 + step*b (b < Sv)
   int32_t Rv, Sv;
+  int32_t p0, q0, dstep;  // the output pixel of row i through tap a: p = p0 + i - dstep*a
 };
 
 // Phases with pixels: a stride above the image size leaves the rest empty.
@@ -151,10 +137,12 @@ FR_HOST_DEVICE int64_t dgrad_phases(const ConvShape& s) {
 }
 
 // The taps r in [0, R) with (ph + padding - r*dilation) % stride == 0: an arithmetic
-// progression of step stride/gcd(stride, dilation) from the smallest solution (if any).
+// progression of step stride/g (g = gcd(stride, dilation)) from the smallest solution r0, if
+// any. Pixel h = ph + stride*i reads through tap r0 + step*a the output row
+// (h + padding - r*dilation) / stride = p0 + i - (dilation/g)*a: exact, no division per tap.
 FR_HOST_DEVICE void dgrad_phase_taps(int64_t ph, int64_t R, int64_t stride, int64_t padding,
                                      int64_t dilation, int32_t* r0, int32_t* step,
-                                     int32_t* count) {
+                                     int32_t* count, int32_t* p0, int32_t* dstep) {
   int64_t g = stride, b = dilation;  // gcd
   while (b != 0) {
     const int64_t t = g % b;
@@ -162,12 +150,13 @@ FR_HOST_DEVICE void dgrad_phase_taps(int64_t ph, int64_t R, int64_t stride, int6
     b = t;
   }
   *step = int32_t(stride / g);
-  *r0 = 0;
-  *count = 0;
+  *dstep = int32_t(dilation / g);
+  *r0 = *count = *p0 = 0;
   for (int64_t r = 0; r < *step; ++r)
     if ((ph + padding - r * dilation) % stride == 0) {
       *r0 = int32_t(r);
       *count = int32_t(r < R ? (R - r + *step - 1) / *step : 0);
+      *p0 = int32_t((ph + padding - r * dilation) / stride);
       return;
     }
 }
@@ -179,9 +168,11 @@ FR_HOST_DEVICE DgradPhase dgrad_phase(const ConvShape& s, int64_t z) {
   f.pw = int32_t(z % dgrad_phase_cols(s));
   f.Hp = int32_t(f.ph < s.H ? (s.H - f.ph + s.stride - 1) / s.stride : 0);
   f.Wp = int32_t(f.pw < s.W ? (s.W - f.pw + s.stride - 1) / s.stride : 0);
-  int32_t same_step;  // t's step is r's: both are stride / gcd(stride, dilation)
-  dgrad_phase_taps(f.ph, s.R, s.stride, s.padding, s.dilation, &f.r0, &f.step, &f.Rv);
-  dgrad_phase_taps(f.pw, s.S, s.stride, s.padding, s.dilation, &f.t0, &same_step, &f.Sv);
+  int32_t step_t, dstep_t;  // the same as r's: both depend on stride and dilation only
+  dgrad_phase_taps(f.ph, s.R, s.stride, s.padding, s.dilation, &f.r0, &f.step, &f.Rv, &f.p0,
+                   &f.dstep);
+  dgrad_phase_taps(f.pw, s.S, s.stride, s.padding, s.dilation, &f.t0, &step_t, &f.Sv, &f.q0,
+                   &dstep_t);
   return f;
 }
 
@@ -197,11 +188,16 @@ FR_HOST_DEVICE int64_t dgrad_gemm_m_max(const ConvShape& s) {
   return s.N * ((s.H + s.stride - 1) / s.stride) * ((s.W + s.stride - 1) / s.stride);
 }
 
+// Phase row m -> (n, i, j): input pixel (n, ph + stride*i, pw + stride*j).
+FR_HOST_DEVICE void decode_phase_row(const DgradPhase& f, int64_t m, int64_t* n, int64_t* i,
+                                     int64_t* j) {
+  decode3(m, f.Hp, f.Wp, n, i, j);
+}
 // Phase row m -> input pixel (n, h, w).
 FR_HOST_DEVICE void decode_in_pixel(const ConvShape& s, const DgradPhase& f, int64_t m,
                                     int64_t* n, int64_t* h, int64_t* w) {
   int64_t i, j;
-  decode3(m, f.Hp, f.Wp, n, &i, &j);
+  decode_phase_row(f, m, n, &i, &j);
   *h = f.ph + s.stride * i;
   *w = f.pw + s.stride * j;
 }
@@ -215,24 +211,23 @@ FR_HOST_DEVICE void decode_dgrad_k(const ConvShape& s, const DgradPhase& f, int6
   *t = f.t0 + f.step * b;
 }
 
-// Dgrad A operand (input pixel (n,h,w) of phase f, reduction k): the dz/y offset and output
-// channel *ko it reads, or -1 where the tap's output pixel is outside the image (padding).
+// Dgrad A operand (phase f's row (n, i, j), reduction k): the dz/y offset and output channel
+// *ko it reads, or -1 where the tap's output pixel is outside the image (padding).
 FR_HOST_DEVICE int64_t dgrad_a_offset(const ConvShape& s, const DgradPhase& f, int64_t n,
-                                      int64_t h, int64_t w, int64_t k, int64_t* ko) {
-  int64_t r, t;
-  decode_dgrad_k(s, f, k, &r, &t, ko);
-  const int64_t p = dgrad_out_coord(h, r, s.stride, s.padding, s.dilation, s.P);
-  const int64_t q = dgrad_out_coord(w, t, s.stride, s.padding, s.dilation, s.Q);
-  return p < 0 || q < 0 ? -1 : nhwc_offset(n, p, q, *ko, s.P, s.Q, s.K);
+                                      int64_t i, int64_t j, int64_t k, int64_t* ko) {
+  int64_t a, b;
+  decode3(k, f.Sv, s.K, &a, &b, ko);
+  const int64_t p = f.p0 + i - int64_t(f.dstep) * a, q = f.q0 + j - int64_t(f.dstep) * b;
+  return p < 0 || p >= s.P || q < 0 || q >= s.Q ? -1 : nhwc_offset(n, p, q, *ko, s.P, s.Q, s.K);
 }
 
 // Dgrad A element: f(dz offset, out channel) (the BN-backward map, rounded) or 0 outside the
 // image, after the transform (it maps 0 to a non-zero value).
 template <class T, class F>
-FR_HOST_DEVICE T dgrad_a_elem(const ConvShape& s, const DgradPhase& ph, int64_t n, int64_t h,
-                              int64_t w, int64_t k, const F& f) {
+FR_HOST_DEVICE T dgrad_a_elem(const ConvShape& s, const DgradPhase& ph, int64_t n, int64_t i,
+                              int64_t j, int64_t k, const F& f) {
   int64_t ko;
-  const int64_t off = dgrad_a_offset(s, ph, n, h, w, k, &ko);
+  const int64_t off = dgrad_a_offset(s, ph, n, i, j, k, &ko);
   return off < 0 ? T(0) : f(off, ko);
 }
 

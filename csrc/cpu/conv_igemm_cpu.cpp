@@ -185,18 +185,18 @@ struct DgradOps {  // DgradOperands: A(m, k) = dy (0 on padding / stride holes),
   }
   GemmSlice slice() const { return dgrad_slice(s, f); }
   struct Row {
-    int64_t n = 0, h = 0, w = 0;  // the input pixel
+    int64_t n = 0, i = 0, j = 0;  // the phase row
     bool ok = false;
   };
   Row row_a(int64_t m) const {
     Row r;
     r.ok = m < dgrad_gemm_m(s, f);
-    if (r.ok) decode_in_pixel(s, f, m, &r.n, &r.h, &r.w);
+    if (r.ok) decode_phase_row(f, m, &r.n, &r.i, &r.j);
     return r;
   }
   acc_t a(const Row& r, int64_t k) const {
     if (!r.ok) return acc_t(0);
-    return dgrad_a_elem<acc_t>(s, f, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
+    return dgrad_a_elem<acc_t>(s, f, r.n, r.i, r.j, k, [&](int64_t off, int64_t ko) {
       return acc_t(static_cast<scalar_t>(
           bn_bwd_apply<acc_t>(acc_t(dz[off]), acc_t(y[off]), ca[ko], cb[ko], cc[ko])));
     });

@@ -223,12 +223,12 @@ struct DgradOperands {
   __device__ DgradOperands at(int64_t z) const { return {p, dgrad_phase(p.s, z)}; }
   __device__ GemmSlice slice() const { return dgrad_slice(p.s, f); }
   struct Row {
-    int64_t n, h, w;
+    int64_t n, i, j;  // the phase row
     bool ok;
   };
   __device__ Row row_a(int64_t m) const {
     Row r{0, 0, 0, m < dgrad_gemm_m(p.s, f)};
-    if (r.ok) decode_in_pixel(p.s, f, m, &r.n, &r.h, &r.w);
+    if (r.ok) decode_phase_row(f, m, &r.n, &r.i, &r.j);
     return r;
   }
   __device__ float a(const Row& r, int64_t k) const {
@@ -238,7 +238,7 @@ struct DgradOperands {
     const float* ca = static_cast<const float*>(p.a);
     const float* cb = static_cast<const float*>(p.b);
     const float* cc = static_cast<const float*>(p.c);
-    return dgrad_a_elem<float>(p.s, f, r.n, r.h, r.w, k, [&](int64_t off, int64_t ko) {
+    return dgrad_a_elem<float>(p.s, f, r.n, r.i, r.j, k, [&](int64_t off, int64_t ko) {
       return round_to<S>(
           bn_bwd_apply<float>(Cvt<S>::to(dz[off]), Cvt<S>::to(y[off]), ca[ko], cb[ko], cc[ko]));
     });
@@ -577,7 +577,7 @@ struct DgradTc {
   struct State {
     KMajorSlot a;
     MNMajorSlot b;
-    int64_t cn, n, h, w;  // the thread's B channels (cn..cn+7); its A row's input pixel
+    int64_t cn, n, i, j;  // the thread's B channels (cn..cn+7); its A row (phase row)
     bool row_ok;
     Vec8<S> dz[2], y[2];
     int64_t chan[2];  // output channel of A chunk h; -1: zeros
@@ -588,7 +588,7 @@ struct DgradTc {
     st.b = MNMajorSlot::of(threadIdx.x);
     st.cn = n0 + st.b.rc;
     st.row_ok = m0 + st.a.row < dgrad_gemm_m(p.s, f);
-    if (st.row_ok) decode_in_pixel(p.s, f, m0 + st.a.row, &st.n, &st.h, &st.w);
+    if (st.row_ok) decode_phase_row(f, m0 + st.a.row, &st.n, &st.i, &st.j);
     return st;
   }
   __device__ void fetch(State& st, S* As, S* Bs, int64_t k0, int64_t k_end) const {
@@ -606,7 +606,7 @@ struct DgradTc {
       st.chan[h] = -1;
       if (!st.row_ok || k >= k_end) continue;
       int64_t ko;
-      const int64_t off = dgrad_a_offset(p.s, f, st.n, st.h, st.w, k, &ko);
+      const int64_t off = dgrad_a_offset(p.s, f, st.n, st.i, st.j, k, &ko);
       if (off < 0) continue;  // outside the image: zero after the BN-backward map
       st.dz[h] = load8<S>(p.dz, off);
       st.y[h] = load8<S>(p.y, off);
