@@ -105,6 +105,35 @@ inline void check_wgrad_operands(const char* op, const Tensor& x, const Tensor& 
               ": weight must be floating point, got ", weight.scalar_type());
 }
 
+// dz, y and the BN-backward coefficients a, b, c of conv_bwd_data / conv_bwd_weight; `vec`
+// is the coefficients' dtype. The backend checks dz itself (device, dtypes it serves).
+inline void check_dy_operands(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
+                              const Tensor& b, const Tensor& c, at::ScalarType vec) {
+  check_like(y, dz, op, "y", "dz");
+  check_channel(a, dz.size(1), vec, dz.device(), op, "a");
+  check_channel(b, dz.size(1), vec, dz.device(), op, "b");
+  check_channel(c, dz.size(1), vec, dz.device(), op, "c");
+}
+
+// conv_bwd_data's input_size and its optional operands: residual and prev_y shaped like the
+// input; with prev_y, the previous BN's per-channel vectors (dtype `vec`).
+inline void check_dgrad_operands(const char* op, const Tensor& dz, at::IntArrayRef input_size,
+                                 const OptTensor& residual, const OptTensor& prev_y,
+                                 const OptTensor& prev_scale, const OptTensor& prev_shift,
+                                 const OptTensor& prev_mean, const OptTensor& prev_invstd,
+                                 at::ScalarType vec) {
+  TORCH_CHECK(input_size.size() == 4 && input_size[0] == dz.size(0), op,
+              ": input_size must be [N, C, H, W] with N = dz.size(0), got ", input_size);
+  check_optional_data(residual, input_size, dz, op, "residual", "dz");
+  check_optional_data(prev_y, input_size, dz, op, "prev_y", "dz");
+  if (!prev_y) return;
+  const int64_t C = input_size[1];
+  check_affine(prev_scale, prev_shift, C, vec, dz.device(), op, "prev_scale", "prev_shift");
+  TORCH_CHECK(prev_mean && prev_invstd, op, ": prev_y needs prev_mean and prev_invstd");
+  check_channel(*prev_mean, C, vec, dz.device(), op, "prev_mean");
+  check_channel(*prev_invstd, C, vec, dz.device(), op, "prev_invstd");
+}
+
 inline OptTensor contiguous(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
 }

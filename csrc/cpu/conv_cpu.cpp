@@ -223,14 +223,11 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   return {y, mean, m2};
 }
 
+// dz (data), y and the coefficients, in the statistics dtype.
 void check_bwd_common(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
                       const Tensor& b, const Tensor& c) {
   check_data(dz, op, "dz");
-  check_like(y, dz, op, "y", "dz");
-  const auto sd = stat_dtype(dz.scalar_type());
-  check_channel(a, dz.size(1), sd, dz.device(), op, "a");
-  check_channel(b, dz.size(1), sd, dz.device(), op, "b");
-  check_channel(c, dz.size(1), sd, dz.device(), op, "c");
+  check_dy_operands(op, dz, y, a, b, c, stat_dtype(dz.scalar_type()));
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
@@ -241,9 +238,9 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
     const OptTensor& prev_mean_in, const OptTensor& prev_invstd_in) {
   const char* op = "conv_bwd_data";
   check_bwd_common(op, dz, y, a, b, c);
-  TORCH_CHECK(input_size.size() == 4 && input_size[0] == dz.size(0), op,
-              ": input_size must be [N, C, H, W] with N = dz.size(0), got ", input_size);
   const auto sd = stat_dtype(dz.scalar_type());
+  check_dgrad_operands(op, dz, input_size, residual_in, prev_y_in, prev_scale_in, prev_shift_in,
+                       prev_mean_in, prev_invstd_in, sd);
   const auto dev = dz.device();
   auto [P, Q] = check_conv(op, input_size, weight, dz.scalar_type(), dev, stride, padding,
                            dilation, groups);
@@ -251,15 +248,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
               dz.sizes(), " is not the output of a conv of input ", input_size, " with weight ",
               weight.sizes());
   const int64_t C = input_size[1];
-  check_optional_data(residual_in, input_size, dz, op, "residual", "dz");
-  check_optional_data(prev_y_in, input_size, dz, op, "prev_y", "dz");
   const bool has_prev = prev_y_in.has_value();
-  if (has_prev) {
-    check_affine(prev_scale_in, prev_shift_in, C, sd, dev, op, "prev_scale", "prev_shift");
-    TORCH_CHECK(prev_mean_in && prev_invstd_in, op, ": prev_y needs prev_mean and prev_invstd");
-    check_channel(*prev_mean_in, C, sd, dev, op, "prev_mean");
-    check_channel(*prev_invstd_in, C, sd, dev, op, "prev_invstd");
-  }
 
   const auto fmt = memory_format(dz);
   const Tensor dy = bn_bwd_dy(dz, y, a, b, c);

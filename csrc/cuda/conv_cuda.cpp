@@ -143,13 +143,11 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   return {y.contiguous(memory_format(x_in)), mean, m2};
 }
 
+// dz (CUDA data), y and the coefficients (float32: the kernels' per-channel vectors).
 void check_dy_inputs(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
                      const Tensor& b, const Tensor& c) {
   check_cuda_data(dz, op, "dz");
-  check_like(y, dz, op, "y", "dz");
-  check_channel(a, dz.size(1), at::kFloat, dz.device(), op, "a");
-  check_channel(b, dz.size(1), at::kFloat, dz.device(), op, "b");
-  check_channel(c, dz.size(1), at::kFloat, dz.device(), op, "c");
+  check_dy_operands(op, dz, y, a, b, c, at::kFloat);
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
@@ -160,23 +158,15 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
     const OptTensor& prev_invstd) {
   const char* op = "conv_bwd_data";
   check_dy_inputs(op, dz_in, y_in, a, b, c);
-  TORCH_CHECK(input_size.size() == 4 && input_size[0] == dz_in.size(0), op,
-              ": input_size must be [N, C, H, W] with N = dz.size(0), got ", input_size);
+  check_dgrad_operands(op, dz_in, input_size, residual_in, prev_y_in, prev_scale, prev_shift,
+                       prev_mean, prev_invstd, at::kFloat);
   const auto dev = dz_in.device();
   const ConvShape s = conv_shape(op, input_size, weight, dz_in.scalar_type(), dev, stride,
                                  padding, dilation, groups);
   TORCH_CHECK(s.K == dz_in.size(1) && s.P == dz_in.size(2) && s.Q == dz_in.size(3), op, ": dz ",
               dz_in.sizes(), " is not the output of a conv of input ", input_size,
               " with weight ", weight.sizes());
-  check_optional_data(residual_in, input_size, dz_in, op, "residual", "dz");
-  check_optional_data(prev_y_in, input_size, dz_in, op, "prev_y", "dz");
   const bool has_prev = prev_y_in.has_value();
-  if (has_prev) {
-    check_affine(prev_scale, prev_shift, s.C, at::kFloat, dev, op, "prev_scale", "prev_shift");
-    TORCH_CHECK(prev_mean && prev_invstd, op, ": prev_y needs prev_mean and prev_invstd");
-    check_channel(*prev_mean, s.C, at::kFloat, dev, op, "prev_mean");
-    check_channel(*prev_invstd, s.C, at::kFloat, dev, op, "prev_invstd");
-  }
   c10::cuda::CUDAGuard guard(dev);
   const Tensor dz = dz_in.contiguous(kCL), y = y_in.contiguous(kCL), w = weight.contiguous(kCL);
   const Tensor ca = a.contiguous(), cb = b.contiguous(), cc = c.contiguous();
