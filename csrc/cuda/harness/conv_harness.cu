@@ -120,6 +120,21 @@ int64_t nhwc(int64_t n, int64_t h, int64_t w, int64_t c, int64_t H, int64_t W, i
   return ((n * H + h) * W + w) * C + c;
 }
 
+// fn(n, p, q, r, u, h, w) for every output pixel (n, p, q) and tap (r, u) that reads input
+// pixel (h, w) inside the image.
+template <class F>
+void for_each_tap(const ConvShape& s, F fn) {
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q)
+        for (int64_t r = 0; r < s.R; ++r)
+          for (int64_t u = 0; u < s.S; ++u) {
+            const int64_t h = p * s.stride - s.padding + r * s.dilation;
+            const int64_t w = q * s.stride - s.padding + u * s.dilation;
+            if (h >= 0 && h < s.H && w >= 0 && w < s.W) fn(n, p, q, r, u, h, w);
+          }
+}
+
 // One case: returns true when y, mean and m2 match the host loop.
 bool run_case(int N, int C, int H, int K, int R, int stride, int pad, int dil, DType t) {
   const ConvShape s = fr::make_conv_shape(N, C, H, H, K, R, R, stride, pad, dil, 1);
@@ -239,19 +254,14 @@ bool run_dgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
       s1(static_cast<size_t>(C));
   // dx as the transpose of the forward: each (output pixel, tap) scatters into the input
   // pixel the forward read (padding reads nothing, stride holes receive nothing).
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t p = 0; p < s.P; ++p)
-      for (int64_t q = 0; q < s.Q; ++q)
-        for (int64_t r = 0; r < s.R; ++r)
-          for (int64_t u = 0; u < s.S; ++u) {
-            const int64_t h = p * stride - pad + r * dil, w_ = q * stride - pad + u * dil;
-            if (h < 0 || h >= s.H || w_ < 0 || w_ >= s.W) continue;
-            for (int64_t k = 0; k < s.K; ++k) {
-              const double g = bc.dy[nhwc(n, p, q, k, s.P, s.Q, s.K)];
-              for (int64_t ci = 0; ci < C; ++ci)
-                dx[nhwc(n, h, w_, ci, s.H, s.W, C)] += g * bc.w[((k * R + r) * R + u) * C + ci];
-            }
-          }
+  for_each_tap(s, [&](int64_t n, int64_t p, int64_t q, int64_t r, int64_t u, int64_t h,
+                      int64_t w_) {
+    for (int64_t k = 0; k < s.K; ++k) {
+      const double g = bc.dy[nhwc(n, p, q, k, s.P, s.Q, s.K)];
+      for (int64_t ci = 0; ci < C; ++ci)
+        dx[nhwc(n, h, w_, ci, s.H, s.W, C)] += g * bc.w[((k * R + r) * R + u) * C + ci];
+    }
+  });
   for (int64_t m = 0; m < M; ++m)  // + residual, ReLU mask of the previous BN's output, sums
     for (int64_t ci = 0; ci < C; ++ci) {
       const int64_t i = m * C + ci;
@@ -302,21 +312,15 @@ bool run_wgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   const int64_t cols = s.R * s.S * s.C;
   std::vector<double> dw(size_t(K * cols));
   // dw[k][r][u][c] = sum over output pixels of dy * the (rounded) activation the tap read.
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t p = 0; p < s.P; ++p)
-      for (int64_t q = 0; q < s.Q; ++q)
-        for (int64_t r = 0; r < s.R; ++r)
-          for (int64_t u = 0; u < s.S; ++u) {
-            const int64_t h = p * stride - pad + r * dil, w_ = q * stride - pad + u * dil;
-            if (h < 0 || h >= s.H || w_ < 0 || w_ >= s.W) continue;
-            for (int64_t ci = 0; ci < C; ++ci) {
-              const float xv = x[nhwc(n, h, w_, ci, s.H, s.W, C)];
-              const double act = round_host(std::max(xv * isc[ci] + ish[ci], 0.f), t);
-              for (int64_t k = 0; k < K; ++k)
-                dw[((k * R + r) * R + u) * C + ci] +=
-                    double(bc.dy[nhwc(n, p, q, k, s.P, s.Q, K)]) * act;
-            }
-          }
+  for_each_tap(s, [&](int64_t n, int64_t p, int64_t q, int64_t r, int64_t u, int64_t h,
+                      int64_t w_) {
+    for (int64_t ci = 0; ci < C; ++ci) {
+      const float xv = x[nhwc(n, h, w_, ci, s.H, s.W, C)];
+      const double act = round_host(std::max(xv * isc[ci] + ish[ci], 0.f), t);
+      for (int64_t k = 0; k < K; ++k)
+        dw[((k * R + r) * R + u) * C + ci] += double(bc.dy[nhwc(n, p, q, k, s.P, s.Q, K)]) * act;
+    }
+  });
   void *ddz = upload(bc.dz, t), *dyv = upload(bc.y, t), *dx = upload(x, t);
   void *da = upload(bc.a, DType::kFloat), *db = upload(bc.b, DType::kFloat);
   void *dc = upload(bc.c, DType::kFloat), *disc = upload(isc, DType::kFloat);
