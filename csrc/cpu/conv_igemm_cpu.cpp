@@ -172,7 +172,7 @@ struct FwdEpi {  // FwdEpilogue: y = epilogue(acc) (NHWC); stats: per-tile Welfo
 
 // ================================================================ dgrad
 template <class scalar_t, class acc_t>
-struct DgradOps {  // DgradOperands: A(m, k) = dy (0 on padding / stride holes), B(c, k) = w
+struct DgradOps {  // DgradOperands: A(m, k) = dy of a phase row (0 on padding), B(c, k) = w
   const ConvShape& s;
   const scalar_t *dz, *y;  // NHWC
   const acc_t *ca, *cb, *cc;
