@@ -376,3 +376,16 @@ def test_gpu_nan_propagation(dtype):
     kw["x"][3, 5, 7, 7] = float("nan")
     y = OPS.conv_fwd_triton(**kw)[0]
     assert torch.equal(torch.isnan(y), torch.isnan(reference.conv_fwd(**kw)[0]))
+
+
+def test_conv_fwd_stats_two_level_merge():
+    """More than 64 row tiles (9,216 rows: 288 tiles of the interpreter's 32, 72 of 128):
+    the statistics merge runs in two levels (tile groups, then the groups)."""
+    x = _data(1, 3, 96, 96, dtype=torch.float32, offset=2.0)
+    w = (torch.randn(5, 3, 1, 1, device=DEVICE) / 3 ** 0.5).to(torch.float32)
+    kw = dict(x=x, weight=w, stride=1, padding=0, dilation=1, groups=1, in_scale=None,
+              in_shift=None, in_relu=False, out_scale=None, out_shift=None, residual=None,
+              res_scale=None, res_shift=None, out_relu=False, stats=True)
+    _, mean, m2 = OPS.conv_fwd_triton(**kw)
+    ref = _call_reference("conv_fwd", kw, torch.float64)
+    assert rel_err(mean, ref[1]) <= 1e-5 and rel_err(m2, ref[2]) <= 1e-5

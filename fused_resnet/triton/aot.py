@@ -51,7 +51,7 @@ _CONV_FLAGS = {
     "wgrad": [dict(HAS_IN_AFFINE=True, IN_RELU=True)],
 }
 _OTHER_CONSTEXPRS = {
-    "merge_stats": dict(ROWS_PER_TILE=128, BLOCK_C=128),
+    "merge_stats": dict(ROWS_PER_TILE=128, BLOCK_C=128, FIRST=True, FINAL=False),
     "column_sum": dict(BLOCK_C=256),
     "block_end": dict(HAS_RES_AFFINE=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
                       BLOCK_C=configs.ELEMENTWISE_GPU[1]),

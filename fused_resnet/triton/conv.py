@@ -152,31 +152,49 @@ def conv_fwd_kernel(
 
 
 @triton.jit
-def merge_stats_kernel(part_pivot_ptr, part_mean_ptr, part_m2_ptr, mean_ptr, m2_ptr, tiles,
-                       rows, C, ROWS_PER_TILE: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Chan's parallel merge of per-tile (count, mean, M2), tiles in order. Means are
-    kept relative to tile 0's pivot (pivot differences are exact or tiny), so the merge
-    works on numbers of the size of the spread, not of the mean."""
+def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, count_ptr, out_mean_ptr, out_m2_ptr,
+                       out_count_ptr, parts, chunk, rows, C, ROWS_PER_TILE: tl.constexpr,
+                       BLOCK_C: tl.constexpr, FIRST: tl.constexpr, FINAL: tl.constexpr):
+    """Chan's merge of per-part (count, mean, M2): program (channel block, g) merges parts
+    [g*chunk, min(parts, (g+1)*chunk)) in order. Means are kept relative to tile 0's pivot
+    (pivot differences are exact or tiny), so the merge works on numbers of the size of the
+    spread, not of the mean. FIRST: the parts are the conv tiles (pivot + mean; counts from
+    ``rows``); else a first launch's groups (count, relative mean). FINAL: store mean and
+    M2; else this group's (count, relative mean, M2) at ``out_*[g, c]``."""
     offs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = offs < C
-    part = offs.to(tl.int64)  # advanced by C per tile: 64-bit pointer arithmetic
-    base = tl.load(part_pivot_ptr + part, mask=mask, other=0.0)
+    g = tl.program_id(1)
+    base = tl.load(pivot_ptr + offs, mask=mask, other=0.0)
     n_a = tl.zeros([BLOCK_C], dtype=tl.float32)
     mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)  # relative to base
     m2_a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for t in range(tiles):
-        n_b = tl.minimum(rows - t * ROWS_PER_TILE, ROWS_PER_TILE).to(tl.float32)
-        pivot_b = tl.load(part_pivot_ptr + part, mask=mask, other=0.0)
-        mean_b = (pivot_b - base) + tl.load(part_mean_ptr + part, mask=mask, other=0.0)
-        m2_b = tl.load(part_m2_ptr + part, mask=mask, other=0.0)
+    start = g * chunk
+    end = tl.minimum(parts, start + chunk)
+    part = offs.to(tl.int64) + start.to(tl.int64) * C  # advanced by C per part: 64-bit
+    for t in range(start, end):
+        if FIRST:
+            n_b = tl.minimum(rows - t * ROWS_PER_TILE, ROWS_PER_TILE).to(tl.float32)
+            pivot_b = tl.load(pivot_ptr + part, mask=mask, other=0.0)
+            mean_b = (pivot_b - base) + tl.load(mean_ptr + part, mask=mask, other=0.0)
+        else:
+            n_b = tl.load(count_ptr + part, mask=mask, other=0.0)
+            mean_b = tl.load(mean_ptr + part, mask=mask, other=0.0)
+        m2_b = tl.load(m2_ptr + part, mask=mask, other=0.0)
         n = n_a + n_b
+        w_b = n_b / tl.maximum(n, 1.0)  # counts are whole: n = 0 only for an empty group
         delta = mean_b - mean_a
-        mean_a = mean_a + delta * (n_b / n)
-        m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+        mean_a = mean_a + delta * w_b
+        m2_a = m2_a + m2_b + delta * delta * (n_a * w_b)
         n_a = n
         part += C
-    tl.store(mean_ptr + offs, base + mean_a, mask=mask)
-    tl.store(m2_ptr + offs, m2_a, mask=mask)
+    if FINAL:
+        tl.store(out_mean_ptr + offs, base + mean_a, mask=mask)
+        tl.store(out_m2_ptr + offs, m2_a, mask=mask)
+    else:
+        at = g.to(tl.int64) * C + offs
+        tl.store(out_count_ptr + at, n_a, mask=mask)
+        tl.store(out_mean_ptr + at, mean_a, mask=mask)
+        tl.store(out_m2_ptr + at, m2_a, mask=mask)
 
 
 @triton.jit
@@ -376,14 +394,28 @@ def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int
 
 
 def _merge_stats(part: Tensor, rows: int, block_m: int) -> tuple[Tensor, Tensor]:
-    """Merge the per-tile (pivot, mean, M2) buffer ``part[3, tiles, C]``."""
+    """Merge the per-tile (pivot, mean, M2) buffer ``part[3, tiles, C]``: in parallel and in
+    a fixed order, over groups of >= 64 tiles (enough that ~512 programs share the work),
+    then over the groups. One program per channel block walking every tile would take
+    milliseconds per conv at batch 128."""
     _, tiles, c = part.shape
     mean = torch.empty(c, dtype=torch.float32, device=part.device)
     m2 = torch.empty_like(mean)
     block_c = 32 if INTERPRET else 128
-    launcher(merge_stats_kernel)[(triton.cdiv(c, block_c),)](
-        part[0], part[1], part[2], mean, m2, tiles, rows, c, ROWS_PER_TILE=block_m,
-        BLOCK_C=block_c)
+    cblocks = triton.cdiv(c, block_c)
+    groups = max(1, min(triton.cdiv(tiles, 64), max(1, 512 // cblocks)))
+    chunk = triton.cdiv(tiles, groups)
+    merge = launcher(merge_stats_kernel)
+    consts = dict(ROWS_PER_TILE=block_m, BLOCK_C=block_c)
+    if groups == 1:
+        merge[(cblocks, 1)](part[0], part[1], part[2], part[2], mean, m2, m2, tiles, tiles, rows,
+                            c, FIRST=True, FINAL=True, **consts)
+        return mean, m2
+    grp = torch.empty((3, groups, c), dtype=torch.float32, device=part.device)  # n, mean, m2
+    merge[(cblocks, groups)](part[0], part[1], part[2], part[2], grp[1], grp[2], grp[0], tiles,
+                             chunk, rows, c, FIRST=True, FINAL=False, **consts)
+    merge[(cblocks, 1)](part[0], grp[1], grp[2], grp[0], mean, m2, m2, groups, groups, rows, c,
+                        FIRST=False, FINAL=True, **consts)
     return mean, m2
 
 
