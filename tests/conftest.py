@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +122,19 @@ def cpu_backend(request):
     return request.param
 
 
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+
+
+def run_host_program(source: str, tmp_path: Path, include_dir: Path = CSRC,
+                     name: str = "check") -> subprocess.CompletedProcess:
+    """Build C++20 ``source`` with the host compiler (g++: FR_HOST_DEVICE is plain inline)
+    against ``include_dir`` and run it; skips without a host compiler."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    src, exe = tmp_path / f"{name}.cpp", tmp_path / name
+    src.write_text(source)
+    res = subprocess.run([cxx, "-std=c++20", "-O1", "-Wall", f"-I{include_dir}", str(src), "-o",
+                          str(exe)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import run_host_program
 
 ROOT = Path(__file__).resolve().parents[1]
 CU_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
@@ -264,17 +265,9 @@ int main() {
 
 
 def test_common_headers_host_math_and_device_compile(tmp_path):
-    src = tmp_path / "common_check.cpp"
-    src.write_text(COMMON_CHECK)
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler")
-    exe = tmp_path / "common_check"
-    res = subprocess.run([cxx, "-std=c++20", "-O1", f"-I{ROOT / 'csrc'}", str(src), "-o",
-                          str(exe)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-4000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    run = run_host_program(COMMON_CHECK, tmp_path, name="common_check")
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
+    src = tmp_path / "common_check.cpp"
     res = subprocess.run([NVCC, "-std=c++20", "-x", "cu", "-arch=sm_90", "-c",
                           f"-I{ROOT / 'csrc'}", *TORCH_NVCC_FLAGS, str(src), "-o",
                           str(tmp_path / "common_check.o")],
@@ -469,14 +462,5 @@ int main() {
 
 
 def test_igemm_views_match_direct_convolution(tmp_path):
-    src = tmp_path / "igemm_check.cpp"
-    src.write_text(IGEMM_CHECK)
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler")
-    exe = tmp_path / "igemm_check"
-    res = subprocess.run([cxx, "-std=c++20", "-O1", f"-I{ROOT / 'csrc'}", str(src), "-o",
-                          str(exe)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-4000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    run = run_host_program(IGEMM_CHECK, tmp_path, name="igemm_check")
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr

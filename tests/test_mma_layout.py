@@ -72,11 +72,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import run_host_program
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADERS = ("common/macros.h", "cuda/mma_layout.h")
-CXX = shutil.which("g++") or shutil.which("c++")
-pytestmark = pytest.mark.skipif(CXX is None, reason="no host C++ compiler")
 
 MMA_CHECK = r"""
 #include <bit>
@@ -393,13 +392,7 @@ int main() {
 
 
 def build_and_run(include_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    src = tmp_path / "mma_layout_check.cpp"
-    src.write_text(MMA_CHECK)
-    exe = tmp_path / "mma_layout_check"
-    res = subprocess.run([CXX, "-std=c++20", "-O1", "-Wall", f"-I{include_dir}", str(src), "-o",
-                          str(exe)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    return run_host_program(MMA_CHECK, tmp_path, include_dir, name="mma_layout_check")
 
 
 def test_mma_layout_matches_ptx(tmp_path):
