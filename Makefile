@@ -7,15 +7,24 @@ EXT_STAMP := build/.ext-stamp
 CSRC := $(shell find csrc -type f) setup.py pyproject.toml
 MAX_JOBS ?= $(shell nproc)
 
-.PHONY: test bench bench-quick setup build clean
+.PHONY: test test-fast lint bench bench-quick setup build clean
 
-test: setup
+# Everything: lint, then every test (what CI runs).
+test: setup lint
 	$(PY) -m pytest tests
 
+# The edit-compile-test loop: every test not marked `slow`, in parallel.
+test-fast: setup
+	$(PY) -m pytest -m "not slow" -n $(or $(TEST_JOBS),auto) -q tests
+
+lint: $(DEPS_STAMP)
+	$(VENV)/bin/ruff check .
+
+# On a machine without a GPU: the CPU-sized run (minutes); `--full` is the whole sweep.
 bench: setup
 	$(PY) benchmarks/bench_blocks.py
 
-# A few cases, short timings (under 5 minutes on CPU here, under 3 on a GPU).
+# A few cases, short timings (a few minutes on a small CPU, under 3 on a GPU).
 bench-quick: setup
 	$(PY) benchmarks/bench_blocks.py --quick --json build/bench_quick.json
 

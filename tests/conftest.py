@@ -1,4 +1,5 @@
-"""Shared test set-up: seeds, devices, the DESIGN.md §5 tolerance table, block factories."""
+"""Shared test set-up: seeds, devices, block factories; the tolerance rules live in
+fused_resnet.testing (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ from torch import nn
 
 import fused_resnet
 from fused_resnet import ops
-
-# Relative error ||out - ref|| / ||ref|| against a float64 oracle (DESIGN.md §5).
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3,
-             torch.bfloat16: 8e-3}
-TF32_TOLERANCE = 5e-3
+from fused_resnet.testing import (  # noqa: F401 - re-exported to the tests
+    TF32_TOLERANCE,
+    TOLERANCE,
+    randomize_bn,
+    rel_err,
+    tolerance,
+)
 
 HAS_CUDA = torch.cuda.is_available()
+
+
 # Backends that run blocks on CPU tensors here: the Triton interpreter is slow, so it is
 # exercised by its own op tests and a few small block tests (TRITON_BLOCK_BACKENDS).
 def _serving_cpu(names) -> list[str]:
@@ -34,10 +39,6 @@ def _serving_cpu(names) -> list[str]:
 
 CPU_BACKENDS = _serving_cpu(("reference", "cpp"))
 TRITON_BLOCK_BACKENDS = _serving_cpu(("triton",))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped visibly without one)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,42 +55,10 @@ def _seed(request):
     yield
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64; NaN anywhere in ``out`` is an infinite error."""
-    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
-    if torch.isnan(out64).any() and not torch.isnan(ref64).any():
-        return float("inf")
-    denom = ref64.norm().item()
-    num = (out64 - ref64).norm().item()
-    return num / denom if denom > 0 else num
-
-
-def tolerance(dtype: torch.dtype, plain_err: float | None = None) -> float:
-    """The allowed relative error for ``dtype``; low precision may be 2x plain PyTorch's."""
-    tol = TOLERANCE[dtype]
-    if dtype in (torch.float16, torch.bfloat16) and plain_err is not None:
-        tol = max(tol, 2 * plain_err)
-    return tol
-
-
 def assert_close(out, ref, dtype, plain_err=None, what="output"):
     err = rel_err(out, ref)
     tol = tolerance(dtype, plain_err)
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})"
-
-
-def randomize_bn(module: nn.Module, mean_offset: float = 0.0) -> None:
-    """Non-trivial BN parameters and running statistics for every BN in ``module``."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d":
-                c = m.running_mean.shape[0] if m.running_mean is not None else m.num_features
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(c) + 0.5)
-                    m.bias.copy_(torch.randn(c) * 0.5)
-                if m.running_mean is not None:
-                    m.running_mean.copy_(torch.randn(c) * 0.5 + mean_offset)
-                    m.running_var.copy_(torch.rand(c) + 0.5)
 
 
 def make_blocks(kind: str, inplanes: int, planes: int, stride: int = 1, projection: bool = False,

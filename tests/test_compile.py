@@ -48,6 +48,7 @@ def test_aot_eager_basic_block(cpu_backend, train):
     _compare(fused.double(), torch.randn(2, 11, 7, 7, dtype=torch.float64), "aot_eager", train)
 
 
+@pytest.mark.slow
 def test_converted_resnet50_aot_eager():
     model = fused_resnet.resnet50(num_classes=5)  # the default backend: one network is enough
     randomize_bn(model)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fused_resnet import reference as R
+from fused_resnet.testing import TOLERANCE, rel_err
 
 try:
     import fused_resnet._C  # noqa: F401  (registers torch.ops.fused_resnet.*)
@@ -33,7 +34,6 @@ needs_bwd_twins = pytest.mark.skipif(not HAS_BWD_TWINS,
 
 CL = torch.channels_last
 FMTS = [torch.contiguous_format, CL]
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 HAS_CUDA = torch.cuda.is_available()
 
 # (N, C, H, W, K, R, stride, padding, dilation): odd sizes and channel counts, several
@@ -51,14 +51,6 @@ GEOMS = [
 GEOM_IDS = ["c3_3x3", "c5_3x3s2", "c11_1x1", "c11_1x1s2", "c5_3x3d2", "k70_3x3s2", "c16_nopad",
              "c5_3x3s2_h11"]
 VARIANTS = ["plain", "prologue", "epilogue", "residual", "res_affine", "all"]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    assert torch.equal(out.isnan(), ref.isnan()), "NaN pattern differs from the reference"
-    out, ref = out.nan_to_num(0.0), ref.nan_to_num(0.0)
-    denom = ref.norm().item()
-    return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
 
 
 def vec(c: int, offset: float = 0.0) -> torch.Tensor:
@@ -117,11 +109,11 @@ def ref_call(fn, args: dict):
 def low_tol(fn, low: dict, ref64, dtype) -> float:
     """DESIGN §5: fp16/bf16 may be 2x the error of plain PyTorch in the same dtype."""
     if dtype not in (torch.float16, torch.bfloat16):
-        return TOL[dtype]
+        return TOLERANCE[dtype]
     plain = fn(**{k: v.cpu() if isinstance(v, torch.Tensor) else v
                   for k, v in own_args(fn, low).items()})
     plain = plain[0] if isinstance(plain, tuple) else plain
-    return max(TOL[dtype], 2 * rel_err(plain, ref64))
+    return max(TOLERANCE[dtype], 2 * rel_err(plain, ref64))
 
 
 def bwd_args(geom) -> dict:
@@ -408,7 +400,7 @@ def gpu_check(name: str, args64: dict, dtype, fmt):
     low = {k: v for k, v in low.items() if k in sig}
     ref = fn(**{k: v.double() if isinstance(v, torch.Tensor) else v for k, v in low.items()})
     ref = ref if isinstance(ref, tuple) else (ref,)
-    tol = TOL[dtype]
+    tol = TOLERANCE[dtype]
     if dtype in (torch.float16, torch.bfloat16):  # 2x plain PyTorch (cuDNN) in the same dtype
         plain = fn(**low)
         tol = max(tol, 2 * rel_err(plain[0] if isinstance(plain, tuple) else plain, ref[0]))

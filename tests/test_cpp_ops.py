@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fused_resnet import reference as R
+from fused_resnet.testing import TOLERANCE, rel_err
 
 try:
     import fused_resnet._C  # noqa: F401  (loading it registers torch.ops.fused_resnet.*)
@@ -23,22 +24,11 @@ except ImportError as e:  # not built, or built against another torch
 ops = torch.ops.fused_resnet
 CL = torch.channels_last
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-# DESIGN.md §5: fp64/fp32 absolute bounds; fp16/bf16 may be 2x plain PyTorch's error, at least
-# this floor.
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 HAS_CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; none on this machine")
 
 
 # ----------------------------------------------------------------------------- helpers
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    assert torch.equal(out.isnan(), ref.isnan()), "NaN pattern differs from the reference"
-    out, ref = out.nan_to_num(0.0), ref.nan_to_num(0.0)
-    denom = ref.norm().item()
-    return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
-
-
 def cast(args: dict, dtype: torch.dtype) -> dict:
     """Data (4-D) tensors to ``dtype``, per-channel (1-D) ones to its statistics dtype."""
     out = {}
@@ -88,7 +78,7 @@ def check_op(name: str, args64: dict, dtype: torch.dtype, main: str, device="cpu
         if o.dim() == 4:
             want = R.memory_format(low["weight" if name == "conv_bwd_weight" else main])
             assert o.is_contiguous(memory_format=want), f"{what}: memory format"
-        tol = TOL[dtype]
+        tol = TOLERANCE[dtype]
         if dtype in (torch.float16, torch.bfloat16):
             tol = max(tol, 2 * rel_err(rl, r64))
         err = rel_err(o, r64)
@@ -270,7 +260,7 @@ def test_bn_finalize(stat, momentum, affine, device="cpu"):
     ref = R.bn_finalize(mean, m2, count, w, b, ref_state["running_mean"],
                         ref_state["running_var"], ref_state["num_batches_tracked"], momentum,
                         1e-5, True)
-    tol = TOL[stat]
+    tol = TOLERANCE[stat]
     for o, r in zip(out, ref):
         assert o.dtype == r.dtype and rel_err(o, r) <= tol
     for k in state:  # mutated in place, exactly like the reference
@@ -476,7 +466,7 @@ def test_cuda_block_end_unaligned():
         r = torch.randn(2, 5, 7, 7, device="cuda", dtype=dtype)
         out = ops.block_end(y, s, t, r, None, None)
         ref = R.block_end(y.cpu(), s.cpu(), t.cpu(), r.cpu())
-        assert rel_err(out, ref) <= TOL[dtype]
+        assert rel_err(out, ref) <= TOLERANCE[dtype]
 
 
 @gpu

@@ -1,0 +1,116 @@
+"""Timing of one step: CUDA events with L2 flushed (triton.testing.do_bench) on a GPU,
+torch.utils.benchmark blocks on a CPU; the timed steps rotate over input buffers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .providers import params_of
+
+
+def time_ms(step, device: torch.device, quick: bool,
+            min_time_s: float) -> tuple[float, float, float]:
+    """(median, p20, p80) of one call, in ms; ``quick``: fewer samples."""
+    if device.type == "cuda":
+        return time_cuda(step, quick)
+    from torch.utils import benchmark
+    step()  # warm-up (first calls allocate, compile, pick algorithms)
+    timer = benchmark.Timer(stmt="step()", globals={"step": step},
+                            num_threads=torch.get_num_threads())
+    once = timer.timeit(1).mean
+    number = max(1, int(0.02 / max(once, 1e-6)))  # blocks of ~20 ms: timer resolution is moot
+    blocks, times = (7 if quick else 15), []
+    while len(times) < blocks or sum(times) * number < min_time_s:
+        times.append(timer.timeit(number).mean)
+    t = np.array(times) * 1e3
+    return float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80))
+
+
+def time_cuda(step, quick: bool) -> tuple[float, float, float]:
+    warmup, rep, least = (10, 60, 5) if quick else (25, 300, 20)
+    times = cuda_event_times(step, 3)  # warm-up and estimate
+    rep = max(rep, least * float(np.median(times)))  # slow steps still get `least` samples
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:  # flushes L2 before each call, CUDA events around it
+        q = do_bench(step, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
+        return float(q[0]), float(q[1]), float(q[2])
+    t = np.array(cuda_event_times(step, max(least, int(rep / max(np.median(times), 1e-3)))))
+    return float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80))
+
+
+def cuda_event_times(step, n: int) -> list[float]:
+    """Milliseconds of each of ``n`` calls, by CUDA events."""
+    times = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return times
+
+
+def peak_mem_mb(step, device: torch.device) -> float | None:
+    """Memory one call needs on top of what is allocated before it (inputs, weights)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def n_buffers(nbytes: int, device: torch.device) -> int:
+    """Input buffers to cycle through so the timed calls do not find their input in cache."""
+    cache = (torch.cuda.get_device_properties(device).L2_cache_size
+             if device.type == "cuda" else 32 * 2**20)
+    return int(min(8, max(2, math.ceil(4 * cache / max(nbytes, 1)))))
+
+
+def block_step(module: nn.Module, xs: list, gs: list, mode: str):
+    """One timed call; each call takes the next input buffer."""
+    order = itertools.cycle(range(len(xs)))
+    params = [p for _, p in params_of(module)]
+    if mode == "inference":
+        def step():
+            with torch.no_grad():
+                return module(xs[next(order)])
+    elif mode == "train_fwd":
+        def step():
+            return module(xs[next(order)])
+    else:
+        def step():
+            i = next(order)
+            module(xs[i]).backward(gs[i])
+            for t in params + [xs[i]]:
+                t.grad = None  # fresh gradients each call, as with zero_grad(set_to_none)
+    return step
+
+
+def network_step(module: nn.Module, xs: list, labels: torch.Tensor, mode: str):
+    order = itertools.cycle(range(len(xs)))
+    if mode == "inference":
+        def step():
+            with torch.no_grad():
+                return module(xs[next(order)])
+        return step
+    opt = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9)
+
+    def step():
+        loss = F.cross_entropy(module(xs[next(order)]).float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
