@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-# H100 SXM figures measured on this workplace's card (DESIGN.md §2).
+# H100 SXM figures: measured copy bandwidth and dense bf16 matmul rate (docs/design.md §2).
 PEAK_BW = 3.0e12  # bytes/s, ~copy bandwidth
 PEAK_FLOPS = {
     torch.bfloat16: 790e12,  # dense wgmma matmul, measured
