@@ -4,8 +4,9 @@ torchvision module before it is timed (benchmarks/README.md, "Correctness gate")
 The rule is the one the tests use (fused_resnet.testing): a tensor passes when its relative
 error is within max(the dtype's tolerance, 2x eager PyTorch's error on that tensor in the same
 dtype). Eager itself is held to the dtype's tolerance with the same 2x allowance, taken from a
-float64 run that rounds every ReLU input to the dtype and inverts the ReLU decisions that
-rounding could flip: that run measures how ill-conditioned each tensor is by construction.
+float64 run in which every ReLU's input and incoming gradient carry the dtype's rounding and
+the ReLU decisions that rounding could flip are inverted: that run measures how
+ill-conditioned each tensor is by construction.
 """
 
 from __future__ import annotations
@@ -73,50 +74,90 @@ def unit_roundoff(dtype: torch.dtype, tf32: bool = False) -> float:
 
 
 def rounding_band(dtype: torch.dtype, tf32: bool = False) -> float:
-    """Half-width, relative to a tensor's RMS, of the band around zero where rounding in
-    ``dtype`` decides a ReLU."""
+    """The rounding error of a convolution's output in ``dtype``, relative to its RMS, at most:
+    the inputs' rounding, and that of sums of thousands of terms in the accumulator."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     return max(ROUNDING_UNITS_STORED * unit_roundoff(dtype, tf32),
                ROUNDING_UNITS_ACCUMULATED * unit_roundoff(acc))
 
 
-class _RoundedReLU(torch.autograd.Function):
-    """ReLU of the input as the dtype computes it (rounding noise of up to half the band,
-    then rounded to ``dtype``), whose backward lets through exactly the elements that
-    rounding could have decided the other way (mask inverted within the band)."""
+def _as_computed(t: torch.Tensor, dtype: torch.dtype, band: float, seed: int) -> torch.Tensor:
+    """``t`` as the dtype would compute it: rounding noise of up to half the band (relative to
+    the tensor's RMS: accumulated sums), then rounded to ``dtype``; deterministic."""
+    if not t.numel():
+        return t
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(t.shape, generator=gen, dtype=t.dtype) * 2 - 1
+    return (t + noise * (band / 2) * t.pow(2).mean().sqrt()).to(dtype).to(t.dtype)
+
+
+class _Rounded(torch.autograd.Function):
+    """Identity whose value and incoming gradient carry the dtype's rounding."""
 
     @staticmethod
-    def forward(ctx, z, dtype, band):
-        mask = torch.zeros_like(z, dtype=torch.bool)
-        if z.numel():
-            rms = z.pow(2).mean().sqrt()
-            gen = torch.Generator().manual_seed(z.numel())  # deterministic, shape-keyed
-            noise = torch.rand(z.shape, generator=gen, dtype=z.dtype) * 2 - 1
-            z = (z + noise * (band / 2) * rms).to(dtype).to(z.dtype)
-            mask = (z > 0) ^ (z.abs() < band * rms)
-        ctx.save_for_backward(mask)
+    def forward(ctx, t, dtype, band):
+        ctx.dtype, ctx.band = dtype, band
+        return _as_computed(t, dtype, band, seed=t.numel())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _as_computed(grad, ctx.dtype, ctx.band, seed=grad.numel() + 1), None, None
+
+
+class _UncertainReLU(torch.autograd.Function):
+    """ReLU whose backward takes float64's decisions and inverts those that rounding could have
+    made the other way: inputs closer to zero than the largest change rounding made to their
+    channel."""
+
+    @staticmethod
+    def forward(ctx, z, clean):
+        dev = (z - clean).abs()
+        if z.dim() > 1 and z.numel():
+            dev = dev.transpose(0, 1).reshape(z.shape[1], -1).amax(1)
+            dev = dev.view(1, -1, *([1] * (z.dim() - 2)))
+        ctx.save_for_backward((clean > 0) ^ (clean.abs() < dev))
         return z.clamp_min(0)
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return grad * mask, None, None
+        return grad * mask, None
 
 
-class RoundedReLU(nn.Module):
-    def __init__(self, dtype: torch.dtype, band: float):
+class _ReLUProbe(nn.Module):
+    """Replaces nn.ReLU: records its inputs (clean pass) or compares with them (rounded)."""
+
+    def __init__(self, log: list):
         super().__init__()
-        self.dtype, self.band = dtype, band
+        self.log, self.rounded = log, False
 
     def forward(self, z):
-        return _RoundedReLU.apply(z, self.dtype, self.band)
+        if not self.rounded:
+            self.log.append(z.detach())
+            return torch.relu(z)
+        return _UncertainReLU.apply(z, self.log.pop(0))
 
 
-def with_rounded_relus(module: nn.Module, dtype: torch.dtype, band: float) -> nn.Module:
-    """``module`` (a copy) with every nn.ReLU replaced by a RoundedReLU."""
-    module = copy.deepcopy(module)
+def rounded_outputs(module: nn.Module, x: torch.Tensor, run, dtype: torch.dtype,
+                    band: float) -> dict:
+    """``run(module)``'s outputs (a float64 ``module`` whose input is ``x``) when every convolution's output and
+    incoming gradient carry the dtype's rounding, and the ReLU decisions that rounding could
+    flip are inverted in the backward: eager's yardstick."""
+    module, log = copy.deepcopy(module), []
+    probes = []
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.ReLU):
-                setattr(parent, name, RoundedReLU(dtype, band))
-    return module
+                probes.append(_ReLUProbe(log))
+                setattr(parent, name, probes[-1])
+    with torch.no_grad():
+        module(x)  # clean pass: the ReLU inputs without rounding
+    for p in probes:
+        p.rounded = True
+    hooks = [m.register_forward_hook(lambda m, i, out: _Rounded.apply(out, dtype, band))
+             for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        return run(module)
+    finally:
+        for h in hooks:
+            h.remove()

@@ -67,16 +67,24 @@ class Workload:
             x, g = x[:n].contiguous(memory_format=torch.channels_last), g[:n]
         return x, g
 
-    def _float64(self, mode: str, module_of=lambda m: m) -> dict:
-        """float64 CPU outputs of ``module_of(the torchvision module)``, built from the
-        dtype-rounded weights and inputs."""
+    def _float64(self, mode: str, rounded: bool = False) -> dict:
+        """float64 CPU outputs of the torchvision module, built from the dtype-rounded weights
+        and inputs; ``rounded``: with the dtype's rounding emulated (gate.rounded_outputs)."""
         x, g = self.gate_inputs(mode)
         if self.case is None and mode == "inference":
             x = x[: self.args.network_gate_batch]
+        x, g = x.detach().to("cpu", torch.float64).contiguous(), g.to("cpu", torch.float64)
         module = copy.deepcopy(self.master).to(self.args.dtype).double()
-        module = module_of(module).train(mode != "inference")
-        outs = self._outputs(module, x.detach().to("cpu", torch.float64).contiguous(),
-                             g.to("cpu", torch.float64), mode)
+        module.train(mode != "inference")
+
+        def run(m):
+            return self._outputs(m, x, g, mode)
+        if rounded:
+            dtype = self.args.dtype
+            outs = gate.rounded_outputs(module, x, run, dtype,
+                                       gate.rounding_band(dtype, self.tf32))
+        else:
+            outs = run(module)
         return {k: v.detach() for k, v in outs.items()}
 
     def reference(self, mode: str) -> dict:
@@ -101,12 +109,10 @@ class Workload:
         return self.eager_errs[mode]
 
     def rounding_errors(self, mode: str) -> dict[str, float]:
-        """Error per tensor of the float64 run with ReLU inputs rounded to the dtype and the
-        ReLU decisions within rounding of zero inverted: eager's yardstick."""
+        """Error per tensor of the float64 run with the dtype's rounding emulated: eager's
+        yardstick."""
         if mode not in self.rounding_errs:
-            band = gate.rounding_band(self.args.dtype, self.tf32)
-            got = self._float64(mode, lambda m: gate.with_rounded_relus(m, self.args.dtype,
-                                                                        band))
+            got = self._float64(mode, rounded=True)
             self.rounding_errs[mode] = gate.errors(got, self.reference(mode))
         return self.rounding_errs[mode]
 
