@@ -140,9 +140,9 @@ class _ReLUProbe(nn.Module):
 
 def rounded_outputs(module: nn.Module, x: torch.Tensor, run, dtype: torch.dtype,
                     band: float) -> dict:
-    """``run(module)``'s outputs (a float64 ``module`` whose input is ``x``) when every convolution's output and
-    incoming gradient carry the dtype's rounding, and the ReLU decisions that rounding could
-    flip are inverted in the backward: eager's yardstick."""
+    """``run(module)``'s outputs (a float64 ``module`` whose input is ``x``) when every
+    convolution's output and incoming gradient carry the dtype's rounding, and the ReLU
+    decisions that rounding could flip are inverted in the backward: eager's yardstick."""
     module, log = copy.deepcopy(module), []
     probes = []
     for parent in list(module.modules()):
