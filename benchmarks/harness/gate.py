@@ -4,8 +4,8 @@ torchvision module before it is timed (benchmarks/README.md, "Correctness gate")
 The rule is the one the tests use (fused_resnet.testing): a tensor passes when its relative
 error is within max(the dtype's tolerance, 2x eager PyTorch's error on that tensor in the same
 dtype). Eager itself is held to the dtype's tolerance with the same 2x allowance, taken from a
-float64 run in which every ReLU's input and incoming gradient carry the dtype's rounding and
-the ReLU decisions that rounding could flip are inverted: that run measures how
+float64 run in which every convolution's output and incoming gradient carry the dtype's
+rounding and the ReLU decisions that rounding could flip are inverted: that run measures how
 ill-conditioned each tensor is by construction.
 """
 
@@ -21,8 +21,8 @@ from fused_resnet.testing import rel_err, tolerance
 
 from .providers import params_of
 
-# ReLU inputs within this many units of roundoff (relative to the tensor's RMS) of zero may land
-# on either side of it: in the activations' dtype, and after accumulating thousands of terms.
+# A convolution's output in the dtype is off by up to this many units of roundoff, relative to
+# its RMS: its inputs are rounded to the dtype, and its sums of thousands of terms accumulate.
 ROUNDING_UNITS_STORED = 4
 ROUNDING_UNITS_ACCUMULATED = 64
 
