@@ -18,6 +18,7 @@ from .workload import Workload
 # time compiling; every row pays a float64 gate and a warm-up besides its timed calls.
 COMPILE_COST_FACTOR = 6.0
 ROW_OVERHEAD_GFLOP = 2.0
+NETWORK_COST_FACTOR = 5.0
 
 
 def new_row(w: Workload | None, provider: str, mode: str, case: Case | None = None) -> dict:
@@ -85,18 +86,26 @@ def plan(args) -> list[tuple[Case | None, str, str]]:
         for mode in args.modes:
             items += [(c, p, mode) for c in args.cases for p in provs]
         if not args.no_network:
-            net_modes = [m for m in ("inference", "train_step")
-                         if m == "inference" and "inference" in args.modes
-                         or m == "train_step" and any(x != "inference" for x in args.modes)]
-            items += [(None, p, m) for m in net_modes for p in provs]
+            items += [(None, p, m) for m in network_modes(args) for p in provs]
     return items
+
+
+def network_modes(args) -> list[str]:
+    """The network's rows: inference when asked for, a training step when any training mode
+    is (on a CPU's default run, only inference: a float64-gated training step of the whole
+    network takes minutes there)."""
+    modes = ["inference"] if "inference" in args.modes else []
+    if any(m != "inference" for m in args.modes) and not args.cpu_default:
+        modes.append("train_step")
+    return modes
 
 
 def row_cost(item: tuple[Case | None, str, str], args) -> float:
     """Relative cost of a planned row, for the time-left estimate only."""
     case, provider, mode = item
-    if case is None:  # the network: ~the 16 bottlenecks and a stem
-        gflop = 1.2 * sum(c.weight * block_roofline(c, args, mode)[0] for c in R50_CASES) / 1e9
+    if case is None:  # the network: ~the 16 bottlenecks and a stem, gated on a larger batch
+        gflop = NETWORK_COST_FACTOR * sum(c.weight * block_roofline(c, args, mode)[0]
+                                          for c in R50_CASES) / 1e9
     else:
         gflop = block_roofline(case, args, mode)[0] / 1e9
     gflop += ROW_OVERHEAD_GFLOP
