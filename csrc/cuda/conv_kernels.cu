@@ -24,6 +24,7 @@
 #include "common/fusion.h"
 #include "common/igemm.h"
 #include "common/stats.h"
+#include "cuda/hooks.h"
 #include "cuda/kernels.h"
 #include "cuda/merge.cuh"
 #include "cuda/mma_layout.h"
@@ -120,7 +121,7 @@ struct DgradEpilogue {
   __device__ void operator()(float* Cs, int64_t m0, int64_t n0) const {
     const DgradPhase f = dgrad_phase(p.s, blockIdx.z);
     const int64_t M = dgrad_gemm_m(p.s, f), Ncols = p.s.C;
-    __shared__ int64_t px[BM];  // the rows' input pixels (NHWC order of dx), decoded once
+    FR_SHARED(int64_t, px, [BM]);  // the rows' input pixels (NHWC order of dx), decoded once
     for (int i = threadIdx.x; i < BM; i += blockDim.x) {
       int64_t n = 0, h = 0, w = 0;
       if (m0 + i < M) decode_in_pixel(p.s, f, m0 + i, &n, &h, &w);
@@ -287,9 +288,9 @@ constexpr int SIMT_BK = 16;
 
 template <class Ops, class Epi>
 __global__ void __launch_bounds__(SIMT_THREADS) simt_conv_kernel(Ops ops_all, Epi epi) {
-  __shared__ float As[SIMT_BK][BM];
-  __shared__ float Bs[SIMT_BK][BN];
-  __shared__ float Cs[BM * LDC];
+  FR_SHARED(float, As, [SIMT_BK][BM]);
+  FR_SHARED(float, Bs, [SIMT_BK][BN]);
+  FR_SHARED(float, Cs, [BM * LDC]);
   const int tid = threadIdx.x;
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
   const Ops ops = ops_all.at(blockIdx.z);
@@ -358,6 +359,34 @@ constexpr int TC_C_BYTES = BM * LDC * 4;
 constexpr int TC_SMEM_BYTES = TC_PIPE_BYTES > TC_C_BYTES ? TC_PIPE_BYTES : TC_C_BYTES;
 static_assert(BM == mma::kTile && BN == mma::kTile, "the tensor-core tile is the conv tile");
 
+#if defined(FR_CUDA_EMULATOR)
+// The emulator executes each instruction per the PTX ISA, checking alignment and address
+// spaces (cuda/emu/README.md).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes,
+                                           fr::emu::Site site = fr::emu::Site::current()) {
+  fr::emu::cp_async(dst, src, src_bytes, site);
+}
+__device__ __forceinline__ void cp_async_commit() { fr::emu::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait(fr::emu::Site site = fr::emu::Site::current()) {
+  fr::emu::cp_async_wait(N, site);
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p,
+                                            fr::emu::Site site = fr::emu::Site::current()) {
+  fr::emu::ldmatrix_x4(r, p, false, site);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p,
+                                                  fr::emu::Site site = fr::emu::Site::current()) {
+  fr::emu::ldmatrix_x4(r, p, true, site);
+}
+template <class S>
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1,
+                                         fr::emu::Site site = fr::emu::Site::current()) {
+  constexpr auto t = std::is_same_v<S, __half> ? fr::emu::MmaType::kF16 : fr::emu::MmaType::kBF16;
+  fr::emu::mma_m16n8k16(t, d, a, b0, b1, site);
+}
+#else
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
@@ -410,6 +439,7 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uns
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif  // FR_CUDA_EMULATOR
 
 template <class S>
 struct alignas(16) Vec8 {
@@ -744,7 +774,7 @@ __device__ __forceinline__ void tc_compute(const S* As, const S* Bs, float (&acc
 template <class S, class Ops, class Epi>
 __global__ void __launch_bounds__(TC_THREADS, 3)
     tc_conv_kernel(Ops ops_all, Epi epi) {
-  __shared__ __align__(16) unsigned char smem[TC_SMEM_BYTES];
+  FR_SHARED(__align__(16) unsigned char, smem, [TC_SMEM_BYTES]);
   S* const As = reinterpret_cast<S*>(smem);
   S* const Bs = As + TC_STAGES * TC_TILE_ELEMS;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -870,10 +900,11 @@ cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
     const bool vec_a = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
                        aligned16(p.in_shift);
     const bool vec_b = kd % 8 == 0 && aligned16(p.w);
-    tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(FwdTc<S>{p, vec_a, vec_b},
-                                                       FwdEpilogue<S>{p});
+    FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(FwdTc<S>{p, vec_a, vec_b},
+                                                              FwdEpilogue<S>{p});
   } else {
-    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(FwdOperands<S>{p}, FwdEpilogue<S>{p});
+    FR_LAUNCH(grid, SIMT_THREADS, 0, stream, simt_conv_kernel)(FwdOperands<S>{p},
+                                                               FwdEpilogue<S>{p});
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.stats) return e;
   const int64_t tiles = grid.x, K = p.s.K;
@@ -893,11 +924,12 @@ cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
     on_tensor_cores = vec8_operands(p.s) && aligned16(p.dz) && aligned16(p.y) &&
                       aligned16(p.w) && aligned16(p.a) && aligned16(p.b) && aligned16(p.c);
     if (on_tensor_cores)
-      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(DgradTc<S>{p, {}}, DgradEpilogue<S>{p});
+      FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(DgradTc<S>{p, {}},
+                                                                DgradEpilogue<S>{p});
   }
   if (!on_tensor_cores)
-    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(DgradOperands<S>{p, {}},
-                                                        DgradEpilogue<S>{p});
+    FR_LAUNCH(grid, SIMT_THREADS, 0, stream, simt_conv_kernel)(DgradOperands<S>{p, {}},
+                                                               DgradEpilogue<S>{p});
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.prev_y) return e;
   const int64_t tiles = dgrad_tiles(p.s), C = p.s.C;
   return merge_partials(
@@ -925,33 +957,34 @@ cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t s
     const bool vec_b = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
                        aligned16(p.in_shift);
     if (on_tensor_cores && vec_b)
-      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, true>{p, 0},
-                                                         WgradEpilogue{p});
+      FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(WgradTc<S, true>{p, 0},
+                                                                WgradEpilogue{p});
     else if (on_tensor_cores)
-      tc_conv_kernel<S><<<grid, TC_THREADS, 0, stream>>>(WgradTc<S, false>{p, 0},
-                                                         WgradEpilogue{p});
+      FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(WgradTc<S, false>{p, 0},
+                                                                WgradEpilogue{p});
   }
   if (!on_tensor_cores)
-    simt_conv_kernel<<<grid, SIMT_THREADS, 0, stream>>>(WgradOperands<S>{p, 0}, WgradEpilogue{p});
+    FR_LAUNCH(grid, SIMT_THREADS, 0, stream, simt_conv_kernel)(WgradOperands<S>{p, 0},
+                                                               WgradEpilogue{p});
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const float* ws = static_cast<const float*>(p.workspace);
   const unsigned blocks = blocks_for(p.s.K * cols, 256);
   switch (out) {
     case DType::kFloat:
-      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
-                                                      static_cast<float*>(p.dw));
+      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
+                                                             static_cast<float*>(p.dw));
       break;
     case DType::kDouble:
-      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
-                                                      static_cast<double*>(p.dw));
+      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
+                                                             static_cast<double*>(p.dw));
       break;
     case DType::kHalf:
-      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
-                                                      static_cast<__half*>(p.dw));
+      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
+                                                             static_cast<__half*>(p.dw));
       break;
     case DType::kBFloat16:
-      reduce_wgrad_kernel<<<blocks, 256, 0, stream>>>(ws, p.splits, p.s, p.dw_krsc,
-                                                      static_cast<__nv_bfloat16*>(p.dw));
+      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
+                                                             static_cast<__nv_bfloat16*>(p.dw));
       break;
   }
   return cudaGetLastError();
