@@ -20,23 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 
 
+# Set (by test_op_subset_under_asan_ubsan) in a child pytest run under LD_PRELOADed ASan:
+# the ops are then built with the sanitizers, into their own build folder.
+SANITIZED = os.environ.get("FUSED_RESNET_CUDA_EMU_SANITIZE") == "1"
+
+
 def load_emulated_ops() -> None:
     """Build (once; ninja rebuilds what changed) and load torch.ops.fused_resnet_cuda_emu."""
+    from test_cuda_emu import SANITIZERS, cuda_include
     from torch.utils import cpp_extension
-
-    from test_cuda_emu import cuda_include
 
     inc = cuda_include()
     if inc is None or shutil.which("g++") is None:
         pytest.skip("needs g++ and the CUDA toolkit headers")
-    build = ROOT / "build" / "cuda_emu_ops"
+    build = ROOT / "build" / ("cuda_emu_ops_asan" if SANITIZED else "cuda_emu_ops")
     build.mkdir(parents=True, exist_ok=True)
     sources = [CSRC / "cuda" / "emu" / f for f in ("module.cpp", "runtime.cpp",
                                                    "conv_kernels.cpp", "bn_kernels.cpp")]
     sources += [CSRC / "cuda" / "conv_cuda.cpp", CSRC / "cuda" / "bn_cuda.cpp"]
     cpp_extension.load(
         name="fused_resnet_cuda_emu", sources=[str(s) for s in sources],
-        extra_cflags=["-O2", "-std=c++20", "-g0", "-DFR_CUDA_EMULATOR", "-Wno-unknown-pragmas"],
+        extra_cflags=["-std=c++20", "-DFR_CUDA_EMULATOR", "-Wno-unknown-pragmas",
+                      *(["-O1", "-g", *SANITIZERS] if SANITIZED else ["-O2", "-g0"])],
         extra_include_paths=[str(CSRC), str(inc)], build_directory=str(build),
         with_cuda=False, is_python_module=False, verbose=False)
 
@@ -284,3 +289,34 @@ def test_convert_runs_on_the_emulated_cuda_backend():
 
     with torch.no_grad():
         assert_close(fused(x), model.double()(x.double()), torch.float32)
+
+
+def sanitizer_runtime(name: str) -> str | None:
+    import subprocess
+
+    path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True,
+                          text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SANITIZED, reason="runs the others")
+def test_op_subset_under_asan_ubsan():
+    """Every op and a block, in a child pytest with the ops built under ASan + UBSan."""
+    import subprocess
+    import sys
+
+    libs = [sanitizer_runtime("libasan.so"), sanitizer_runtime("libubsan.so")]
+    if None in libs:
+        pytest.skip("no ASan/UBSan runtime for g++")
+    env = dict(os.environ, FUSED_RESNET_CUDA_EMU_SANITIZE="1", LD_PRELOAD=":".join(libs),
+               ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
+    subset = ("(f16 or f32) and (stem or c16k24 or c5k11) and not w_kcrs or block_end or "
+              "bn_finalize or bottleneck-s2-proj-train")
+    res = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p",
+                          "no:cacheprovider", "-k", subset], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=3000)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert " passed" in res.stdout and "Sanitizer" not in out and "runtime error" not in out, (
+        out[-6000:])

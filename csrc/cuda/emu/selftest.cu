@@ -42,7 +42,8 @@ __global__ void __launch_bounds__(kThreads) exchange_kernel(const float* in, flo
   }
   float v = buf[(t + 1) % kThreads];
   const int past_end = kThreads + fault - kSharedOob;  // buf[kThreads]: one past the end
-  if (fault == kSharedOob && t == 0) buf[past_end] = v;
+  float* const flat = buf;  // through a pointer, as the conv kernels index their smem
+  if (fault == kSharedOob && t == 0) flat[past_end] = v;
   if (fault == kPartialWarp && t % 32 >= 16) {
     out[t] = v;
     return;
