@@ -336,7 +336,7 @@ def test_common_headers_host_math_and_device_compile(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
 
 
-# ---- conv_kernels.cu: tensor cores in the 16-bit conv kernels, a standalone sanitizer harness.
+# ---- conv_*.cu: tensor cores in the 16-bit conv kernels, a standalone sanitizer harness.
 HARNESS = ROOT / "csrc" / "cuda" / "harness" / "conv_harness.cu"
 
 
@@ -368,13 +368,13 @@ TC_POLICIES = {"FwdTc": ({"LDSM.16.M88"}, True),
 @pytest.mark.parametrize("arch", ARCHS)
 def test_conv_16bit_kernels_use_tensor_cores(nvcc_outputs, arch):
     """fwd, dgrad and wgrad in fp16 and bf16 each run HMMA fed by the expected ldmatrix."""
-    src = ROOT / "csrc" / "cuda" / "conv_kernels.cu"
-    if (src, arch) not in nvcc_outputs:
-        pytest.skip("no conv_kernels.cu")
+    srcs = [ROOT / "csrc" / "cuda" / f"conv_{op}.cu" for op in ("fwd", "dgrad", "wgrad")]
     cuobjdump = find_cuobjdump()
     if cuobjdump is None:
         pytest.skip("no cuobjdump (neither in the toolkit nor in triton's wheel)")
-    funcs = sass_by_function(dump_sass(cuobjdump, nvcc_outputs[(src, arch)][1]))
+    funcs = {}
+    for src in srcs:
+        funcs.update(sass_by_function(dump_sass(cuobjdump, nvcc_outputs[(src, arch)][1])))
     for policy, (ldsm, cp_async) in TC_POLICIES.items():
         tc = {n: body for n, body in funcs.items() if "tc_conv_kernel" in n and policy in n}
         # One instantiation each for __half (6__half) and __nv_bfloat16.

@@ -142,7 +142,7 @@ def test_shared_oob_caught_by_asan(emu_dir):
 
 
 # ------------------------------------------------------------------------ mutated kernels
-# (name, text in conv_kernels.cu, its replacement, schedule that must expose it)
+# (name, text in conv_tc.cuh, its replacement, schedule that must expose it)
 MUTATIONS = [
     ("no-pipeline-barrier",
      "    __syncthreads();                 // ... for all threads; stage kt-1 is free again\n",
@@ -157,11 +157,11 @@ MUTATIONS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name,old,new,schedule", MUTATIONS, ids=[m[0] for m in MUTATIONS])
 def test_mutated_kernel_fails_the_harness(emu_dir, name, old, new, schedule):
-    text = (CSRC / "cuda" / "conv_kernels.cu").read_text()
+    text = (CSRC / "cuda" / "conv_tc.cuh").read_text()
     assert text.count(old) == 1, f"mutation {name}: the kernel source changed"
     mutant = emu_dir / f"mutant-{name}"
     (mutant / "cuda").mkdir(parents=True, exist_ok=True)
-    (mutant / "cuda" / "conv_kernels.cu").write_text(text.replace(old, new))
+    (mutant / "cuda" / "conv_tc.cuh").write_text(text.replace(old, new))
     exe = build_emulated(emu_dir, f"harness-{name}", HARNESS, include_first=mutant)
     res = run(exe, schedule=schedule)
     assert res.returncode != 0 and "FAIL" in res.stdout, res.stdout[-3000:]
