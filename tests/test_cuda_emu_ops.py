@@ -18,6 +18,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
+# Building the launchers against torch takes minutes cold (ninja keeps build/ warm).
+pytestmark = pytest.mark.slow
 
 
 # Set (by test_op_subset_under_asan_ubsan) in a child pytest run under LD_PRELOADed ASan:
