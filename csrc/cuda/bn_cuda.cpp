@@ -92,8 +92,7 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
   p.res_scale = opt_data(rs);
   p.res_shift = opt_data(rb);
   p.L = layout_of(y.sizes(), fmt);
-  FR_CUDA_CHECK(
-      launch_block_end(p, dtype_of(y.scalar_type()), current_stream()));
+  FR_CUDA_CHECK(launch_block_end(p, dtype_of(y.scalar_type()), current_stream()));
   return out;
 }
 
@@ -133,8 +132,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
   p.sum_dz_xhat_d = has_d ? sum_dz_xhat_d.data_ptr() : nullptr;
   p.workspace = workspace.data_ptr();
   p.L = L;
-  FR_CUDA_CHECK(
-      launch_block_end_bwd(p, dtype_of(d_out.scalar_type()), current_stream()));
+  FR_CUDA_CHECK(launch_block_end_bwd(p, dtype_of(d_out.scalar_type()), current_stream()));
   return {dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d};
 }
 

@@ -135,8 +135,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   p.in_relu = in_relu;
   p.out_relu = out_relu;
   p.stats = stats;
-  FR_CUDA_CHECK(
-      launch_conv_fwd(p, dtype_of(x.scalar_type()), current_stream()));
+  FR_CUDA_CHECK(launch_conv_fwd(p, dtype_of(x.scalar_type()), current_stream()));
   return {y.contiguous(memory_format(x_in)), mean, m2};
 }
 
@@ -198,8 +197,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
   p.sum_dx_xhat = has_prev ? sum_dx_xhat.data_ptr() : nullptr;
   p.workspace = has_prev ? ws.data_ptr() : nullptr;
   p.s = s;
-  FR_CUDA_CHECK(
-      launch_conv_dgrad(p, dtype_of(dz.scalar_type()), current_stream()));
+  FR_CUDA_CHECK(launch_conv_dgrad(p, dtype_of(dz.scalar_type()), current_stream()));
   return {dx.contiguous(memory_format(dz_in)), sum_dx, sum_dx_xhat};
 }
 
