@@ -68,10 +68,10 @@ def nvcc_identity() -> str:
 
 
 def cache_key(cmd: list[str], csrc: Path = ROOT / "csrc") -> str:
-    """Every file a .cu may include (csrc/common, csrc/cuda and csrc's own headers)."""
+    """Every file a .cu may include: csrc's headers, csrc/common, csrc/cuda's .cu/.cuh/.h."""
     key = hashlib.sha256("\0".join([*cmd, nvcc_identity()]).encode())
-    files = [*csrc.glob("*.h"), *(csrc / "common").rglob("*"), *(csrc / "cuda").glob("*")]
-    for f in sorted(files):
+    cuda = [f for f in (csrc / "cuda").glob("*") if f.suffix in (".cu", ".cuh", ".h")]
+    for f in sorted([*csrc.glob("*.h"), *(csrc / "common").rglob("*"), *cuda]):
         if f.is_file():
             key.update(str(f.relative_to(csrc)).encode() + b"\0" + f.read_bytes())
     return key.hexdigest()[:24]
