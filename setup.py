@@ -13,8 +13,7 @@ another torch than the one that loads the extension.
 
 import os
 import re
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +21,9 @@ import torch.utils.cpp_extension as cpp_ext
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
+sys.path.insert(0, str(ROOT))  # cuda_toolkit.py, whichever folder the build runs from
+from cuda_toolkit import find_cuda_home, nvcc_version  # noqa: E402
+
 DEFAULT_ARCHS = "8.0;9.0+PTX"
 # The named architectures torch accepts in TORCH_CUDA_ARCH_LIST that matter here.
 NAMED_ARCHS = {"Ampere": "8.0;8.6+PTX", "Ada": "8.9+PTX", "Hopper": "9.0+PTX",
@@ -30,59 +32,6 @@ NAMED_ARCHS = {"Ampere": "8.0;8.6+PTX", "Ada": "8.9+PTX", "Hopper": "9.0+PTX",
 
 def log(msg):
     print(f"[fused_resnet setup] {msg}", flush=True)
-
-
-def _is_elf(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"\x7fELF"
-    except OSError:
-        return False
-
-
-def _resolve_nvcc(path, depth=0):
-    """Follow symlinks and wrapper scripts (`exec /opt/cuda/bin/nvcc "$@"`) to the real nvcc."""
-    path = os.path.realpath(path)
-    if _is_elf(path):
-        return path
-    if depth > 4:
-        return None
-    try:
-        text = Path(path).read_text(errors="ignore")[:16384]
-    except OSError:
-        return None
-    for cand in re.findall(r"(/[^\s\"'`;|&$()]*/nvcc)(?![\w.-])", text):
-        if os.path.isfile(cand) and os.path.realpath(cand) != path:
-            real = _resolve_nvcc(cand, depth + 1)
-            if real:
-                return real
-    return None
-
-
-def find_cuda_home():
-    """(toolkit root or None, how it was found). torch guesses the folder above a wrapper."""
-    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if env:
-        return env, "CUDA_HOME/CUDA_PATH environment variable"
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        real = _resolve_nvcc(nvcc)
-        if real:
-            return str(Path(real).parent.parent), f"nvcc on PATH ({nvcc} -> {real})"
-    if os.path.isfile("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda", "default /usr/local/cuda"
-    return None, "no nvcc on PATH and no /usr/local/cuda"
-
-
-def nvcc_version(cuda_home):
-    """"13.0" from `nvcc --version`, or None."""
-    try:
-        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"],
-                             capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"release (\d+\.\d+)", out)
-    return m.group(1) if m else None
 
 
 def cuda_arch_flags():

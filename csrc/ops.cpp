@@ -2,37 +2,16 @@
 // fused_resnet/reference.py. Kernels: cpu/*.cpp (CPU), cuda/*.cpp (CUDA).
 #include <torch/library.h>
 
+#include "op_schemas.h"
+
 TORCH_LIBRARY(fused_resnet, m) {
-  m.def(
-      "conv_fwd(Tensor x, Tensor weight, int stride, int padding, int dilation, int groups, "
-      "Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor? out_scale, Tensor? out_shift, "
-      "Tensor? residual, Tensor? res_scale, Tensor? res_shift, bool out_relu, bool stats) "
-      "-> (Tensor, Tensor, Tensor)");
+  fr::define_fused_ops(m);
   // CPU twin of the CUDA conv_fwd (cpu/conv_igemm_cpu.cpp): same args, same semantics.
   m.def(
       "conv_fwd_igemm(Tensor x, Tensor weight, int stride, int padding, int dilation, "
       "int groups, Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor? out_scale, "
       "Tensor? out_shift, Tensor? residual, Tensor? res_scale, Tensor? res_shift, "
       "bool out_relu, bool stats) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "bn_finalize(Tensor mean, Tensor m2, int count, Tensor? weight, Tensor? bias, "
-      "Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, "
-      "float? momentum, float eps, bool update_running_stats) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "block_end(Tensor y, Tensor scale, Tensor shift, Tensor residual, Tensor? res_scale, "
-      "Tensor? res_shift) -> Tensor");
-  m.def(
-      "block_end_bwd(Tensor d_out, Tensor out, Tensor y, Tensor mean, Tensor invstd, "
-      "Tensor? y_d, Tensor? mean_d, Tensor? invstd_d) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "conv_bwd_data(Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
-      "int[] input_size, int stride, int padding, int dilation, int groups, Tensor? residual, "
-      "Tensor? prev_y, Tensor? prev_scale, Tensor? prev_shift, Tensor? prev_mean, "
-      "Tensor? prev_invstd) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "conv_bwd_weight(Tensor x, Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor dz, "
-      "Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, int stride, int padding, "
-      "int dilation, int groups) -> Tensor");
   // CPU twins of the CUDA conv_bwd_data / conv_bwd_weight (cpu/conv_igemm_cpu.cpp): same args,
   // same semantics.
   m.def(

@@ -167,7 +167,15 @@ def get_backend(name: str) -> Backend:
         return _backend_from(name, lambda op: getattr(reference, op))
     if name == "triton":
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"))
+    if name == "cuda" and cuda_emulated():
+        return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet_cuda_emu, op))
     return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op))
+
+
+def cuda_emulated() -> bool:
+    """``FUSED_RESNET_CUDA_EMULATOR=1``: backend ``cuda`` runs its real kernels on CPU tensors
+    in the CUDA execution emulator (csrc/cuda/emu), as ``torch.ops.fused_resnet_cuda_emu``."""
+    return os.environ.get("FUSED_RESNET_CUDA_EMULATOR") == "1"
 
 
 def _not_built(name: str) -> str | None:
@@ -176,6 +184,11 @@ def _not_built(name: str) -> str | None:
         return None
     if name == "triton":
         return _triton_problem()
+    if name == "cuda" and cuda_emulated():
+        if all(hasattr(torch.ops.fused_resnet_cuda_emu, op) for op in OP_NAMES):
+            return None
+        return ("FUSED_RESNET_CUDA_EMULATOR=1, but the emulated CUDA ops "
+                "(torch.ops.fused_resnet_cuda_emu) are not loaded")
     if _EXTENSION_ERROR is not None:
         return _EXTENSION_ERROR
     key = {"cpp": "CPU", "cuda": "CUDA"}[name]
@@ -211,6 +224,8 @@ def cannot_serve(name: str, device: torch.device | str, dtype: torch.dtype) -> s
     if dtype not in SUPPORTED_DTYPES:
         return f"dtype {dtype} is not supported (use one of {SUPPORTED_DTYPES})"
     want = _triton_device_type() if name == "triton" else _DEVICE_TYPE.get(name)
+    if name == "cuda" and cuda_emulated():
+        want = "cpu"
     if want is not None and device.type != want:
         return f"backend {name!r} runs on {want} tensors, not on {device.type}"
     if name in ("cuda", "triton") and dtype == torch.float64:

@@ -1,4 +1,4 @@
-"""The implicit-GEMM conv math of the CUDA kernels (csrc/cuda/conv_kernels.cu).
+"""The implicit-GEMM conv math of the CUDA kernels (csrc/cuda/conv_*.cu).
 
 On CPU: ``fused_resnet::conv_fwd_igemm``, ``conv_bwd_data_igemm`` and ``conv_bwd_weight_igemm``
 (csrc/cpu/conv_igemm_cpu.cpp) run the same tile loops, operand index math, prologue / BN-backward

@@ -4,10 +4,13 @@ for sm_90 and sm_80, and ptxas reports no register spills for any kernel. Needs 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +18,9 @@ import pytest
 from conftest import run_host_program
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from cuda_toolkit import find_nvcc  # noqa: E402
+
 CU_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 ARCHS = ["sm_90", "sm_80"]
 # The flags torch.utils.cpp_extension adds to every nvcc call (setup.py builds with them).
@@ -23,15 +29,7 @@ TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSION
                     "--expt-relaxed-constexpr"]
 
 
-def find_nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
-        return os.path.join(home, "bin", "nvcc")
-    return shutil.which("nvcc") or (
-        "/usr/local/cuda/bin/nvcc" if os.path.isfile("/usr/local/cuda/bin/nvcc") else None)
-
-
-NVCC = find_nvcc()
+NVCC = find_nvcc()  # the toolkit setup.py builds with (cuda_toolkit.py)
 pytestmark = [
     pytest.mark.skipif(not CU_FILES, reason="no CUDA sources in csrc/cuda"),
     pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME or put nvcc on PATH)"),
@@ -58,27 +56,90 @@ def parse_ptxas(log: str) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def compile_cu(src: Path, arch: str, tmp: Path) -> str:
+# nvcc outputs are cached under build/nvcc_cache, keyed by every csrc source (any header a
+# .cu could include), the full command line and nvcc's own version text: a changed input is
+# a miss that rebuilds; an output is stored only after nvcc succeeded.
+CACHE = ROOT / "build" / "nvcc_cache"
+
+
+@functools.cache
+def nvcc_identity() -> str:
+    return subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout
+
+
+def cache_key(cmd: list[str], csrc: Path = ROOT / "csrc") -> str:
+    """Every file a .cu may include: csrc's headers, csrc/common, csrc/cuda's .cu/.cuh/.h."""
+    key = hashlib.sha256("\0".join([*cmd, nvcc_identity()]).encode())
+    cuda = [f for f in (csrc / "cuda").glob("*") if f.suffix in (".cu", ".cuh", ".h")]
+    for f in sorted([*csrc.glob("*.h"), *(csrc / "common").rglob("*"), *cuda]):
+        if f.is_file():
+            key.update(str(f.relative_to(csrc)).encode() + b"\0" + f.read_bytes())
+    return key.hexdigest()[:24]
+
+
+def test_cache_key_covers_sources_and_flags(tmp_path):
+    """A stale hit is impossible: any source byte, file name or flag changes the key."""
+    csrc = tmp_path / "csrc"
+    shutil.copytree(ROOT / "csrc" / "common", csrc / "common")
+    cmd = [NVCC, "-O3", "-arch=sm_90"]
+    key = cache_key(cmd, csrc)
+    assert cache_key(cmd, csrc) == key
+    assert cache_key([NVCC, "-O2", "-arch=sm_90"], csrc) != key
+    header = csrc / "common" / "igemm.h"
+    text = header.read_text()
+    header.write_text(text + " ")
+    assert cache_key(cmd, csrc) != key
+    header.write_text(text)
+    assert cache_key(cmd, csrc) == key
+    header.rename(csrc / "common" / "igemm2.h")
+    assert cache_key(cmd, csrc) != key
+
+
+def dump_sass(cuobjdump: str, cubin: Path) -> str:
+    """cuobjdump's SASS of a cached cubin, cached next to it (per cuobjdump binary)."""
+    tag = hashlib.sha256(Path(cuobjdump).read_bytes()).hexdigest()[:12]
+    cached = cubin.parent / f"sass-{tag}.txt"
+    if cached.is_file():
+        return cached.read_text()
+    res = subprocess.run([cuobjdump, "--dump-sass", str(cubin)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    cached.write_text(res.stdout)
+    return res.stdout
+
+
+def compile_cu(src: Path, arch: str) -> tuple[str, Path]:
+    """(ptxas log, cubin) of ``src`` for ``arch``, from the cache when nothing changed."""
     cmd = [NVCC, "-std=c++20", "-O3", f"-I{ROOT / 'csrc'}", *TORCH_NVCC_FLAGS, f"-arch={arch}",
-           "-cubin", "-Xptxas", "-v", "-o", str(tmp / f"{src.stem}.{arch}.cubin"), str(src)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           "-cubin", "-Xptxas", "-v", str(src)]
+    entry = CACHE / f"{src.stem}.{arch}.{cache_key(cmd)}"
+    cubin, log_file = entry / f"{src.stem}.cubin", entry / "ptxas.log"
+    if cubin.is_file() and log_file.is_file():
+        return log_file.read_text(), cubin
+    tmp = CACHE / f"tmp-{os.getpid()}-{src.stem}.{arch}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([*cmd, "-o", str(tmp / cubin.name)], capture_output=True, text=True,
+                         timeout=300)
     log = res.stdout + res.stderr
     assert res.returncode == 0, f"nvcc failed for {src.name} ({arch}):\n{log[-4000:]}"
-    return log
+    (tmp / log_file.name).write_text(log)
+    shutil.rmtree(entry, ignore_errors=True)
+    tmp.rename(entry)  # atomic: a cache entry is complete or absent
+    return log, cubin
 
 
 @pytest.fixture(scope="module")
-def cubin_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cubin")
-
-
-@pytest.fixture(scope="module")
-def ptxas_reports(cubin_dir):
-    tmp = cubin_dir
+def nvcc_outputs():
+    """(src, arch) -> (ptxas log, cubin) for every .cu and arch, compiled in parallel."""
     jobs = [(src, arch) for src in CU_FILES for arch in ARCHS]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        logs = list(pool.map(lambda job: compile_cu(*job, tmp), jobs))
-    return {job: log for job, log in zip(jobs, logs)}
+        outs = list(pool.map(lambda job: compile_cu(*job), jobs))
+    return dict(zip(jobs, outs))
+
+
+@pytest.fixture(scope="module")
+def ptxas_reports(nvcc_outputs):
+    return {job: log for job, (log, _) in nvcc_outputs.items()}
 
 
 def test_cu_files_include_no_torch_headers():
@@ -275,7 +336,7 @@ def test_common_headers_host_math_and_device_compile(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
 
 
-# ---- conv_kernels.cu: tensor cores in the 16-bit conv kernels, a standalone sanitizer harness.
+# ---- conv_*.cu: tensor cores in the 16-bit conv kernels, a standalone sanitizer harness.
 HARNESS = ROOT / "csrc" / "cuda" / "harness" / "conv_harness.cu"
 
 
@@ -293,15 +354,8 @@ def find_cuobjdump() -> str | None:
 
 def sass_by_function(sass: str) -> dict[str, str]:
     """cuobjdump --dump-sass output split per kernel (mangled name -> its SASS)."""
-    out, current = {}, None
-    for line in sass.splitlines():
-        m = re.search(r"Function : (\S+)", line)
-        if m:
-            current = m.group(1)
-            out[current] = ""
-        elif current:
-            out[current] += line + "\n"
-    return out
+    parts = re.split(r"^\s*Function : (\S+)\s*$", sass, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
 
 
 # Operand policy -> (ldmatrix flavours its SASS must show, whether it issues cp.async):
@@ -312,18 +366,15 @@ TC_POLICIES = {"FwdTc": ({"LDSM.16.M88"}, True),
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_conv_16bit_kernels_use_tensor_cores(ptxas_reports, cubin_dir, arch):
+def test_conv_16bit_kernels_use_tensor_cores(nvcc_outputs, arch):
     """fwd, dgrad and wgrad in fp16 and bf16 each run HMMA fed by the expected ldmatrix."""
-    src = ROOT / "csrc" / "cuda" / "conv_kernels.cu"
-    if (src, arch) not in ptxas_reports:
-        pytest.skip("no conv_kernels.cu")
+    srcs = [ROOT / "csrc" / "cuda" / f"conv_{op}.cu" for op in ("fwd", "dgrad", "wgrad")]
     cuobjdump = find_cuobjdump()
     if cuobjdump is None:
         pytest.skip("no cuobjdump (neither in the toolkit nor in triton's wheel)")
-    res = subprocess.run([cuobjdump, "--dump-sass", str(cubin_dir / f"conv_kernels.{arch}.cubin")],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    funcs = sass_by_function(res.stdout)
+    funcs = {}
+    for src in srcs:
+        funcs.update(sass_by_function(dump_sass(cuobjdump, nvcc_outputs[(src, arch)][1])))
     for policy, (ldsm, cp_async) in TC_POLICIES.items():
         tc = {n: body for n, body in funcs.items() if "tc_conv_kernel" in n and policy in n}
         # One instantiation each for __half (6__half) and __nv_bfloat16.

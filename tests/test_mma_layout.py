@@ -3,7 +3,7 @@
 csrc/cuda/mma_layout.h holds, as pure integer functions, everything that decides where an
 operand element sits in shared memory and which lane finds it in which register. A small C++20
 program (MMA_CHECK below, built with g++ against csrc/) emulates one BK = 32 stage of the CTA in
-csrc/cuda/conv_kernels.cu (tc_conv_kernel / tc_compute): the loader slots stage A and B, every
+csrc/cuda/conv_tc.cuh (tc_conv_kernel / tc_compute): the loader slots stage A and B, every
 ldmatrix.x4[.trans] and mma.sync.m16n8k16 of the 4 warps runs as the PTX ISA defines it, and the
 accumulators are scattered to the 64x64 tile as the kernel's store loop does. It checks
 

@@ -1,5 +1,5 @@
 // fused_resnet::conv_fwd_igemm / conv_bwd_data_igemm / conv_bwd_weight_igemm on CPU: the CPU
-// twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight kernels (cuda/conv_kernels.cu).
+// twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight kernels (cuda/conv_*.cu).
 // Plain C++, no ATen GEMM: the same NHWC implicit-GEMM views, the same 64x64 CTA tiles walked
 // in BK=32 steps over the same grid slices (split-K reduction ranges for wgrad, stride phases
 // for dgrad: common/igemm.h GemmSlice), the same operand math (fwd_a_elem / dgrad_a_elem +

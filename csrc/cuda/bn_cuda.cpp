@@ -1,10 +1,8 @@
 // CUDA launchers of bn_finalize, block_end, block_end_bwd: argument checks, device guard,
 // current stream, dtype mapping; the kernels live in bn_kernels.cu.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda/device.h"
 #include "cuda/kernels.h"
 #include "op_utils.h"
 
@@ -22,7 +20,8 @@ DType dtype_of(at::ScalarType t) {
 }
 
 void check_cuda(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(on_device(t), op, ": ", name, " must be a ", kDeviceName, " tensor, got ",
+              t.device());
 }
 
 const void* opt_data(const OptTensor& t) { return t ? t->const_data_ptr() : nullptr; }
@@ -35,7 +34,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_finalize(
   check_cuda(mean_in, "bn_finalize", "mean");
   check_bn_finalize(mean_in, m2_in, count, weight, bias, running_mean, running_var,
                     num_batches_tracked, momentum, update_running_stats);
-  c10::cuda::CUDAGuard guard(mean_in.device());
+  DeviceGuard guard(mean_in.device());
   const auto sd = mean_in.scalar_type();
   const Tensor mean = mean_in.contiguous(), m2 = m2_in.contiguous();
   const OptTensor w = working_copy(weight, sd), b = working_copy(bias, sd);
@@ -63,7 +62,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_finalize(
   p.has_momentum = momentum.has_value();
   p.eps = eps;
   p.update = update_running_stats;
-  C10_CUDA_CHECK(launch_bn_finalize(p, dtype_of(sd), c10::cuda::getCurrentCUDAStream()));
+  FR_CUDA_CHECK(launch_bn_finalize(p, dtype_of(sd), current_stream()));
   if (update_running_stats) {
     copy_back(*running_mean, rm);
     copy_back(*running_var, rv);
@@ -77,7 +76,7 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
                  const OptTensor& res_shift) {
   check_cuda(y_in, "block_end", "y");
   check_block_end(y_in, scale_in, shift_in, residual_in, res_scale, res_shift);
-  c10::cuda::CUDAGuard guard(y_in.device());
+  DeviceGuard guard(y_in.device());
   const auto fmt = memory_format(y_in);
   // Same memory order for all operands (a copy only when residual's layout differs).
   const Tensor y = y_in.contiguous(fmt), res = residual_in.contiguous(fmt);
@@ -93,8 +92,7 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
   p.res_scale = opt_data(rs);
   p.res_shift = opt_data(rb);
   p.L = layout_of(y.sizes(), fmt);
-  C10_CUDA_CHECK(
-      launch_block_end(p, dtype_of(y.scalar_type()), c10::cuda::getCurrentCUDAStream()));
+  FR_CUDA_CHECK(launch_block_end(p, dtype_of(y.scalar_type()), current_stream()));
   return out;
 }
 
@@ -104,7 +102,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
     const OptTensor& invstd_d_in) {
   check_cuda(d_out_in, "block_end_bwd", "d_out");
   check_block_end_bwd(d_out_in, out_in, y_in, mean_in, invstd_in, y_d_in, mean_d_in, invstd_d_in);
-  c10::cuda::CUDAGuard guard(d_out_in.device());
+  DeviceGuard guard(d_out_in.device());
   const auto fmt = memory_format(d_out_in);
   const Tensor d_out = d_out_in.contiguous(fmt), out = out_in.contiguous(fmt),
                y = y_in.contiguous(fmt);
@@ -134,14 +132,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
   p.sum_dz_xhat_d = has_d ? sum_dz_xhat_d.data_ptr() : nullptr;
   p.workspace = workspace.data_ptr();
   p.L = L;
-  C10_CUDA_CHECK(
-      launch_block_end_bwd(p, dtype_of(d_out.scalar_type()), c10::cuda::getCurrentCUDAStream()));
+  FR_CUDA_CHECK(launch_block_end_bwd(p, dtype_of(d_out.scalar_type()), current_stream()));
   return {dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_resnet, CUDA, m) {
+TORCH_LIBRARY_IMPL(FR_CUDA_OPS, FR_CUDA_KEY, m) {
   m.impl("bn_finalize", &bn_finalize);
   m.impl("block_end", &block_end);
   m.impl("block_end_bwd", &block_end_bwd);

@@ -7,6 +7,7 @@
 
 #include "common/bn.h"
 #include "common/fusion.h"
+#include "cuda/hooks.h"
 #include "cuda/kernels.h"
 #include "cuda/merge.cuh"
 
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(256) block_end_bwd_nhwc(BlockEndBwdParams p, i
     const BwdElem<S> elem{p};
     for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) elem(r * C + c, m, md, s0, s1, s2);
   }
-  __shared__ A sh[3][8][32];
+  FR_SHARED(A, sh, [3][8][32]);
   sh[0][threadIdx.y][threadIdx.x] = s0;
   sh[1][threadIdx.y][threadIdx.x] = s1;
   sh[2][threadIdx.y][threadIdx.x] = s2;
@@ -190,7 +191,7 @@ __global__ void __launch_bounds__(256) block_end_bwd_nchw(BlockEndBwdParams p, i
     const int64_t o = o0 + j / inner;
     elem((o * C + c) * inner + j % inner, m, md, s[0], s[1], s[2]);
   }
-  __shared__ A sh[3][8];
+  FR_SHARED(A, sh, [3][8]);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
@@ -241,9 +242,9 @@ cudaError_t block_end_typed(const BlockEndParams& p, cudaStream_t stream) {
   const int64_t units = vec ? n / kVec : n;
   const unsigned blocks = unsigned(std::min<int64_t>(std::max<int64_t>((units + 255) / 256, 1), 8192));
   if (vec)
-    block_end_kernel<S, kVec><<<blocks, 256, 0, stream>>>(p);
+    FR_LAUNCH(blocks, 256, 0, stream, block_end_kernel<S, kVec>)(p);
   else
-    block_end_kernel<S, 1><<<blocks, 256, 0, stream>>>(p);
+    FR_LAUNCH(blocks, 256, 0, stream, block_end_kernel<S, 1>)(p);
   return cudaGetLastError();
 }
 
@@ -256,10 +257,10 @@ cudaError_t block_end_bwd_typed(const BlockEndBwdParams& p, cudaStream_t stream)
   const int64_t per_chunk = (L.outer + chunks - 1) / chunks;
   if (L.inner == 1) {
     const dim3 grid(unsigned(chunks), unsigned((L.C + 31) / 32));
-    block_end_bwd_nhwc<S><<<grid, dim3(32, 8), 0, stream>>>(p, chunks, per_chunk);
+    FR_LAUNCH(grid, dim3(32, 8), 0, stream, block_end_bwd_nhwc<S>)(p, chunks, per_chunk);
   } else {
     const dim3 grid(unsigned(chunks), unsigned(L.C));
-    block_end_bwd_nchw<S><<<grid, 256, 0, stream>>>(p, chunks, per_chunk);
+    FR_LAUNCH(grid, 256, 0, stream, block_end_bwd_nchw<S>)(p, chunks, per_chunk);
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   return merge_partials<Sums<3>>(
@@ -271,9 +272,9 @@ cudaError_t block_end_bwd_typed(const BlockEndBwdParams& p, cudaStream_t stream)
 
 cudaError_t launch_bn_finalize(const BnFinalizeParams& p, DType stat, cudaStream_t stream) {
   if (stat == DType::kDouble)
-    bn_finalize_kernel<double><<<1, 256, 0, stream>>>(p);
+    FR_LAUNCH(1, 256, 0, stream, bn_finalize_kernel<double>)(p);
   else
-    bn_finalize_kernel<float><<<1, 256, 0, stream>>>(p);
+    FR_LAUNCH(1, 256, 0, stream, bn_finalize_kernel<float>)(p);
   return cudaGetLastError();
 }
 

@@ -1,16 +1,14 @@
 // CUDA launchers of conv_fwd, conv_bwd_data, conv_bwd_weight: argument checks, device guard,
-// current stream, NHWC staging, dtype mapping; the kernels live in conv_kernels.cu.
+// current stream, NHWC staging, dtype mapping; the kernels live in conv_*.cu[h].
 //
-// GPU-UNVERIFIED: compiled here, never run on a GPU yet (see conv_kernels.cu).
+// GPU-UNVERIFIED: compiled here, never run on a GPU yet (see conv_common.cuh).
 // Limits (clear errors otherwise): groups == 1, float32/float16/bfloat16 data (no float64
 // kernels), non-empty tensors.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <limits>
 
+#include "cuda/device.h"
 #include "cuda/kernels.h"
 #include "op_utils.h"
 
@@ -34,7 +32,8 @@ const void* opt_data(const OptTensor& t) { return t ? t->const_data_ptr() : null
 // Data tensor of a CUDA conv op: CUDA, 4-D, a dtype with CUDA kernels, non-empty.
 void check_cuda_data(const Tensor& t, const char* op, const char* name) {
   check_data(t, op, name);
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(on_device(t), op, ": ", name, " must be a ", kDeviceName, " tensor, got ",
+              t.device());
   TORCH_CHECK(t.scalar_type() != at::kDouble, op,
               ": the CUDA kernels support float32, float16 and bfloat16, not float64 (", name,
               " is float64); use the cpp backend on CPU or the reference backend");
@@ -44,9 +43,7 @@ void check_cuda_data(const Tensor& t, const char* op, const char* name) {
 // Geometry shared by the three ops; `in` is the logical NCHW input size.
 // cp.async, ldmatrix and bf16 mma.sync need sm_80+: a clear error, not "no kernel image".
 void check_arch(const char* op, const at::Device& device) {
-  int major = 0;
-  C10_CUDA_CHECK(
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()));
+  const int major = compute_capability_major(device);
   TORCH_CHECK(major >= 8, op, ": the fused CUDA kernels need compute capability 8.0 or newer, "
               "got ", major, ".x; use backend='triton' or 'reference' on this GPU");
 }
@@ -106,7 +103,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
     check_optional_data(residual_in, {s.N, s.K, s.P, s.Q}, x_in, op, "residual", "x");
     check_affine(res_scale, res_shift, s.K, at::kFloat, dev, op, "res_scale", "res_shift");
   }
-  c10::cuda::CUDAGuard guard(dev);
+  DeviceGuard guard(dev);
   const Tensor x = x_in.contiguous(kCL), w = weight.contiguous(kCL);  // NHWC, KRSC
   const Tensor res = has_res ? residual_in->contiguous(kCL) : Tensor();
   const OptTensor is = vec(in_scale), ib = vec(in_shift), os = vec(out_scale),
@@ -138,8 +135,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   p.in_relu = in_relu;
   p.out_relu = out_relu;
   p.stats = stats;
-  C10_CUDA_CHECK(
-      launch_conv_fwd(p, dtype_of(x.scalar_type()), c10::cuda::getCurrentCUDAStream()));
+  FR_CUDA_CHECK(launch_conv_fwd(p, dtype_of(x.scalar_type()), current_stream()));
   return {y.contiguous(memory_format(x_in)), mean, m2};
 }
 
@@ -167,7 +163,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
               dz_in.sizes(), " is not the output of a conv of input ", input_size,
               " with weight ", weight.sizes());
   const bool has_prev = prev_y_in.has_value();
-  c10::cuda::CUDAGuard guard(dev);
+  DeviceGuard guard(dev);
   const Tensor dz = dz_in.contiguous(kCL), y = y_in.contiguous(kCL), w = weight.contiguous(kCL);
   const Tensor ca = a.contiguous(), cb = b.contiguous(), cc = c.contiguous();
   const Tensor res = residual_in ? residual_in->contiguous(kCL) : Tensor();
@@ -201,8 +197,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
   p.sum_dx_xhat = has_prev ? sum_dx_xhat.data_ptr() : nullptr;
   p.workspace = has_prev ? ws.data_ptr() : nullptr;
   p.s = s;
-  C10_CUDA_CHECK(
-      launch_conv_dgrad(p, dtype_of(dz.scalar_type()), c10::cuda::getCurrentCUDAStream()));
+  FR_CUDA_CHECK(launch_conv_dgrad(p, dtype_of(dz.scalar_type()), current_stream()));
   return {dx.contiguous(memory_format(dz_in)), sum_dx, sum_dx_xhat};
 }
 
@@ -222,7 +217,7 @@ Tensor conv_bwd_weight(const Tensor& x_in, const OptTensor& in_scale, const OptT
               op, ": dz ", dz_in.sizes(), " is not the output of a conv of x ", x_in.sizes(),
               " with weight ", weight.sizes());
   check_affine(in_scale, in_shift, s.C, at::kFloat, dev, op, "in_scale", "in_shift");
-  c10::cuda::CUDAGuard guard(dev);
+  DeviceGuard guard(dev);
   const Tensor x = x_in.contiguous(kCL), dz = dz_in.contiguous(kCL), y = y_in.contiguous(kCL);
   const Tensor ca = a.contiguous(), cb = b.contiguous(), cc = c.contiguous();
   const OptTensor is = vec(in_scale), ib = vec(in_shift);
@@ -245,14 +240,14 @@ Tensor conv_bwd_weight(const Tensor& x_in, const OptTensor& in_scale, const OptT
   p.kchunk = conv_wgrad_kchunk(s, p.splits);
   p.in_relu = in_relu;
   p.dw_krsc = wfmt == kCL;
-  C10_CUDA_CHECK(launch_conv_wgrad(p, dtype_of(x.scalar_type()), dtype_of(weight.scalar_type()),
-                                   c10::cuda::getCurrentCUDAStream()));
+  FR_CUDA_CHECK(launch_conv_wgrad(p, dtype_of(x.scalar_type()), dtype_of(weight.scalar_type()),
+                                   current_stream()));
   return dw;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_resnet, CUDA, m) {
+TORCH_LIBRARY_IMPL(FR_CUDA_OPS, FR_CUDA_KEY, m) {
   m.impl("conv_fwd", &conv_fwd);
   m.impl("conv_bwd_data", &conv_bwd_data);
   m.impl("conv_bwd_weight", &conv_bwd_weight);

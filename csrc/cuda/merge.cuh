@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "common/stats.h"
+#include "cuda/hooks.h"
 #include "cuda/kernels.h"
 
 namespace fr::cuda {
@@ -48,7 +49,7 @@ template <class Acc, class In, class Out>
 __global__ void __launch_bounds__(kMergeThreads)
     merge_partials_kernel(In in, Out out, int64_t parts, int64_t C, int64_t chunk) {
   // Raw storage: a __shared__ array of a type with default member initialisers is not allowed.
-  __shared__ alignas(Acc) unsigned char raw[sizeof(Acc) * kMergeThreads];
+  FR_SHARED(__align__(alignof(Acc)) unsigned char, raw, [sizeof(Acc) * kMergeThreads]);
   Acc* lane_acc = reinterpret_cast<Acc*>(raw);
   const int cx = threadIdx.x % kMergeChannels, ly = threadIdx.x / kMergeChannels;
   const int64_t c = int64_t(blockIdx.x) * kMergeChannels + cx;
@@ -86,17 +87,17 @@ cudaError_t merge_partials(In in, Final fin, int64_t parts, int64_t C, int64_t g
                            Acc* groups_ws, cudaStream_t stream) {
   const unsigned cblocks = unsigned((C + kMergeChannels - 1) / kMergeChannels);
   if (groups <= 1) {
-    merge_partials_kernel<Acc><<<dim3(cblocks, 1), kMergeThreads, 0, stream>>>(in, fin, parts, C,
-                                                                               parts);
+    FR_LAUNCH(dim3(cblocks, 1), kMergeThreads, 0, stream, merge_partials_kernel<Acc>)(
+        in, fin, parts, C, parts);
     return cudaGetLastError();
   }
   const int64_t chunk = (parts + groups - 1) / groups;
   const GroupResults<Acc> mid{groups_ws, C};
-  merge_partials_kernel<Acc><<<dim3(cblocks, unsigned(groups)), kMergeThreads, 0, stream>>>(
-      in, mid, parts, C, chunk);
+  FR_LAUNCH(dim3(cblocks, unsigned(groups)), kMergeThreads, 0, stream,
+            merge_partials_kernel<Acc>)(in, mid, parts, C, chunk);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  merge_partials_kernel<Acc><<<dim3(cblocks, 1), kMergeThreads, 0, stream>>>(mid, fin, groups, C,
-                                                                             groups);
+  FR_LAUNCH(dim3(cblocks, 1), kMergeThreads, 0, stream, merge_partials_kernel<Acc>)(
+      mid, fin, groups, C, groups);
   return cudaGetLastError();
 }
 

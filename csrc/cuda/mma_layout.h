@@ -1,4 +1,4 @@
-// Where each thread of the tensor-core conv kernel (conv_kernels.cu) puts and finds operand
+// Where each thread of the tensor-core conv kernel (conv_tc.cuh) puts and finds operand
 // elements: smem tile layouts, loader slots, ldmatrix row addresses, accumulator fragments.
 // Pure integer functions, so tests/test_mma_layout.py emulates ldmatrix and mma.sync on them
 // on the host (g++, no GPU) and checks that a CTA tile computes A * B^T.

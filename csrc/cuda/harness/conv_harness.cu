@@ -5,14 +5,21 @@
 //   nvcc -std=c++20 -O2 -arch=sm_90 -Icsrc csrc/cuda/harness/conv_harness.cu -o conv_harness
 //   compute-sanitizer --tool memcheck ./conv_harness
 //   compute-sanitizer --tool racecheck ./conv_harness
-// Exit status 0 when every case matches. GPU-UNVERIFIED: compiled here, never run yet.
+// On the CPU, in the CUDA execution emulator (cuda/emu/README.md; tests/test_cuda_emu.py):
+//   g++ -std=c++20 -O2 -x c++ -DFR_CUDA_EMULATOR -include cuda/emu/emu.h -Icsrc \
+//       -I$CUDA_HOME/include csrc/cuda/harness/conv_harness.cu -x none \
+//       csrc/cuda/emu/runtime.cpp -o conv_harness
+// Exit status 0 when every case matches. Not yet run on a GPU; passes in the emulator.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
-#include "cuda/conv_kernels.cu"  // the kernels themselves (one TU, no extension build)
+// The kernels themselves (one TU, no extension build).
+#include "cuda/conv_dgrad.cu"
+#include "cuda/conv_fwd.cu"
+#include "cuda/conv_wgrad.cu"
 
 namespace {
 
