@@ -63,7 +63,7 @@ INTERPRETER = TileConfig(32, 16, 16, num_warps=1, num_stages=1)
 # column-sum / statistics-merge reductions.
 ELEMENTWISE_GPU = (64, 64, 4)  # (rows, channels, warps)
 ELEMENTWISE_INTERPRETER = (64, 32, 1)
-REDUCE_GPU = (32, 128, 4)  # column sum: (rows per step, channels, warps)
+REDUCE_GPU = (32, 128, 4)  # (rows per step, channels, warps); the merge uses channels, warps
 REDUCE_INTERPRETER = (16, 32, 1)
 MAX_SERIAL_STEPS = 64  # no reduction program walks more dependent steps than this
 
@@ -132,6 +132,8 @@ def rule_config(kind: str, target: Target, dtype_class: str, c_in: int,
         m = 128 if c_out >= 128 and dtype_class != "fp32" else 64
         n, k = _channels_tile(c_in, wide), deep
     warps = 8 if m * n >= 128 * 64 else 4
+    if target.name == "sm100":  # the accumulator leaves tensor memory through registers:
+        warps = 16 if m * n >= 128 * 128 else 8  # fewer warps spill (AOT check)
     return _fit_stages(kind, TileConfig(m, n, k, warps), dtype_class, target)
 
 
@@ -166,31 +168,40 @@ FALLBACKS = {
     "wgrad": (TileConfig(64, 64, 32, 4, 2), TileConfig(64, 32, 16, 4, 1)),
 }
 
-_FORCED: dict[str, TileConfig] = {}
+_FORCED: dict[str, object] = {}
+FORCEABLE = (*KINDS, "split_k", "elementwise", "reduce")
 
 
 @contextlib.contextmanager
-def forced(kind: str, cfg: TileConfig):
-    """Tests only: every ``kind`` launch in the block takes ``cfg`` through the normal
-    launch path (also under the interpreter, which otherwise runs :data:`INTERPRETER`)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kernel kind {kind!r}")
-    previous = _FORCED.get(kind)
-    _FORCED[kind] = cfg
+def forced(what: str, value):
+    """Tests only: inside the block, every launch takes ``value`` for ``what`` through the
+    normal launch path, also under the interpreter (which otherwise runs its own small
+    tiles). ``what``: a conv kind ("fwd", "dgrad", "wgrad") with a :class:`TileConfig`,
+    "split_k" with an int, or "elementwise"/"reduce" with a (rows, channels, warps) tile."""
+    if what not in FORCEABLE:
+        raise ValueError(f"cannot force {what!r} (one of {FORCEABLE})")
+    previous = _FORCED.get(what)
+    _FORCED[what] = value
     try:
-        yield cfg
+        yield value
     finally:
         if previous is None:
-            del _FORCED[kind]
+            del _FORCED[what]
         else:
-            _FORCED[kind] = previous
+            _FORCED[what] = previous
+
+
+def forced_value(what: str):
+    """The value forced for ``what``, or None."""
+    return _FORCED.get(what)
 
 
 def candidates(kind: str, target: Target, dtype_class: str, c_in: int, c_out: int,
                kernel: int, stride: int) -> list[TileConfig]:
     """The table entry (or the rule's config), then the fallbacks."""
     key = (target.name, dtype_class, kind, c_in, c_out, kernel, stride)
-    first = TABLE.get(key) or rule_config(kind, target, dtype_class, c_in, c_out)
+    fam = TARGETS.get(target.name, target)  # the family's rule, not a device's bound
+    first = TABLE.get(key) or rule_config(kind, fam, dtype_class, c_in, c_out)
     return [first, *FALLBACKS[kind]]
 
 
@@ -199,7 +210,7 @@ def choose(kind: str, target: Target, dtype_class: str, c_in: int, c_out: int, k
     """The config a launch takes: forced (tests), the interpreter's, or the first
     candidate whose shared memory fits ``target`` (a device's own limit at run time)."""
     if kind in _FORCED:
-        return _FORCED[kind]
+        return _FORCED[kind]  # type: ignore[return-value]
     if target is INTERPRETER_TARGET:
         return INTERPRETER
     for cfg in candidates(kind, target, dtype_class, c_in, c_out, kernel, stride):
@@ -211,10 +222,20 @@ def choose(kind: str, target: Target, dtype_class: str, c_in: int, c_out: int, k
 
 def split_k_for(pixels: int, tiles: int, block_k: int, sms: int) -> int:
     """wgrad split-K: enough programs for two waves on ``sms`` SMs, every slice at least
-    one K block, at most :data:`MAX_SERIAL_STEPS` slices (reduced in slice order)."""
+    one K block, and few enough slices that their fixed-order sum (a column sum over
+    ``split`` rows) walks at most :data:`MAX_SERIAL_STEPS` steps."""
     want = -(-2 * sms // max(tiles, 1))
     k_blocks = max(1, -(-pixels // block_k))
-    return max(1, min(want, k_blocks, MAX_SERIAL_STEPS))
+    return max(1, min(want, k_blocks, MAX_SERIAL_STEPS * REDUCE_GPU[0]))
+
+
+def gpu_tiles(kind: str) -> list[TileConfig]:
+    """:func:`gpu_configs` with one config per distinct (BLOCK_M, BLOCK_N, BLOCK_K): what
+    the interpreter can tell apart (it ignores warps and stages)."""
+    tiles = {}
+    for cfg in gpu_configs(kind):
+        tiles.setdefault((cfg.block_m, cfg.block_n, cfg.block_k), cfg)
+    return list(tiles.values())
 
 
 def gpu_configs(kind: str) -> list[TileConfig]:

@@ -24,11 +24,13 @@ def _interpreting(target: Target) -> bool:
 
 
 def _reduce_tile(target: Target) -> tuple[int, int, int]:
-    return configs.REDUCE_INTERPRETER if _interpreting(target) else configs.REDUCE_GPU
+    return configs.forced_value("reduce") or (
+        configs.REDUCE_INTERPRETER if _interpreting(target) else configs.REDUCE_GPU)
 
 
 def _elementwise_tile(target: Target) -> tuple[int, int, int]:
-    return configs.ELEMENTWISE_INTERPRETER if _interpreting(target) else configs.ELEMENTWISE_GPU
+    return configs.forced_value("elementwise") or (
+        configs.ELEMENTWISE_INTERPRETER if _interpreting(target) else configs.ELEMENTWISE_GPU)
 
 
 def _groups_chunk(parts: int, per_step: int, col_blocks: int, target: Target) -> int:
@@ -67,13 +69,13 @@ def column_sum_launches(rows: int, cols: int, target: Target) -> list[Launch]:
 def merge_stats_launches(tiles: int, channels: int, target: Target) -> list[Launch]:
     """Chan's merge of per-tile (pivot, mean, M2): levels of at most MAX_SERIAL_STEPS
     parts per program, in part order, until one group is left."""
-    block_c = 32 if _interpreting(target) else 128
+    _, block_c, warps = _reduce_tile(target)
     col_blocks = cdiv(channels, block_c)
     out, parts, first = [], tiles, True
     while True:
         chunk = _groups_chunk(parts, 1, col_blocks, target)
         groups = cdiv(parts, chunk)
-        out.append(Launch("merge_stats", (col_blocks, groups), 4,
+        out.append(Launch("merge_stats", (col_blocks, groups), warps,
                           meta={"parts": parts, "chunk": chunk, "BLOCK_C": block_c,
                                 "FIRST": first, "FINAL": groups == 1},
                           bytes=4 * 3 * (parts + groups) * channels, flops=10 * parts * channels,
@@ -127,7 +129,8 @@ def conv_wgrad_plan(n: int, c_in: int, c_out: int, h_out: int, w_out: int, k: in
     cfg = configs.choose("wgrad", target, dtype_class, c_in, c_out, k, stride)
     pixels = n * h_out * w_out
     tiles = cdiv(c_out, cfg.block_m) * k * k * cdiv(c_in, cfg.block_n)
-    split = configs.split_k_for(pixels, tiles, cfg.block_k, target.sms)
+    split = (configs.forced_value("split_k")
+             or configs.split_k_for(pixels, tiles, cfg.block_k, target.sms))
     es = configs.elem_bytes(dtype_class)
     cols = c_out * k * k * c_in
     gemm = _gemm("conv_wgrad", (cdiv(c_out, cfg.block_m), k * k * cdiv(c_in, cfg.block_n),
