@@ -21,14 +21,15 @@ pytestmark = [pytest.mark.skipif(UNAVAILABLE is not None, reason=f"triton: {UNAV
 
 configs = pytest.importorskip("fused_resnet.triton.configs")
 
-# (N, C_in, H, W, C_out, kernel, stride, padding). fwd: 162, 72 or 36 output rows; K per
-# tap (C_in) 67, 35 or 3; N (C_out) 70: a full tile plus a remainder, or a partial tile, for
-# every tile size in the tables.
-FWD_SHAPES = [(2, 67, 9, 9, 70, 3, 1, 1), (2, 35, 11, 11, 70, 1, 2, 0), (1, 3, 11, 11, 70, 7, 2, 3)]
+# (N, C_in, H, W, C_out, kernel, stride, padding). fwd: 49, 200 or 16 output rows; K per
+# tap (C_in) 40 or 3; N (C_out) 40 or 20: remainders against every tile size in the tables
+# (full tiles plus a remainder where the tile is smaller than the dim, a partial tile where
+# it is larger), small enough for the interpreter.
+FWD_SHAPES = [(1, 40, 7, 7, 40, 3, 1, 1), (2, 40, 19, 19, 40, 1, 2, 0), (1, 3, 7, 7, 20, 7, 2, 3)]
 FWD_VARIANTS = ["train", "eval", "plain"]
-# dgrad: rows 162, 242, 121 input pixels; K per tap = C_out (67, 35, 70); N = C_in (70, 70, 3).
-DGRAD_SHAPES = [(2, 70, 9, 9, 67, 3, 1, 1), (2, 70, 11, 11, 35, 3, 2, 1),
-                (1, 3, 11, 11, 70, 7, 2, 3)]
+# dgrad: 49, 200, 49 input pixels; K per tap = C_out (40, 40, 20); N = C_in (40, 40, 3).
+DGRAD_SHAPES = [(1, 40, 7, 7, 40, 3, 1, 1), (2, 40, 10, 10, 40, 3, 2, 1),
+                (1, 3, 7, 7, 20, 7, 2, 3)]
 
 
 def _ids(cfgs):
@@ -108,8 +109,8 @@ def _wgrad(shape, dtype, prologue):
 @pytest.mark.parametrize("cfg", configs.gpu_tiles("wgrad"),
                          ids=_ids(configs.gpu_tiles("wgrad")))
 def test_conv_bwd_weight_every_config(cfg, dtype):
-    # 162 / 72 / 36 pixels: with BLOCK_K 16-64 that is 3-11 / 2-5 pixel blocks, so split 3
-    # leaves uneven slices and split 16 empty ones.
+    # 49 / 50 / 16 pixels: with BLOCK_K 16-64 that is 1-4 pixel blocks, so split 3 leaves
+    # uneven or empty slices and split 16 empty ones.
     with configs.forced("wgrad", cfg):
         for shape, split in zip(DGRAD_SHAPES, (3, 16, 1)):
             with configs.forced("split_k", split):

@@ -15,6 +15,7 @@ Run it without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -206,32 +207,45 @@ def _cache_path(job: dict) -> Path:
     return CACHE_DIR / f"{key.hexdigest()[:32]}.json"
 
 
-def compile_cached(job: dict) -> dict:
+def _cached(job: dict) -> dict | None:
     path = _cache_path(job)
-    if path.exists():
-        return {**json.loads(path.read_text()), "cached": True}
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def compile_cached(job: dict) -> dict:
+    """Compile ``job`` and store its result in the cache."""
     result = compile_one(job)
+    path = _cache_path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(path)  # atomic: concurrent runs never read half a file
-    return {**result, "cached": False}
+    return result
+
+
+def _results(all_jobs: list[dict]):
+    """(result, from cache) per job, in order; only the misses start compiler processes."""
+    hits = [_cached(job) for job in all_jobs]
+    misses = [job for job, hit in zip(all_jobs, hits) if hit is None]
+    workers = int(os.environ.get("FUSED_RESNET_AOT_JOBS", os.cpu_count() or 1))
+    with ProcessPoolExecutor(max_workers=workers) if misses else contextlib.nullcontext() as pool:
+        compiled = pool.map(compile_cached, misses) if misses else iter(())
+        for hit in hits:
+            yield (hit, True) if hit is not None else (next(compiled), False)
 
 
 def run(check: bool) -> int:
-    workers = int(os.environ.get("FUSED_RESNET_AOT_JOBS", os.cpu_count() or 1))
     failures, cached, total = [], 0, 0
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(compile_cached, jobs()):
-            total += 1
-            cached += result.pop("cached")
-            bad = problems(result)
-            if check:
-                if bad:
-                    failures.append(f"FAIL {describe(result)}: {'; '.join(bad)}")
-                    print(failures[-1], flush=True)
-            else:
-                print(json.dumps(result), flush=True)
+    for result, from_cache in _results(jobs()):
+        total += 1
+        cached += from_cache
+        bad = problems(result)
+        if check:
+            if bad:
+                failures.append(f"FAIL {describe(result)}: {'; '.join(bad)}")
+                print(failures[-1], flush=True)
+        else:
+            print(json.dumps(result), flush=True)
     if check:
         print(f"aot check: {total} kernels for {', '.join(AOT_TARGETS)} "
               f"({cached} from {CACHE_DIR}), {len(failures)} failing")
