@@ -4,17 +4,25 @@
 The configs come from the tables the launcher reads (``configs.gpu_configs``: the family
 tables, the rule over every channel class it distinguishes, the fallbacks), so an entry is
 tested the day it is added; one per distinct tile (``configs.gpu_tiles``), as the
-interpreter ignores warps and stages (the AOT check compiles each of those). Shapes: rows, the per-tap K (C_in for fwd, C_out for dgrad) and
-the N dim each not a multiple of any tile; stride 2; the 7x7 stem; wgrad split-K with uneven
-and empty slices.
+interpreter ignores warps and stages (the AOT check compiles each of those). Shapes: rows,
+the per-tap K (C_in for fwd, C_out for dgrad) and the N dim each not a multiple of any tile;
+stride 2; the 7x7 stem; wgrad split-K with uneven and empty slices.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_triton_ops import DEVICE, DTYPES, UNAVAILABLE, _conv_kwargs, _data, _dgrad_kwargs, \
-    _vec, check_op
+from test_triton_ops import (
+    DEVICE,
+    DTYPES,
+    UNAVAILABLE,
+    _conv_kwargs,
+    _data,
+    _dgrad_kwargs,
+    _vec,
+    check_op,
+)
 
 pytestmark = [pytest.mark.skipif(UNAVAILABLE is not None, reason=f"triton: {UNAVAILABLE}"),
               pytest.mark.slow]

@@ -169,6 +169,8 @@ DGRAD_CASES = [
     (2, 7, 9, 9, 6, 1, 2, 0, 1, True, False, False),
     (1, 3, 9, 9, 8, 7, 2, 3, 1, False, False, True),
     (1, 4, 8, 8, 5, 3, 1, 2, 2, True, True, False),
+    (1, 4, 9, 9, 5, 3, 2, 2, 2, True, False, True),   # stride 2, dilation 2: odd phases
+    (1, 4, 10, 10, 5, 3, 3, 1, 2, False, True, False),  # reached by no tap; stride 3
 ]
 
 

@@ -107,3 +107,16 @@ def test_config_choice_is_a_pure_function():
 def test_empty_batch_launches_nothing():
     assert len(plans.conv_fwd_plan(0, 64, 56, 56, 64, 3, 1, "16bit", H100, True)) == 0
     assert len(plans.conv_dgrad_plan(0, 64, 56, 56, 64, 3, 1, "16bit", H100, True)) == 0
+
+
+@pytest.mark.parametrize("dc", configs.DTYPE_CLASSES)
+def test_dgrad_skips_stride_holes(dc):
+    """By stride phase: a stride-s dgrad walks ceil(k/s)^2 taps per phase, not k^2, and
+    does the forward's arithmetic, not s^2 times it."""
+    for conv in resnet50_convs(128):
+        batch, c_in, c_out, k, s, h = conv
+        p = _op_plans(*conv, dc)
+        gemm = p["dgrad"].launches[0]
+        assert gemm.grid[2] == s * s
+        assert gemm.serial_steps == plans.cdiv(k, s) ** 2 * plans.cdiv(c_out, gemm.config.block_k)
+        assert gemm.flops == p["fwd_eval"].launches[0].flops

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -194,11 +195,14 @@ CACHE_DIR = Path(os.environ.get("FUSED_RESNET_AOT_CACHE",
 
 @functools.cache
 def _sources_digest() -> str:
-    """Every kernel source of this package and the Triton version: a cached result is
-    reused only for the very code and compiler that produced it."""
+    """The source of every kernel of this package and the Triton version: a cached result
+    is reused only for the very kernels and compiler that produced it."""
     h = hashlib.sha256(triton.__version__.encode())
-    for module in (_common, conv, elementwise):  # every module with @triton.jit code
-        h.update(Path(module.__file__).read_bytes())
+    for module in (_common, conv, elementwise):  # every @triton.jit function (they use no
+        for name in sorted(vars(module)):        # module constants but each other)
+            fn = getattr(getattr(module, name), "fn", None)
+            if fn is not None and getattr(fn, "__module__", None) == module.__name__:
+                h.update(inspect.getsource(fn).encode())
     return h.hexdigest()
 
 

@@ -132,6 +132,8 @@ def rule_config(kind: str, target: Target, dtype_class: str, c_in: int,
         m = 128 if c_out >= 128 and dtype_class != "fp32" else 64
         n, k = _channels_tile(c_in, wide), deep
     warps = 8 if m * n >= 128 * 64 else 4
+    if kind == "dgrad" and m >= 128:  # two-tensor dy tiles and stride-phase bookkeeping:
+        warps = 16 if m * n >= 128 * 128 else 8  # fewer warps spill (AOT check)
     if target.name == "sm100" and dtype_class == "16bit":
         # The accumulator leaves tensor memory through registers: fewer warps spill
         # (AOT check); wgrad's epilogue is a plain store.

@@ -15,13 +15,14 @@ write per-tile partials that a second kernel merges in a fixed order: determinis
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from . import plans
 from ._common import (
-    INTERPRET,
     channel_tile,
     check_data,
     column_sum,
@@ -193,46 +194,64 @@ def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, count_ptr, out_mean_ptr, out
 
 
 @triton.jit
+def _first_tap(base, dilation, stride, K, step):
+    """The first tap r of a dim whose output pixel (base - r*dilation) / stride is whole,
+    or K when none is (the solutions repeat every ``step`` = stride / gcd taps)."""
+    first = K
+    for r in range(0, step):
+        hit = ((base - r * dilation) % stride == 0) & (r < first) & (r < K)
+        first = tl.where(hit, r, first)
+    return first
+
+
+@triton.jit
 def conv_dgrad_kernel(
     dz_ptr, y_ptr, a_ptr, b_ptr, c_ptr, w_ptr, dx_ptr, res_ptr,
     prev_y_ptr, prev_scale_ptr, prev_shift_ptr, prev_mean_ptr, prev_invstd_ptr,
     part_ptr,
-    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
+    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation, tap_step,
     KH: tl.constexpr, KW: tl.constexpr, HAS_RES: tl.constexpr, HAS_PREV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[m, n] = sum over taps and C_out of dy[out pixel of (m, tap), k] * w[k, n, tap];
     m = input pixel, n = C_in. dy is rebuilt from (dz, y) as tiles load; w: [C_out, KH,
-    KW, C_in] (KRSC, as conv_fwd reads it); dz, y, dx, residual, prev_y: NHWC."""
+    KW, C_in] (KRSC, as conv_fwd reads it); dz, y, dx, residual, prev_y: NHWC.
+
+    By stride phase: program_id(2) = (ph, pw) takes the input pixels h = ph (mod stride),
+    w = pw (mod stride), which only the taps r = r0, r0 + tap_step, ... reach, each at
+    output pixel hq + (ph + padding - r*dilation) / stride: no stride-hole products and no
+    per-row division in the K loop; a phase no tap reaches runs no K loop at all."""
     pid_m = tl.program_id(0)
-    M = N * H * W
-    offs_m, m_mask, img, h_i, w_i = pixel_tile(pid_m, M, H, W, BLOCK_M)
+    ph = tl.program_id(2) // stride
+    pw = tl.program_id(2) % stride
+    h_q = (H - ph + stride - 1) // stride  # this phase's rows and columns per image
+    w_q = (W - pw + stride - 1) // stride
+    offs_q, m_mask, img, hq, wq = pixel_tile(pid_m, N * h_q * w_q, h_q, w_q, BLOCK_M)
+    offs_m = (img * H + hq * stride + ph) * W + wq * stride + pw  # input pixel index
     offs_n, n_mask = channel_tile(tl.program_id(1), C_in, BLOCK_N)
+    r0 = _first_tap(ph + padding, dilation, stride, KH, tap_step)
+    s0 = _first_tap(pw + padding, dilation, stride, KW, tap_step)
+    n_r = (KH - r0 + tap_step - 1) // tap_step
+    n_s = (KW - s0 + tap_step - 1) // tap_step
 
     k_total = KH * KW * C_in
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     k_blocks = tl.cdiv(C_out, BLOCK_K)
-    for kk in range(0, KH * KW * k_blocks):  # flat (tap, C_out block) loop, see conv_fwd
-        tap = kk // k_blocks
-        r = tap // KW
-        s = tap - r * KW
-        offs_k = (kk - tap * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+    for kk in range(0, n_r * n_s * k_blocks):  # flat (tap, C_out block) loop, see conv_fwd
+        t = kk // k_blocks
+        i = t // n_s
+        r = r0 + i * tap_step
+        s = s0 + (t - i * n_s) * tap_step
+        offs_k = (kk - t * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
         k_mask = offs_k < C_out
-        # The output pixel this tap reads: (h_i + padding - r*dilation) / stride, when
-        # exact and in range; % and // only see non-negative numbers (C vs floor rules).
-        h_num = h_i + padding - r * dilation
-        w_num = w_i + padding - s * dilation
-        h_pos = tl.where(h_num >= 0, h_num, 0)
-        w_pos = tl.where(w_num >= 0, w_num, 0)
-        h_o = h_pos // stride
-        w_o = w_pos // stride
-        row_ok = m_mask & (h_num >= 0) & (w_num >= 0) & (h_pos % stride == 0) \
-            & (w_pos % stride == 0) & (h_o < H_out) & (w_o < W_out)
+        h_o = hq + (ph + padding - r * dilation) // stride  # exact: r was chosen so
+        w_o = wq + (pw + padding - s * dilation) // stride
+        row_ok = m_mask & (h_o >= 0) & (h_o < H_out) & (w_o >= 0) & (w_o < W_out)
         rows = ((img * H_out + h_o) * W_out + w_o) * C_out
         dy = _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
                                c_ptr)
-        wt = tl.load(w_ptr + offs_k[:, None] * k_total + tap * C_in + offs_n[None, :],
+        wt = tl.load(w_ptr + offs_k[:, None] * k_total + (r * KW + s) * C_in + offs_n[None, :],
                      mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(dy, wt, acc, input_precision=DOT_PRECISION)
 
@@ -250,7 +269,8 @@ def conv_dgrad_kernel(
         xhat = (prev_y - tl.load(prev_mean_ptr + offs_n, mask=n_mask, other=0.0)[None, :]) \
             * tl.load(prev_invstd_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
         masked = tl.where(mask, acc, 0.0)
-        part = pid_m.to(tl.int64) * 2 * C_in + offs_n  # part[tile, 0|1, c]
+        tile = tl.program_id(2) * tl.num_programs(0) + pid_m
+        part = tile.to(tl.int64) * 2 * C_in + offs_n  # part[tile, 0|1, c]
         tl.store(part_ptr + part, tl.sum(masked, axis=0), mask=n_mask)
         tl.store(part_ptr + C_in + part, tl.sum(tl.where(mask, masked * xhat, 0.0), axis=0),
                  mask=n_mask)
@@ -360,7 +380,7 @@ def _merge_stats(levels, part: Tensor, rows: int, block_m: int) -> tuple[Tensor,
     """Run the plan's merge levels over the per-tile (pivot, mean, M2) buffer
     ``part[3, tiles, C]``; each level's groups are the next one's parts."""
     c = part.shape[2]
-    pivot, mean, m2, count = part[0], part[1], part[2], part[2]  # tiles count themselves
+    mean, m2, count = part[1], part[2], part[2]  # the first level counts the tiles itself
     for launch in levels:
         groups = launch.grid[1]
         if launch.meta["FINAL"]:  # two tensors: op outputs must not share storage
@@ -404,14 +424,15 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
         sums = (dz.new_zeros(c_in if has_prev else 0, dtype=torch.float32) for _ in range(2))
         return (_like(dx, dz), *sums)
     gemm, *sum_levels = plan.launches
-    part = (torch.empty((gemm.grid[0], 2 * c_in), dtype=torch.float32, device=dz.device)
-            if has_prev else dx)
+    part = (torch.empty((gemm.grid[0] * gemm.grid[2], 2 * c_in), dtype=torch.float32,
+                        device=dz.device) if has_prev else dx)
     with device_guard(dz):
         _run_gemm(gemm, nhwc(dz), nhwc(y), vec(a, dz), vec(b, dz), vec(c, dz),
                   _krsc(weight, dz.dtype), dx, nhwc(residual) if residual is not None else dx,
                   nhwc(prev_y) if has_prev else dx, vec(prev_scale, dx), vec(prev_shift, dx),
                   vec(prev_mean, dx), vec(prev_invstd, dx), part,
                   n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+                  stride // math.gcd(stride, dilation),
                   KH=kh, KW=weight.shape[3], HAS_RES=residual is not None, HAS_PREV=has_prev,
                   DOT_PRECISION=dot_precision(dz.dtype))
         if has_prev:

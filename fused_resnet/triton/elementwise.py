@@ -21,8 +21,8 @@ from ._common import (
     launch_options,
     launcher,
     nhwc,
-    row_tile,
     relu_keep_nan,
+    row_tile,
     target_of,
     vec,
 )

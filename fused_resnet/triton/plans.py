@@ -11,7 +11,6 @@ from ..launch_plan import Launch, OpPlan, Target
 from . import configs
 from .configs import INTERPRETER_TARGET, MAX_SERIAL_STEPS, TileConfig
 
-
 MIN_STEPS = 8
 
 
@@ -114,11 +113,14 @@ def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, strid
     if rows == 0:
         return OpPlan("conv_bwd_data", ())
     es = configs.elem_bytes(dtype_class)
-    tiles = cdiv(rows, cfg.block_m)
-    steps = k * k * cdiv(c_out, cfg.block_k)
+    # One grid slice per stride phase, sized by the largest (phase 0); dilation 1 here:
+    # a phase is reached by every stride-th tap of each dim.
+    phase_tiles = cdiv(n * cdiv(h, stride) * cdiv(w, stride), cfg.block_m)
+    tiles = phase_tiles * stride * stride
+    steps = cdiv(k, stride) ** 2 * cdiv(c_out, cfg.block_k)
     out_rows = cdiv(rows, stride * stride)
-    gemm = _gemm("conv_dgrad", (tiles, cdiv(c_in, cfg.block_n)), cfg, "dgrad", dtype_class,
-                 2 * out_rows * c_out * k * k * c_in,
+    gemm = _gemm("conv_dgrad", (phase_tiles, cdiv(c_in, cfg.block_n), stride * stride), cfg,
+                 "dgrad", dtype_class, 2 * out_rows * c_out * k * k * c_in,
                  es * (2 * out_rows * c_out + rows * c_in * (3 if has_prev else 1)), steps)
     sums = 2 * column_sum_launches(tiles, c_in, target) if has_prev else []  # sum, sum*xhat
     return OpPlan("conv_bwd_data", (gemm, *sums))
