@@ -126,14 +126,14 @@ def rule_config(kind: str, target: Target, dtype_class: str, c_in: int,
     deep = 32 if dtype_class == "fp32" else 64
     if kind == "fwd":
         m, n, k = 128, _channels_tile(c_out, wide), _channels_tile(c_in, deep)
-    elif kind == "dgrad":
-        m, n, k = 128, _channels_tile(c_in, wide), _channels_tile(c_out, deep)
+    elif kind == "dgrad":  # 128x128 tiles spill (dy from two tensors; AOT check)
+        m, n, k = 128, _channels_tile(c_in, 64), _channels_tile(c_out, deep)
     else:  # wgrad: M = C_out, N = C_in, K = pixels (always long)
         m = 128 if c_out >= 128 and dtype_class != "fp32" else 64
         n, k = _channels_tile(c_in, wide), deep
     warps = 8 if m * n >= 128 * 64 else 4
-    if kind == "dgrad" and m >= 128:  # two-tensor dy tiles and stride-phase bookkeeping:
-        warps = 16 if m * n >= 128 * 128 else 8  # fewer warps spill (AOT check)
+    if kind == "dgrad":  # two-tensor dy tiles and stride-phase bookkeeping: with fewer
+        warps = 8  # warps the 128-row tiles spill (AOT check)
     if target.name == "sm100" and dtype_class == "16bit":
         # The accumulator leaves tensor memory through registers: fewer warps spill
         # (AOT check); wgrad's epilogue is a plain store.
