@@ -146,8 +146,8 @@ def test_tensors_past_2_to_the_31_elements(backend):
 
 
 # ------------------------------------------------------------------- Triton backend
-TRITON = pytest.mark.skipif("triton" not in GPU_BACKENDS, reason="the triton backend is not "
-                            "usable on this GPU")
+TRITON = pytest.mark.skipif("triton" not in GPU_BACKENDS,
+                            reason="the triton backend does not serve CUDA here")
 # The ResNet-50 stage blocks at batch 128, as training runs them.
 B128_STAGES = [(64, 64, 1, True, 56), (256, 128, 2, True, 56), (512, 256, 2, True, 28),
                (1024, 512, 2, True, 14), (2048, 512, 1, False, 7)]
