@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from ._fakes import OP_NAMES, register_fakes  # one set of fakes for every backend
+from ._fakes import OP_NAMES, _op_exists, register_fakes  # noqa: F401 (one set of fakes)
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
