@@ -84,28 +84,166 @@ def test_training_peak_memory_below_eager(backend):
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_tensors_past_2_to_the_31_elements(backend):
-    # y of 2^31 + a bit elements in bf16 (4.3 GB each); several live at once.
-    n, c, h, w = 1371, 256, 78, 78  # 2.135e9 elements
-    need = 6 * n * c * h * w * 2
+    """int64 offsets: activations of 2^31 + 43M elements (4.4 GB each in bf16) through
+    block_end, block_end_bwd, conv forward, dgrad and wgrad, checked where 32-bit offsets
+    would have wrapped (the last images) and, for the sums, chunk by chunk."""
+    n, c, h, w = 1371, 256, 79, 79
+    assert n * c * h * w > 2**31
+    need = 7 * n * c * h * w * 2
     free, _ = torch.cuda.mem_get_info()
     if free < need:
         pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory, {free / 2**30:.0f} free")
     be = ops.get_backend(backend)
-    y = torch.randn(n, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(
-        memory_format=torch.channels_last)
-    r = torch.randn_like(y)
-    scale = torch.rand(c, device="cuda") + 0.5
-    shift = torch.randn(c, device="cuda")
+    bf16 = torch.bfloat16
+
+    def act(*shape):
+        return torch.randn(*shape, device="cuda", dtype=bf16).contiguous(
+            memory_format=torch.channels_last)
+
+    def chunked(fn):  # a reference sum over all images, 128 at a time, in float64
+        return sum(fn(slice(i, i + 128)) for i in range(0, n, 128))
+
+    tail = slice(n - 3, n)
+    y, r = act(n, c, h, w), act(n, c, h, w)
+    scale, shift = torch.rand(c, device="cuda") + 0.5, torch.randn(c, device="cuda")
     out = be.block_end(y=y, scale=scale, shift=shift, residual=r, res_scale=None,
                        res_shift=None)
-    tail = slice(n - 3, n)  # where 32-bit offsets would have wrapped
-    want = reference.block_end(y[tail], scale, shift, r[tail])
-    assert torch.equal(out[tail], want)
-    del out, r
-    w1 = torch.randn(64, c, 1, 1, device="cuda", dtype=torch.bfloat16)
-    z, mean, m2 = be.conv_fwd(x=y, weight=w1, stride=1, padding=0, dilation=1, groups=1,
-                              in_scale=scale, in_shift=shift, in_relu=True, out_scale=None,
-                              out_shift=None, residual=None, res_scale=None, res_shift=None,
-                              out_relu=False, stats=True)
+    assert_close(out[tail], reference.block_end(y[tail], scale, shift, r[tail]), bf16)
+    # Sums without cancellation (positive terms), so fp32 accumulation meets 1e-5.
+    mean = torch.randn(c, device="cuda") * 0.1 - 3
+    invstd = torch.rand(c, device="cuda") + 0.5
+    d_out = r.abs_()  # reuse the memory
+    dz, s_dz, s_xhat, _ = be.block_end_bwd(d_out=d_out, out=out, y=y, mean=mean,
+                                           invstd=invstd, y_d=None, mean_d=None, invstd_d=None)
+    want = reference.block_end_bwd(d_out[tail], out[tail], y[tail], mean, invstd)
+    assert_close(dz[tail], want[0], bf16, what="dz")
+    sums = chunked(lambda i: torch.stack(reference.block_end_bwd(
+        d_out[i].double(), out[i].double(), y[i].double(), mean, invstd)[1:3]))
+    assert_close(s_dz, sums[0], torch.float32, what="sum dz")
+    assert_close(s_xhat, sums[1], torch.float32, what="sum dz*xhat")
+    out = dz = d_out = r = None  # free 17 GB before the convs
+    w1 = torch.randn(64, c, 1, 1, device="cuda", dtype=bf16) / c ** 0.5
+    z, _, _ = be.conv_fwd(x=y, weight=w1, stride=1, padding=0, dilation=1, groups=1,
+                          in_scale=scale, in_shift=shift, in_relu=True, out_scale=None,
+                          out_shift=None, residual=None, res_scale=None, res_shift=None,
+                          out_relu=False, stats=True)
     want = reference.conv_fwd(y[tail], w1, 1, 0, 1, 1, scale, shift, True)[0]
-    assert_close(z[tail], want, torch.bfloat16)
+    assert_close(z[tail], want, bf16, what="conv_fwd")
+    a, b, cc = (torch.randn(64, device="cuda") * 0.1 for _ in range(3))
+    dx, _, _ = be.conv_bwd_data(dz=z, y=z, a=a, b=b, c=cc, weight=w1, input_size=list(y.shape),
+                                stride=1, padding=0, dilation=1, groups=1, residual=None,
+                                prev_y=None, prev_scale=None, prev_shift=None, prev_mean=None,
+                                prev_invstd=None)
+    want = reference.conv_bwd_data(z[tail], z[tail], a, b, cc, w1, [3, c, h, w], 1, 0, 1)[0]
+    assert_close(dx[tail], want, bf16, what="dgrad")
+    dx = None
+    dw = be.conv_bwd_weight(x=y, in_scale=scale, in_shift=shift, in_relu=True, dz=z, y=z, a=a,
+                            b=b, c=cc, weight=w1, stride=1, padding=0, dilation=1, groups=1)
+    want = chunked(lambda i: reference.conv_bwd_weight(
+        y[i].double(), scale, shift, True, z[i].double(), z[i].double(), a, b, cc,
+        w1.double(), 1, 0, 1).float())
+    assert_close(dw, want, bf16, what="wgrad")
+
+
+# ------------------------------------------------------------------- Triton backend
+TRITON = pytest.mark.skipif("triton" not in GPU_BACKENDS,
+                            reason="the triton backend does not serve CUDA here")
+# The ResNet-50 stage blocks at batch 128, as training runs them.
+B128_STAGES = [(64, 64, 1, True, 56), (256, 128, 2, True, 56), (512, 256, 2, True, 28),
+               (1024, 512, 2, True, 14), (2048, 512, 1, False, 7)]
+
+
+def _triton_pair(stage, dtype, batch):
+    inplanes, planes, stride, proj, hw = stage
+    tv, fused = make_blocks("bottleneck", inplanes, planes, stride, proj, backend="triton")
+    tv = tv.cuda().to(dtype).to(memory_format=torch.channels_last)
+    fused = fused.cuda().to(dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, inplanes, hw, hw, device="cuda", dtype=dtype)
+    return tv, fused, x.contiguous(memory_format=torch.channels_last)
+
+
+@TRITON
+@pytest.mark.parametrize("stage", B128_STAGES, ids=[f"{s[0]}x{s[1]}-s{s[2]}" for s in B128_STAGES])
+def test_triton_batch128_stage_blocks(stage):
+    """bf16 training step at batch 128 against float64: output, input and parameter
+    gradients within 2x the error of eager PyTorch in bf16."""
+    tv, fused, x = _triton_pair(stage, torch.bfloat16, 128)
+    oracle = copy.deepcopy(tv).double()
+    xs = [x.clone().requires_grad_() for _ in range(2)] + [x.double().requires_grad_()]
+    outs = [fused(xs[0]), tv(xs[1]), oracle(xs[2])]
+    g = torch.randn_like(outs[2])
+    for o in outs:
+        o.backward(g.to(o.dtype))
+    plain_params, ref_params = dict(tv.named_parameters()), dict(oracle.named_parameters())
+    pairs = [("out", outs[0], outs[1], outs[2]), ("x.grad", *(t.grad for t in xs))]
+    pairs += [(f"{name}.grad", p.grad, plain_params[name].grad, ref_params[name].grad)
+              for name, p in fused.named_parameters()]
+    for what, got, plain, want in pairs:
+        assert_close(got, want, torch.bfloat16, rel_err(plain, want), what=what)
+
+
+@TRITON
+def test_triton_fp32_without_tf32_meets_the_fp32_tolerance():
+    tv, fused, x = _triton_pair((256, 64, 1, False, 14), torch.float32, 8)
+    oracle = copy.deepcopy(tv).double()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        out = fused.eval()(x)
+    assert_close(out, oracle.eval()(x.double()), torch.float32)
+
+
+@TRITON
+def test_triton_cuda_graph_capture_after_warmup():
+    _, fused, x = _triton_pair((256, 64, 1, False, 14), torch.bfloat16, 16)
+    fused.eval()
+    with torch.no_grad():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            want = fused(x)  # warm-up: compiles the kernels outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = fused(x)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+
+
+@TRITON
+def test_triton_non_default_stream_and_second_device():
+    _, fused, x = _triton_pair((256, 64, 1, False, 14), torch.bfloat16, 8)
+    fused.eval()
+    with torch.no_grad():
+        want = fused(x)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            got = fused(x)
+        torch.cuda.current_stream().wait_stream(s)
+        assert torch.equal(got, want)
+        if torch.cuda.device_count() > 1:
+            other = copy.deepcopy(fused).to("cuda:1")
+            got1 = other(x.to("cuda:1"))
+            assert got1.device == torch.device("cuda:1")
+            assert torch.equal(got1.cpu(), want.cpu())
+
+
+@TRITON
+def test_triton_bottleneck_under_torch_compile_fullgraph():
+    """Inductor over a Triton-backend bottleneck: forward, backward and running stats
+    match eager execution of the same module."""
+    tv, fused, x = _triton_pair((256, 64, 1, False, 14), torch.bfloat16, 8)
+    twin = copy.deepcopy(fused)
+    compiled = torch.compile(twin, fullgraph=True, backend="inductor")
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    out, want = compiled(xs[0]), fused(xs[1])
+    g = torch.randn_like(want)
+    out.backward(g)
+    want.backward(g)
+    assert_close(out, want, torch.bfloat16, what="out")
+    assert_close(xs[0].grad, xs[1].grad, torch.bfloat16, what="x.grad")
+    for (name, a), b in zip(twin.named_buffers(), fused.buffers()):
+        if a.is_floating_point():
+            assert_close(a, b, torch.float32, what=name)
+        else:
+            assert torch.equal(a, b), name

@@ -24,7 +24,7 @@ from conftest import TF32_TOLERANCE, assert_close, rel_err, tolerance  # noqa: E
 import fused_resnet.triton as ftriton  # noqa: E402
 from fused_resnet import reference  # noqa: E402
 
-UNAVAILABLE = ftriton.available()
+UNAVAILABLE = ftriton.unavailable_reason()
 DEVICE = "cpu" if ftriton.interpreting() else "cuda"
 pytestmark = pytest.mark.skipif(
     UNAVAILABLE is not None,
@@ -48,6 +48,12 @@ def _call_reference(op: str, kwargs: dict, dtype=None):
               for k, v in kwargs.items()}
     out = getattr(reference, op)(**kwargs)
     return out if isinstance(out, tuple) else (out,)
+
+
+def ieee_fp32():
+    """fp32 convs without TF32 (the kernels follow cuDNN's allow_tf32 switch, on by
+    default): for checks at the fp32 tolerance on a GPU."""
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
 
 
 def _tol(dtype: torch.dtype, plain_err: float) -> float:
@@ -163,6 +169,8 @@ DGRAD_CASES = [
     (2, 7, 9, 9, 6, 1, 2, 0, 1, True, False, False),
     (1, 3, 9, 9, 8, 7, 2, 3, 1, False, False, True),
     (1, 4, 8, 8, 5, 3, 1, 2, 2, True, True, False),
+    (1, 4, 9, 9, 5, 3, 2, 2, 2, True, False, True),   # stride 2, dilation 2: odd phases
+    (1, 4, 10, 10, 5, 3, 3, 1, 2, False, True, False),  # reached by no tap; stride 3
 ]
 
 
@@ -287,7 +295,8 @@ def test_nan_elementwise():
 def test_nan_pre_activation_passes_dgrad_gradient():
     kw = _dgrad_kwargs(DGRAD_CASES[0], torch.float32)
     kw["prev_y"][0, 1, 2, 2] = float("nan")
-    dx = OPS.conv_bwd_data_triton(**kw)[0]
+    with ieee_fp32():
+        dx = OPS.conv_bwd_data_triton(**kw)[0]
     ref = reference.conv_bwd_data(**kw)[0]
     assert not torch.isnan(dx[0, 1, 2, 2]) and dx[0, 1, 2, 2] != 0
     assert_close(dx, ref, torch.float32, what="dx with a NaN pre-activation")
@@ -386,6 +395,28 @@ def test_conv_fwd_stats_two_level_merge():
     kw = dict(x=x, weight=w, stride=1, padding=0, dilation=1, groups=1, in_scale=None,
               in_shift=None, in_relu=False, out_scale=None, out_shift=None, residual=None,
               res_scale=None, res_shift=None, out_relu=False, stats=True)
-    _, mean, m2 = OPS.conv_fwd_triton(**kw)
+    with ieee_fp32():
+        _, mean, m2 = OPS.conv_fwd_triton(**kw)
     ref = _call_reference("conv_fwd", kw, torch.float64)
     assert rel_err(mean, ref[1]) <= 1e-5 and rel_err(m2, ref[2]) <= 1e-5
+
+
+@pytest.mark.parametrize("op", ["conv_fwd", "conv_bwd_data"])
+def test_empty_batch(op):
+    """No rows: nothing is launched, and the statistics are those of the reference (NaN
+    mean, zero M2 / zero sums)."""
+    if op == "conv_fwd":
+        kw = _conv_kwargs((0, 5, 9, 9, 7, 3, 1, 1, 1, "train", True), torch.float32)
+        out = OPS.conv_fwd_triton(**kw)
+        ref = reference.conv_fwd(**kw)
+    else:
+        kw = _dgrad_kwargs((2, 5, 9, 9, 7, 3, 1, 1, 1, True, False, True), torch.float32)
+        kw = {k: v[:0] if isinstance(v, torch.Tensor) and v.dim() == 4 and k != "weight"
+              else v for k, v in kw.items()}
+        kw["input_size"] = [0, *kw["input_size"][1:]]
+        out = OPS.conv_bwd_data_triton(**kw)
+        ref = reference.conv_bwd_data(**kw)
+    for o, r in zip(out, ref):
+        assert o.shape == r.shape and o.dtype == r.dtype
+        assert torch.equal(torch.isnan(o), torch.isnan(r))
+        assert torch.equal(o.nan_to_num(), r.nan_to_num())

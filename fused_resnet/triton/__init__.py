@@ -26,8 +26,8 @@ else:
     INTERPRET = False
 
 
-def available() -> str | None:
-    """None when the ``*_triton`` ops are registered and can run here, else why not."""
+def unavailable_reason() -> str | None:
+    """Why the ``*_triton`` ops cannot run here, or None when they can."""
     if _ERROR is not None:
         return _ERROR
     if INTERPRET:
@@ -47,4 +47,4 @@ def interpreting() -> bool:
     return _ERROR is None and INTERPRET
 
 
-__all__ = ["available", "interpreting"]
+__all__ = ["interpreting", "unavailable_reason"]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ..launch_plan import Target
+from . import configs, plans
 
 # Triton decides at @triton.jit decoration time whether a kernel is interpreted, so the
 # launchers must agree with the flag as it was when this package was imported.
@@ -35,16 +39,47 @@ def relu_keep_nan(v):
 
 
 @triton.jit
-def column_sum_kernel(part_ptr, out_ptr, rows, cols, BLOCK_C: tl.constexpr):
-    """out[c] = sum over rows of part[r, c], in row order: deterministic, no atomics."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = offs < cols
+def row_tile(pid, rows, BLOCK: tl.constexpr):
+    """Rows [pid*BLOCK, +BLOCK) of an NHWC tensor viewed as [rows, C]: int64 offsets
+    (tensors may pass 2**31 elements) and the in-range mask."""
+    offs = tl.cast(pid, tl.int64) * BLOCK + tl.arange(0, BLOCK)  # pid may be a loop index
+    return offs, offs < rows
+
+
+@triton.jit
+def pixel_tile(pid, rows, H, W, BLOCK: tl.constexpr):
+    """A :func:`row_tile` of pixels, with each row's (image, h, w)."""
+    offs, mask = row_tile(pid, rows, BLOCK)
+    w = offs % W
+    h = (offs // W) % H
+    return offs, mask, offs // (W * H), h, w
+
+
+@triton.jit
+def channel_tile(pid, C, BLOCK: tl.constexpr):
+    """Channels [pid*BLOCK, +BLOCK) and their in-range mask."""
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < C
+
+
+@triton.jit
+def column_sum_kernel(part_ptr, out_ptr, rows, cols, row_stride, chunk, BLOCK_R: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """out[g, c] = sum of part[r, c] (at part_ptr + r*row_stride + c) over the rows r of
+    group g, [g*chunk, (g+1)*chunk):
+    [BLOCK_R, BLOCK_C] tiles summed with tl.sum, in row order. Deterministic, no atomics."""
+    offs_c, c_mask = channel_tile(tl.program_id(0), cols, BLOCK_C)
+    g = tl.program_id(1)
+    start = g * chunk
+    end = tl.minimum(rows, start + chunk)
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    row = offs  # int64: advanced by cols per row
-    for _ in range(rows):
-        acc += tl.load(part_ptr + row, mask=mask, other=0.0)
-        row += cols
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    for r0 in range(start, end, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        mask = (offs_r < end)[:, None] & c_mask[None, :]
+        acc += tl.sum(tl.load(part_ptr + offs_r[:, None] * row_stride + offs_c[None, :],
+                              mask=mask,
+                              other=0.0), axis=0)
+    tl.store(out_ptr + g.to(tl.int64) * cols + offs_c, acc, mask=c_mask)
 
 
 def launcher(kernel):
@@ -63,14 +98,29 @@ def device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def column_sum(part: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Deterministic sum over dim 0 of a contiguous fp32 ``[rows, cols]`` buffer."""
+def column_sum(part: torch.Tensor, target: Target) -> torch.Tensor:
+    """Deterministic sum over dim 0 of an fp32 ``[rows, cols]`` view with unit column
+    stride, in the levels of :func:`plans.column_sum_launches`; a fresh ``[cols]`` tensor."""
     rows, cols = part.shape
-    out = torch.empty(cols, dtype=out_dtype, device=part.device)
-    block = 128 if INTERPRET else 256
-    launcher(column_sum_kernel)[(triton.cdiv(cols, block),)](part, out, rows, cols,
-                                                            BLOCK_C=block)
-    return out
+    for launch in plans.column_sum_launches(rows, cols, target):
+        groups = launch.grid[1]
+        out = torch.empty((groups, cols), dtype=torch.float32, device=part.device)
+        launcher(column_sum_kernel)[launch.grid](
+            part, out, launch.meta["rows"], cols, part.stride(0), launch.meta["chunk"],
+            BLOCK_R=launch.meta["BLOCK_R"], BLOCK_C=launch.meta["BLOCK_C"],
+            **launch_options(launch.num_warps))
+        part = out
+    return part.view(cols)
+
+
+def launch_options(num_warps: int, num_stages: int | None = None) -> dict:
+    """Launch options for the GPU (the interpreter takes none)."""
+    if INTERPRET:
+        return {}
+    opts = {"num_warps": num_warps}
+    if num_stages is not None:
+        opts["num_stages"] = num_stages
+    return opts
 
 
 def check_data(op: str, t: torch.Tensor, groups: int = 1) -> None:
@@ -94,11 +144,11 @@ def nhwc(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def vec(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """A per-channel vector as a contiguous fp32 tensor; absent ones become a 1-element
-    dummy (never read: a constexpr flag tells the kernel it is absent)."""
+def vec(t: torch.Tensor | None, absent: torch.Tensor) -> torch.Tensor:
+    """A per-channel vector as a contiguous fp32 tensor; an absent one is replaced by
+    ``absent``, any tensor of the call (never read: a constexpr flag tells the kernel)."""
     if t is None:
-        return like.new_zeros(1, dtype=torch.float32)
+        return absent
     return t.contiguous().to(torch.float32)
 
 
@@ -109,11 +159,26 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def arch_of(t: torch.Tensor) -> int:
-    if t.device.type != "cuda":
-        return 0
-    major, minor = torch.cuda.get_device_capability(t.device)
-    return major * 10 + minor
+def dtype_class(dtype: torch.dtype) -> str:
+    """The tile-table column of a data dtype (fp16 and bf16 share tiles)."""
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+@functools.cache
+def _device_target(index: int) -> Target:
+    props = torch.cuda.get_device_properties(index)
+    fam = configs.family(props.major * 10 + props.minor)
+    limit = getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
+    return fam.with_device(limit, props.multi_processor_count)
+
+
+def target_of(t: torch.Tensor) -> Target:
+    """The planning target for a launch on ``t``'s device: its family's tables bounded by
+    the device's own shared memory and SM count (the interpreter has one of its own)."""
+    if INTERPRET:
+        return configs.INTERPRETER_TARGET
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return _device_target(index)
 
 
 def conv_out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:

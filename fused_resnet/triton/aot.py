@@ -1,15 +1,24 @@
 """Ahead-of-time compilation of the Triton kernels for a GPU that is not here.
 
-``python -m fused_resnet.triton.aot`` compiles every kernel with the configs the
-ResNet-50/18 shapes use (sm_90, bf16) and the default configs (sm_80; fp16/fp32) and
-prints one JSON line per kernel: registers, spill stack, local memory, shared memory,
-and whether the PTX uses ``wgmma``/``mma``. Needs no GPU: ``triton.compile`` with a
-``GPUTarget``, and the ``cuobjdump`` shipped in triton's wheel for resource usage.
+``python -m fused_resnet.triton.aot`` compiles every conv kernel with every config of
+the tile tables and every fallback (configs.py), for each GPU family (sm_80, sm_90,
+sm_100, sm_120) in bf16, fp16 and fp32, and the per-channel kernels, and prints one JSON
+line per kernel: registers, spill stack, local memory, shared memory, and whether the
+PTX uses ``wgmma``/``mma``. ``--check`` prints only the failures (a register spill,
+shared memory past the family's limit or past the launcher's estimate) and a summary
+line, and exits 1 on any failure. Needs no GPU: ``triton.compile`` with a ``GPUTarget``,
+and the ``cuobjdump`` shipped in triton's wheel for resource usage. Results are cached
+under ``build/triton-aot`` keyed by the kernel sources, the job and the Triton version.
 Run it without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import functools
+import hashlib
+import inspect
 import json
 import os
 import re
@@ -17,15 +26,15 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import configs, conv, elementwise
+from . import _common, configs, conv, elementwise
 from ._common import column_sum_kernel
 
-SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}  # bytes of shared memory per block
 _TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 
 KERNELS = {
@@ -52,7 +61,7 @@ _CONV_FLAGS = {
 }
 _OTHER_CONSTEXPRS = {
     "merge_stats": dict(ROWS_PER_TILE=128, BLOCK_C=128, FIRST=True, FINAL=False),
-    "column_sum": dict(BLOCK_C=256),
+    "column_sum": dict(BLOCK_R=configs.REDUCE_GPU[0], BLOCK_C=configs.REDUCE_GPU[1]),
     "block_end": dict(HAS_RES_AFFINE=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
                       BLOCK_C=configs.ELEMENTWISE_GPU[1]),
     "block_end_bwd": dict(HAS_D=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
@@ -107,48 +116,156 @@ def compile_one(job: dict) -> dict:
             "mma": "mma.sync" in ptx}
 
 
-def _conv_job(kind, cfg: configs.TileConfig, k: int, arch: int, dtype: str, flags: dict,
+AOT_TARGETS = ("sm80", "sm90", "sm100", "sm120")
+DTYPES = {"bf16": "16bit", "fp16": "16bit", "fp32": "fp32"}
+
+
+def _conv_job(kind, cfg: configs.TileConfig, k: int, target: str, dtype: str, flags: dict,
               divisible: list[str], shape: str) -> dict:
     constexprs = {"KH": k, "KW": k, **flags, "DOT_PRECISION": "tf32", **cfg.meta()}
     if kind == "wgrad":
-        constexprs["SPLIT_K"] = cfg.split_k
-    return {"kind": kind, "arch": arch, "dtype": dtype, "constexprs": constexprs,
-            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "shape": shape,
-            "divisible": divisible}
+        constexprs["SPLIT_K"] = 2
+    return {"kind": kind, "target": target, "arch": configs.TARGETS[target].arch,
+            "dtype": dtype, "constexprs": constexprs, "num_warps": cfg.num_warps,
+            "num_stages": cfg.num_stages, "shape": shape, "divisible": divisible,
+            "config": str(cfg), "smem_estimate": configs.smem_estimate(kind, cfg, DTYPES[dtype])}
 
 
-def jobs() -> list[dict]:
-    """Table configs (sm_90 bf16, deduplicated), defaults for sm_80 and fp16/fp32, and
-    the per-channel kernels."""
+def _conv_configs(target: str, dtype: str):
+    """(kind, config, kernel size, divisible, shape) for every table entry of the family
+    and dtype, then every fallback; each distinct compile once."""
+    dc = DTYPES[dtype]
+    for (fam, cls, kind, c_in, c_out, k, s), cfg in sorted(configs.TABLE.items(), key=str):
+        if fam == target and cls == dc:
+            divisible = [n for n, v in (("C_in", c_in), ("C_out", c_out)) if v % 16 == 0]
+            yield kind, cfg, k, divisible, f"{c_in}x{c_out}k{k}s{s}"
+    for kind, fallbacks in configs.FALLBACKS.items():
+        for cfg in fallbacks:
+            yield kind, cfg, 3, ["C_in", "C_out"], "fallback"
+
+
+def jobs(targets=AOT_TARGETS) -> list[dict]:
+    """Every conv config of every table entry and fallback, for each target family and
+    dtype (deduplicated), and the per-channel kernels."""
     out, seen = [], set()
-    for (kind, c_in, c_out, k, stride), cfg in sorted(configs.SM90_TABLE.items()):
-        divisible = [n for n, v in (("C_in", c_in), ("C_out", c_out)) if v % 16 == 0]
-        for flags in _CONV_FLAGS[kind]:
-            key = (kind, cfg, min(k, 3), tuple(divisible), tuple(flags.items()))
-            if key not in seen:
-                seen.add(key)
-                out.append(_conv_job(kind, cfg, k, 90, "bf16", flags, divisible,
-                                     f"{c_in}x{c_out}k{k}s{stride}"))
-    for arch, dtype in ((80, "bf16"), (80, "fp16"), (80, "fp32"), (90, "fp16"), (90, "fp32")):
-        for kind, cfg in configs.DEFAULT.items():
-            out.append(_conv_job(kind, cfg, 3, arch, dtype, _CONV_FLAGS[kind][0],
-                                 ["C_in", "C_out"], "default"))
-    for kind, constexprs in _OTHER_CONSTEXPRS.items():
-        for arch in (90, 80):
-            out.append({"kind": kind, "arch": arch, "dtype": "bf16", "constexprs": constexprs,
+    for target in targets:
+        for dtype in DTYPES:
+            for kind, cfg, k, divisible, shape in _conv_configs(target, dtype):
+                for flags in _CONV_FLAGS[kind]:
+                    # Shapes differ in kernel size and alignment; compile each config once
+                    # per flag set (the first shape that uses it stands for the rest).
+                    key = (target, dtype, kind, cfg, tuple(flags.items()))
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(_conv_job(kind, cfg, k, target, dtype, flags, divisible,
+                                             shape))
+        for kind, constexprs in _OTHER_CONSTEXPRS.items():
+            out.append({"kind": kind, "target": target, "arch": configs.TARGETS[target].arch,
+                        "dtype": "bf16", "constexprs": constexprs,
                         "num_warps": configs.ELEMENTWISE_GPU[2], "num_stages": 1,
                         "shape": "any", "divisible": ["C"]})
     return out
 
 
-def main() -> None:
+def problems(result: dict) -> list[str]:
+    """What is wrong with one compiled kernel: a register spill, shared memory past the
+    target's limit, or more shared memory than the launcher's estimate allows for."""
+    out = []
+    if result.get("stack", 0) or result.get("local", 0):
+        out.append(f"spills (stack {result.get('stack', 0)} B, local {result.get('local', 0)} B)")
+    limit = configs.TARGETS[result["target"]].shared_limit
+    if result["shared_bytes"] > limit:
+        out.append(f"shared memory {result['shared_bytes']} B > {limit} B")
+    estimate = result.get("smem_estimate")
+    if estimate is not None and result["shared_bytes"] > estimate:
+        out.append(f"shared memory {result['shared_bytes']} B > smem_estimate {estimate} B")
+    return out
+
+
+def describe(result: dict) -> str:
+    tile = result.get("config") or ""
+    return (f"{result['kind']} {result['target']} {result['dtype']} {result['shape']} "
+            f"{tile}").rstrip()
+
+
+# ------------------------------------------------------------------------- cache
+CACHE_DIR = Path(os.environ.get("FUSED_RESNET_AOT_CACHE",
+                                Path(__file__).resolve().parents[2] / "build" / "triton-aot"))
+
+
+@functools.cache
+def _sources_digest() -> str:
+    """The source of every kernel of this package and the Triton version: a cached result
+    is reused only for the very kernels and compiler that produced it."""
+    h = hashlib.sha256(triton.__version__.encode())
+    for module in (_common, conv, elementwise):  # every @triton.jit function (they use no
+        for name in sorted(vars(module)):        # module constants but each other)
+            fn = getattr(getattr(module, name), "fn", None)
+            if fn is not None and getattr(fn, "__module__", None) == module.__name__:
+                h.update(inspect.getsource(fn).encode())
+    return h.hexdigest()
+
+
+def _cache_path(job: dict) -> Path:
+    key = hashlib.sha256((_sources_digest() + json.dumps(job, sort_keys=True)).encode())
+    return CACHE_DIR / f"{key.hexdigest()[:32]}.json"
+
+
+def _cached(job: dict) -> dict | None:
+    path = _cache_path(job)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def compile_cached(job: dict) -> dict:
+    """Compile ``job`` and store its result in the cache."""
+    result = compile_one(job)
+    path = _cache_path(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)  # atomic: concurrent runs never read half a file
+    return result
+
+
+def _results(all_jobs: list[dict]):
+    """(result, from cache) per job, in order; only the misses start compiler processes."""
+    hits = [_cached(job) for job in all_jobs]
+    misses = [job for job, hit in zip(all_jobs, hits) if hit is None]
     workers = int(os.environ.get("FUSED_RESNET_AOT_JOBS", os.cpu_count() or 1))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(compile_one, jobs()):
+    with ProcessPoolExecutor(max_workers=workers) if misses else contextlib.nullcontext() as pool:
+        compiled = pool.map(compile_cached, misses) if misses else iter(())
+        for hit in hits:
+            yield (hit, True) if hit is not None else (next(compiled), False)
+
+
+def run(check: bool) -> int:
+    failures, cached, total = [], 0, 0
+    for result, from_cache in _results(jobs()):
+        total += 1
+        cached += from_cache
+        bad = problems(result)
+        if check:
+            if bad:
+                failures.append(f"FAIL {describe(result)}: {'; '.join(bad)}")
+                print(failures[-1], flush=True)
+        else:
             print(json.dumps(result), flush=True)
+    if check:
+        print(f"aot check: {total} kernels for {', '.join(AOT_TARGETS)} "
+              f"({cached} from {CACHE_DIR}), {len(failures)} failing")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="print only failures (spills, shared memory past the limit or "
+                             "the launcher's estimate) and a summary; exit 1 on any")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    return run(args.check)
 
 
 if __name__ == "__main__":
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
-    main()
+    sys.exit(main())

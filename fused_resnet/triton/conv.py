@@ -15,25 +15,27 @@ write per-tile partials that a second kernel merges in a fixed order: determinis
 
 from __future__ import annotations
 
-import functools
-import os
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-from . import configs
+from . import plans
 from ._common import (
-    INTERPRET,
-    arch_of,
+    channel_tile,
     check_data,
     column_sum,
     conv_out_size,
     device_guard,
     dot_precision,
+    dtype_class,
+    launch_options,
     launcher,
     nhwc,
+    pixel_tile,
     relu_keep_nan,
+    target_of,
     vec,
 )
 
@@ -89,15 +91,9 @@ def conv_fwd_kernel(
     """y[m, n] = epilogue(sum_k A[m, k] * W[n, k]); m = output pixel, n = C_out,
     k = (tap, C_in). x: NHWC; w: [C_out, KH, KW, C_in]; y, residual: NHWC."""
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     M = N * H_out * W_out
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < C_out
-    w_o = offs_m % W_out
-    h_o = (offs_m // W_out) % H_out
-    img = offs_m // (W_out * H_out)
+    offs_m, m_mask, img, h_o, w_o = pixel_tile(pid_m, M, H_out, W_out, BLOCK_M)
+    offs_n, n_mask = channel_tile(tl.program_id(1), C_out, BLOCK_N)
     k_total = KH * KW * C_in
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -198,51 +194,64 @@ def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, count_ptr, out_mean_ptr, out
 
 
 @triton.jit
+def _first_tap(base, dilation, stride, K, step):
+    """The first tap r of a dim whose output pixel (base - r*dilation) / stride is whole,
+    or K when none is (the solutions repeat every ``step`` = stride / gcd taps)."""
+    first = K
+    for r in range(0, step):
+        hit = ((base - r * dilation) % stride == 0) & (r < first) & (r < K)
+        first = tl.where(hit, r, first)
+    return first
+
+
+@triton.jit
 def conv_dgrad_kernel(
     dz_ptr, y_ptr, a_ptr, b_ptr, c_ptr, w_ptr, dx_ptr, res_ptr,
     prev_y_ptr, prev_scale_ptr, prev_shift_ptr, prev_mean_ptr, prev_invstd_ptr,
-    part_sum_ptr, part_sum_xhat_ptr,
-    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
+    part_ptr,
+    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation, tap_step,
     KH: tl.constexpr, KW: tl.constexpr, HAS_RES: tl.constexpr, HAS_PREV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[m, n] = sum over taps and C_out of dy[out pixel of (m, tap), k] * w[k, n, tap];
-    m = input pixel, n = C_in. dy is rebuilt from (dz, y) as tiles load; w: [KH, KW,
-    C_out, C_in]; dz, y, dx, residual, prev_y: NHWC."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    M = N * H * W
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < C_in
-    w_i = offs_m % W
-    h_i = (offs_m // W) % H
-    img = offs_m // (W * H)
+    m = input pixel, n = C_in. dy is rebuilt from (dz, y) as tiles load; w: [C_out, KH,
+    KW, C_in] (KRSC, as conv_fwd reads it); dz, y, dx, residual, prev_y: NHWC.
 
+    By stride phase: program_id(2) = (ph, pw) takes the input pixels h = ph (mod stride),
+    w = pw (mod stride), which only the taps r = r0, r0 + tap_step, ... reach, each at
+    output pixel hq + (ph + padding - r*dilation) / stride: no stride-hole products and no
+    per-row division in the K loop; a phase no tap reaches runs no K loop at all."""
+    pid_m = tl.program_id(0)
+    ph = tl.program_id(2) // stride
+    pw = tl.program_id(2) % stride
+    h_q = (H - ph + stride - 1) // stride  # this phase's rows and columns per image
+    w_q = (W - pw + stride - 1) // stride
+    offs_q, m_mask, img, hq, wq = pixel_tile(pid_m, N * h_q * w_q, h_q, w_q, BLOCK_M)
+    offs_m = (img * H + hq * stride + ph) * W + wq * stride + pw  # input pixel index
+    offs_n, n_mask = channel_tile(tl.program_id(1), C_in, BLOCK_N)
+    r0 = _first_tap(ph + padding, dilation, stride, KH, tap_step)
+    s0 = _first_tap(pw + padding, dilation, stride, KW, tap_step)
+    n_r = (KH - r0 + tap_step - 1) // tap_step
+    n_s = (KW - s0 + tap_step - 1) // tap_step
+
+    k_total = KH * KW * C_in
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     k_blocks = tl.cdiv(C_out, BLOCK_K)
-    for kk in range(0, KH * KW * k_blocks):  # flat (tap, C_out block) loop, see conv_fwd
-        tap = kk // k_blocks
-        r = tap // KW
-        s = tap - r * KW
-        offs_k = (kk - tap * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+    for kk in range(0, n_r * n_s * k_blocks):  # flat (tap, C_out block) loop, see conv_fwd
+        t = kk // k_blocks
+        i = t // n_s
+        r = r0 + i * tap_step
+        s = s0 + (t - i * n_s) * tap_step
+        offs_k = (kk - t * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
         k_mask = offs_k < C_out
-        # The output pixel this tap reads: (h_i + padding - r*dilation) / stride, when
-        # exact and in range; % and // only see non-negative numbers (C vs floor rules).
-        h_num = h_i + padding - r * dilation
-        w_num = w_i + padding - s * dilation
-        h_pos = tl.where(h_num >= 0, h_num, 0)
-        w_pos = tl.where(w_num >= 0, w_num, 0)
-        h_o = h_pos // stride
-        w_o = w_pos // stride
-        row_ok = m_mask & (h_num >= 0) & (w_num >= 0) & (h_pos % stride == 0) \
-            & (w_pos % stride == 0) & (h_o < H_out) & (w_o < W_out)
+        h_o = hq + (ph + padding - r * dilation) // stride  # exact: r was chosen so
+        w_o = wq + (pw + padding - s * dilation) // stride
+        row_ok = m_mask & (h_o >= 0) & (h_o < H_out) & (w_o >= 0) & (w_o < W_out)
         rows = ((img * H_out + h_o) * W_out + w_o) * C_out
         dy = _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
                                c_ptr)
-        wt = tl.load(w_ptr + (tap * C_out + offs_k)[:, None] * C_in + offs_n[None, :],
+        wt = tl.load(w_ptr + offs_k[:, None] * k_total + (r * KW + s) * C_in + offs_n[None, :],
                      mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(dy, wt, acc, input_precision=DOT_PRECISION)
 
@@ -260,9 +269,10 @@ def conv_dgrad_kernel(
         xhat = (prev_y - tl.load(prev_mean_ptr + offs_n, mask=n_mask, other=0.0)[None, :]) \
             * tl.load(prev_invstd_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
         masked = tl.where(mask, acc, 0.0)
-        part = pid_m.to(tl.int64) * C_in + offs_n
-        tl.store(part_sum_ptr + part, tl.sum(masked, axis=0), mask=n_mask)
-        tl.store(part_sum_xhat_ptr + part, tl.sum(tl.where(mask, masked * xhat, 0.0), axis=0),
+        tile = tl.program_id(2) * tl.num_programs(0) + pid_m
+        part = tile.to(tl.int64) * 2 * C_in + offs_n  # part[tile, 0|1, c]
+        tl.store(part_ptr + part, tl.sum(masked, axis=0), mask=n_mask)
+        tl.store(part_ptr + C_in + part, tl.sum(tl.where(mask, masked * xhat, 0.0), axis=0),
                  mask=n_mask)
     tl.store(dx_ptr + out_offs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -276,7 +286,7 @@ def conv_wgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[k, tap, c] = sum_p dy[p, k] * act[input pixel of (p, tap), c]; program
-    (k block, (tap, c block), split) sums pixels p = split*BLOCK_K + j*SPLIT_K*BLOCK_K...
+    (k block, (tap, c block), split) sums the pixel blocks split, split + SPLIT_K, ...
     and writes part[split, k, tap*C_in + c] (fp32; reduced in split order afterwards)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -285,22 +295,16 @@ def conv_wgrad_kernel(
     tap = pid_n // c_blocks
     r = tap // KW
     s = tap % KW
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channels
-    offs_n = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels
-    m_mask = offs_m < C_out
-    n_mask = offs_n < C_in
+    offs_m, m_mask = channel_tile(pid_m, C_out, BLOCK_M)  # output channels
+    offs_n, n_mask = channel_tile(pid_n % c_blocks, C_in, BLOCK_N)  # input channels
     P = N * H_out * W_out
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for p0 in range(pid_k * BLOCK_K, P, SPLIT_K * BLOCK_K):
-        offs_p = p0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        p_mask = offs_p < P
+    for p_block in range(pid_k, tl.cdiv(P, BLOCK_K), SPLIT_K):
+        offs_p, p_mask, img, h_o, w_o = pixel_tile(p_block, P, H_out, W_out, BLOCK_K)
         # dy^T tile [C_out, pixels], loaded transposed: rows are channels here.
         dy = tl.trans(_load_output_grad(dz_ptr, y_ptr, offs_p * C_out, p_mask, offs_m,
                                         m_mask, a_ptr, b_ptr, c_ptr))
-        w_o = offs_p % W_out
-        h_o = (offs_p // W_out) % H_out
-        img = offs_p // (W_out * H_out)
         h_in = h_o * stride - padding + r * dilation
         w_in = w_o * stride - padding + s * dilation
         row_ok = p_mask & (h_in >= 0) & (h_in < H) & (w_in >= 0) & (w_in < W)
@@ -314,49 +318,24 @@ def conv_wgrad_kernel(
     tl.store(part_ptr + offs, acc, mask=m_mask[:, None] & n_mask[None, :])
 
 
-# -------------------------------------------------------------------- tile selection
-_AUTOTUNE_KEYS = ["N", "H", "W", "C_in", "C_out", "stride", "KH", "KW"]
-_KERNELS = {"fwd": conv_fwd_kernel, "dgrad": conv_dgrad_kernel, "wgrad": conv_wgrad_kernel}
-
-
-@functools.cache
-def _autotuned(kind: str, arch: int):
-    """``kind``'s kernel autotuned over BLOCK_N/BLOCK_K/warps/stages for ``arch``."""
-    cands = [triton.Config({"BLOCK_N": c.block_n, "BLOCK_K": c.block_k},
-                           num_warps=c.num_warps, num_stages=c.num_stages)
-             for c in configs.autotune_configs(kind, arch)]
-    return triton.autotune(cands, key=_AUTOTUNE_KEYS)(_KERNELS[kind])
-
-
-def _plan(kind: str, ref: Tensor, c_in: int, c_out: int, k: int, stride: int, rows: int,
-          split_tiles: int = 1):
-    """(kernel, block_m, split_k, launch kwargs) for one conv: the committed table, the
-    interpreter's config, or autotuning over everything except block_m/split_k."""
-    if INTERPRET:
-        cfg = configs.INTERPRETER
-    else:
-        arch = arch_of(ref)
-        cfg = configs.lookup(kind, c_in, c_out, k, stride, arch)
-        if cfg is None and not _autotune_enabled():
-            cfg = configs.DEFAULT[kind]
-        if cfg is None:
-            block_m = configs.block_m_for(kind, rows)
-            split = configs.split_k_for(rows, split_tiles) if kind == "wgrad" else 1
-            return launcher(_autotuned(kind, arch)), block_m, split, {"BLOCK_M": block_m}
-    opts = {} if INTERPRET else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    return launcher(_KERNELS[kind]), cfg.block_m, cfg.split_k, {**cfg.meta(), **opts}
-
-
-def _autotune_enabled() -> bool:
-    """FUSED_RESNET_TRITON_AUTOTUNE=0: untabled shapes take configs.DEFAULT instead."""
-    return os.environ.get("FUSED_RESNET_TRITON_AUTOTUNE", "1") != "0"
-
-
-def _grid_mn(rows: int, block_m: int, cols: int):
-    return lambda meta: (triton.cdiv(rows, block_m), triton.cdiv(cols, meta["BLOCK_N"]))
-
-
 # ---------------------------------------------------------------------------- launchers
+_KERNELS = {"conv_fwd": conv_fwd_kernel, "conv_dgrad": conv_dgrad_kernel,
+            "conv_wgrad": conv_wgrad_kernel}
+
+
+def _run_gemm(launch, *args, **constexprs) -> None:
+    """Launch a plan's GEMM with its grid, tile constexprs and (GPU) launch options."""
+    cfg = launch.config
+    launcher(_KERNELS[launch.kernel])[launch.grid](
+        *args, **constexprs, **launch.meta, **launch_options(cfg.num_warps, cfg.num_stages))
+
+
+def _krsc(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """The weight as [C_out, KH, KW, C_in] storage: no copy when it is already
+    channels_last in ``dtype``."""
+    return weight.to(dtype).permute(0, 2, 3, 1).contiguous()
+
+
 def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, groups: int,
              in_scale: Tensor | None, in_shift: Tensor | None, in_relu: bool,
              out_scale: Tensor | None, out_shift: Tensor | None, residual: Tensor | None,
@@ -368,54 +347,55 @@ def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int
     c_out, _, kh, kw = weight.shape
     h_out, w_out = (conv_out_size(h, kh, stride, padding, dilation),
                     conv_out_size(w, kw, stride, padding, dilation))
-    rows = n * h_out * w_out
-    xc = nhwc(x)
-    wt = weight.to(x.dtype).permute(0, 2, 3, 1).contiguous()  # [C_out, KH, KW, C_in]
     y = torch.empty((n, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
-    res = nhwc(residual) if residual is not None else y
-    kernel, block_m, _, meta = _plan("fwd", x, c_in, c_out, kh, stride, rows)
-    tiles = triton.cdiv(rows, block_m)
-    part = torch.empty((3, tiles if stats else 1, c_out), dtype=torch.float32, device=x.device)
-    with device_guard(x):
-        kernel[_grid_mn(rows, block_m, c_out)](
-            xc, wt, y, vec(in_scale, x), vec(in_shift, x), vec(out_scale, x),
-            vec(out_shift, x), res, vec(res_scale, x), vec(res_shift, x), part[0], part[1],
-            part[2], n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
-            KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
-            HAS_OUT_AFFINE=out_scale is not None, HAS_RES=residual is not None,
-            HAS_RES_AFFINE=res_scale is not None, OUT_RELU=out_relu, STATS=stats,
-            DOT_PRECISION=dot_precision(x.dtype), **meta)
+    plan = plans.conv_fwd_plan(n, c_in, h_out, w_out, c_out, kh, stride, dtype_class(x.dtype),
+                               target_of(x), stats)
+    if not stats:  # two distinct tensors: op outputs must not alias each other
+        mean, m2 = (x.new_empty(0, dtype=torch.float32) for _ in range(2))
+    if not plan.launches:  # empty batch: the reference's statistics of nothing
         if stats:
-            mean, m2 = _merge_stats(part, rows, block_m)
-        else:
-            mean, m2 = (x.new_empty(0, dtype=torch.float32) for _ in range(2))
+            mean = torch.full((c_out,), float("nan"), dtype=torch.float32, device=x.device)
+            m2 = torch.zeros(c_out, dtype=torch.float32, device=x.device)
+        return _like(y, x), mean, m2
+    gemm, *merges = plan.launches
+    tiles = gemm.grid[0]
+    part = torch.empty((3, tiles, c_out), dtype=torch.float32, device=x.device) if stats else y
+    stat = (part[0], part[1], part[2]) if stats else (y, y, y)
+    with device_guard(x):
+        _run_gemm(gemm, nhwc(x), _krsc(weight, x.dtype), y, vec(in_scale, x), vec(in_shift, x),
+                  vec(out_scale, x), vec(out_shift, x),
+                  nhwc(residual) if residual is not None else y, vec(res_scale, x),
+                  vec(res_shift, x), *stat, n, h, w, c_in, h_out, w_out, c_out, stride, padding,
+                  dilation, KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
+                  HAS_OUT_AFFINE=out_scale is not None, HAS_RES=residual is not None,
+                  HAS_RES_AFFINE=res_scale is not None, OUT_RELU=out_relu, STATS=stats,
+                  DOT_PRECISION=dot_precision(x.dtype))
+        if stats:
+            mean, m2 = _merge_stats(merges, part, n * h_out * w_out, gemm.config.block_m)
     return _like(y, x), mean, m2
 
 
-def _merge_stats(part: Tensor, rows: int, block_m: int) -> tuple[Tensor, Tensor]:
-    """Merge the per-tile (pivot, mean, M2) buffer ``part[3, tiles, C]``: in parallel and in
-    a fixed order, over groups of >= 64 tiles (enough that ~512 programs share the work),
-    then over the groups. One program per channel block walking every tile would take
-    milliseconds per conv at batch 128."""
-    _, tiles, c = part.shape
-    mean = torch.empty(c, dtype=torch.float32, device=part.device)
-    m2 = torch.empty_like(mean)
-    block_c = 32 if INTERPRET else 128
-    cblocks = triton.cdiv(c, block_c)
-    groups = max(1, min(triton.cdiv(tiles, 64), max(1, 512 // cblocks)))
-    chunk = triton.cdiv(tiles, groups)
-    merge = launcher(merge_stats_kernel)
-    consts = dict(ROWS_PER_TILE=block_m, BLOCK_C=block_c)
-    if groups == 1:
-        merge[(cblocks, 1)](part[0], part[1], part[2], part[2], mean, m2, m2, tiles, tiles, rows,
-                            c, FIRST=True, FINAL=True, **consts)
-        return mean, m2
-    grp = torch.empty((3, groups, c), dtype=torch.float32, device=part.device)  # n, mean, m2
-    merge[(cblocks, groups)](part[0], part[1], part[2], part[2], grp[1], grp[2], grp[0], tiles,
-                             chunk, rows, c, FIRST=True, FINAL=False, **consts)
-    merge[(cblocks, 1)](part[0], grp[1], grp[2], grp[0], mean, m2, m2, groups, groups, rows, c,
-                        FIRST=False, FINAL=True, **consts)
+def _merge_stats(levels, part: Tensor, rows: int, block_m: int) -> tuple[Tensor, Tensor]:
+    """Run the plan's merge levels over the per-tile (pivot, mean, M2) buffer
+    ``part[3, tiles, C]``; each level's groups are the next one's parts."""
+    c = part.shape[2]
+    mean, m2, count = part[1], part[2], part[2]  # the first level counts the tiles itself
+    for launch in levels:
+        groups = launch.grid[1]
+        if launch.meta["FINAL"]:  # two tensors: op outputs must not share storage
+            out_mean, out_m2 = (torch.empty(c, dtype=torch.float32, device=part.device)
+                                for _ in range(2))
+            out_count = out_m2  # not written by the final level
+        else:
+            out = torch.empty((3, groups, c), dtype=torch.float32, device=part.device)
+            out_count, out_mean, out_m2 = out[0], out[1], out[2]
+        launcher(merge_stats_kernel)[launch.grid](
+            part[0], mean, m2, count, out_mean, out_m2, out_count, launch.meta["parts"],
+            launch.meta["chunk"], rows, c, ROWS_PER_TILE=block_m,
+            BLOCK_C=launch.meta["BLOCK_C"], FIRST=launch.meta["FIRST"],
+            FINAL=launch.meta["FINAL"], **launch_options(launch.num_warps))
+        count, mean, m2 = out_count, out_mean, out_m2
     return mean, m2
 
 
@@ -434,27 +414,30 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
     check_data("conv_bwd_data", dz, groups)
     n, c_out, h_out, w_out = dz.shape
     _, c_in, h, w = input_size
-    kh, kw = weight.shape[2], weight.shape[3]
-    rows = n * h * w
-    wt = weight.to(dz.dtype).permute(2, 3, 0, 1).contiguous()  # [KH, KW, C_out, C_in]
+    kh = weight.shape[2]
     dx = torch.empty((n, c_in, h, w), dtype=dz.dtype, device=dz.device,
                      memory_format=torch.channels_last)
     has_prev = prev_y is not None
-    kernel, block_m, _, meta = _plan("dgrad", dz, c_in, c_out, kh, stride, rows)
-    n_part = triton.cdiv(rows, block_m) if has_prev else 1
-    part_sum = torch.empty((n_part, c_in), dtype=torch.float32, device=dz.device)
-    part_sum_xhat = torch.empty_like(part_sum)
+    plan = plans.conv_dgrad_plan(n, c_in, h, w, c_out, kh, stride, dtype_class(dz.dtype),
+                                 target_of(dz), has_prev)
+    if not plan.launches:
+        sums = (dz.new_zeros(c_in if has_prev else 0, dtype=torch.float32) for _ in range(2))
+        return (_like(dx, dz), *sums)
+    gemm, *sum_levels = plan.launches
+    part = (torch.empty((gemm.grid[0] * gemm.grid[2], 2 * c_in), dtype=torch.float32,
+                        device=dz.device) if has_prev else dx)
     with device_guard(dz):
-        kernel[_grid_mn(rows, block_m, c_in)](
-            nhwc(dz), nhwc(y), vec(a, dz), vec(b, dz), vec(c, dz), wt, dx,
-            nhwc(residual) if residual is not None else dx,
-            nhwc(prev_y) if has_prev else dx, vec(prev_scale, dz), vec(prev_shift, dz),
-            vec(prev_mean, dz), vec(prev_invstd, dz), part_sum, part_sum_xhat,
-            n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
-            KH=kh, KW=kw, HAS_RES=residual is not None, HAS_PREV=has_prev,
-            DOT_PRECISION=dot_precision(dz.dtype), **meta)
+        _run_gemm(gemm, nhwc(dz), nhwc(y), vec(a, dz), vec(b, dz), vec(c, dz),
+                  _krsc(weight, dz.dtype), dx, nhwc(residual) if residual is not None else dx,
+                  nhwc(prev_y) if has_prev else dx, vec(prev_scale, dx), vec(prev_shift, dx),
+                  vec(prev_mean, dx), vec(prev_invstd, dx), part,
+                  n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+                  stride // math.gcd(stride, dilation),
+                  KH=kh, KW=weight.shape[3], HAS_RES=residual is not None, HAS_PREV=has_prev,
+                  DOT_PRECISION=dot_precision(dz.dtype))
         if has_prev:
-            sum_dx, sum_dx_xhat = column_sum(part_sum), column_sum(part_sum_xhat)
+            sum_dx, sum_dx_xhat = (column_sum(part[:, i * c_in:(i + 1) * c_in], target_of(dz))
+                                   for i in range(2))
         else:  # two distinct tensors: op outputs must not alias each other
             sum_dx, sum_dx_xhat = (dz.new_empty(0, dtype=torch.float32) for _ in range(2))
     return _like(dx, dz), sum_dx, sum_dx_xhat
@@ -471,26 +454,17 @@ def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
     n, c_in, h, w = x.shape
     _, c_out, h_out, w_out = dz.shape
     kh, kw = weight.shape[2], weight.shape[3]
-    pixels = n * h_out * w_out
-    cols = kh * kw * c_in
-    # Tiles of the (C_out x C_in) GEMM per tap, for choosing the split when autotuning.
-    tiles = triton.cdiv(c_out, 64) * triton.cdiv(c_in, 64) * kh * kw
-    kernel, block_m, split, meta = _plan("wgrad", x, c_in, c_out, kh, stride, pixels, tiles)
-    part = torch.empty((split, c_out * cols), dtype=torch.float32, device=x.device)
-
-    def grid(meta):
-        return (triton.cdiv(c_out, block_m), kh * kw * triton.cdiv(c_in, meta["BLOCK_N"]),
-                split)
-
+    target = target_of(x)
+    gemm, *sum_levels = plans.conv_wgrad_plan(n, c_in, c_out, h_out, w_out, kh, stride,
+                                              dtype_class(x.dtype), target).launches
+    split = gemm.meta["SPLIT_K"]
+    part = torch.empty((split, c_out * kh * kw * c_in), dtype=torch.float32, device=x.device)
     with device_guard(x):
-        kernel[grid](
-            nhwc(x).to(x.dtype), vec(in_scale, x), vec(in_shift, x), nhwc(dz), nhwc(y),
-            vec(a, x), vec(b, x), vec(c, x), part,
-            n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
-            KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
-            DOT_PRECISION=dot_precision(x.dtype), SPLIT_K=split, **meta)
-        dw = part[0] if split == 1 else column_sum(part)
-    dw = dw.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
-    out = torch.empty_like(weight)
-    out.copy_(dw)
-    return out
+        _run_gemm(gemm, nhwc(x), vec(in_scale, x), vec(in_shift, x), nhwc(dz), nhwc(y),
+                  vec(a, x), vec(b, x), vec(c, x), part,
+                  n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+                  KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
+                  DOT_PRECISION=dot_precision(x.dtype))
+        dw = part[0] if split == 1 else column_sum(part, target)
+    # In the weight's own dtype and memory format, as the fake kernel says.
+    return torch.empty_like(weight).copy_(dw.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2))

@@ -11,15 +11,19 @@ import torch
 import triton
 import triton.language as tl
 
-from . import configs
+from . import plans
 from ._common import (
-    INTERPRET,
+    channel_tile,
     check_data,
     column_sum,
     device_guard,
+    dtype_class,
+    launch_options,
     launcher,
     nhwc,
     relu_keep_nan,
+    row_tile,
+    target_of,
     vec,
 )
 
@@ -38,10 +42,9 @@ def block_end_kernel(y_ptr, scale_ptr, shift_ptr, res_ptr, res_scale_ptr, res_sh
                      out_ptr, rows, C, HAS_RES_AFFINE: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """out = relu(y*scale + shift + [residual*res_scale + res_shift])."""
-    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    mask = (offs_r < rows)[:, None] & c_mask[None, :]
+    offs_r, r_mask = row_tile(tl.program_id(0), rows, BLOCK_R)
+    offs_c, c_mask = channel_tile(tl.program_id(1), C, BLOCK_C)
+    mask = r_mask[:, None] & c_mask[None, :]
     offs = offs_r[:, None] * C + offs_c[None, :]
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -58,10 +61,9 @@ def block_end_bwd_kernel(d_out_ptr, out_ptr, y_ptr, mean_ptr, invstd_ptr, y_d_pt
     """dz = d_out masked where out <= 0; per-tile sums of dz, dz*xhat, dz*xhat_d written
     to part[0|1|2, tile, c]."""
     pid_r = tl.program_id(0)
-    offs_r = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    mask = (offs_r < rows)[:, None] & c_mask[None, :]
+    offs_r, r_mask = row_tile(pid_r, rows, BLOCK_R)
+    offs_c, c_mask = channel_tile(tl.program_id(1), C, BLOCK_C)
+    mask = r_mask[:, None] & c_mask[None, :]
     offs = offs_r[:, None] * C + offs_c[None, :]
     d_out = tl.load(d_out_ptr + offs, mask=mask, other=0.0)
     out = tl.load(out_ptr + offs, mask=mask, other=0.0)
@@ -100,6 +102,8 @@ def bn_finalize_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_
     if UPDATE:
         if HAS_NBT:
             nbt = tl.load(nbt_ptr) + 1
+            # Every thread has read the old count before any thread stores the new one.
+            tl.debug_barrier()
             tl.store(nbt_ptr, nbt)
             if CUMULATIVE:
                 factor = 1.0 / nbt.to(tl.float32)
@@ -129,14 +133,6 @@ def bn_finalize_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_
                      mask=mask)
 
 
-def _tile() -> tuple[int, int, int]:
-    return configs.ELEMENTWISE_INTERPRETER if INTERPRET else configs.ELEMENTWISE_GPU
-
-
-def _opts(warps: int) -> dict:
-    return {} if INTERPRET else {"num_warps": warps}
-
-
 def _like(out: Tensor, main: Tensor) -> Tensor:
     from ..reference import memory_format
     return out.contiguous(memory_format=memory_format(main))
@@ -147,14 +143,13 @@ def block_end(y: Tensor, scale: Tensor, shift: Tensor, residual: Tensor,
     """See :func:`fused_resnet.reference.block_end`."""
     check_data("block_end", y)
     n, c, h, w = y.shape
-    rows = n * h * w
     out = torch.empty_like(y, memory_format=torch.channels_last)
-    block_r, block_c, warps = _tile()
+    (launch,) = plans.block_end_plan(n * h * w, c, dtype_class(y.dtype), target_of(y))
     with device_guard(y):
-        launcher(block_end_kernel)[(triton.cdiv(rows, block_r), triton.cdiv(c, block_c))](
+        launcher(block_end_kernel)[launch.grid](
             nhwc(y), vec(scale, y), vec(shift, y), nhwc(residual), vec(res_scale, y),
-            vec(res_shift, y), out, rows, c, HAS_RES_AFFINE=res_scale is not None,
-            BLOCK_R=block_r, BLOCK_C=block_c, **_opts(warps))
+            vec(res_shift, y), out, n * h * w, c, HAS_RES_AFFINE=res_scale is not None,
+            **launch.meta, **launch_options(launch.num_warps))
     return _like(out, y)
 
 
@@ -165,17 +160,18 @@ def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: T
     check_data("block_end_bwd", d_out)
     n, c, h, w = d_out.shape
     rows = n * h * w
-    block_r, block_c, warps = _tile()
-    tiles = triton.cdiv(rows, block_r)
-    dz = torch.empty_like(d_out, memory_format=torch.channels_last)
-    part = torch.empty((3, tiles, c), dtype=torch.float32, device=d_out.device)
     has_d = y_d is not None
+    target = target_of(d_out)
+    main = plans.block_end_bwd_plan(rows, c, dtype_class(d_out.dtype), target, has_d).launches[0]
+    dz = torch.empty_like(d_out, memory_format=torch.channels_last)
+    part = torch.empty((3 if has_d else 2, main.grid[0], c), dtype=torch.float32,
+                       device=d_out.device)
     with device_guard(d_out):
-        launcher(block_end_bwd_kernel)[(tiles, triton.cdiv(c, block_c))](
+        launcher(block_end_bwd_kernel)[main.grid](
             nhwc(d_out), nhwc(out), nhwc(y), vec(mean, y), vec(invstd, y),
             nhwc(y_d) if has_d else y, vec(mean_d, y), vec(invstd_d, y), dz, part, rows, c,
-            HAS_D=has_d, BLOCK_R=block_r, BLOCK_C=block_c, **_opts(warps))
-        sums = [column_sum(part[i]) for i in range(3 if has_d else 2)]
+            HAS_D=has_d, **main.meta, **launch_options(main.num_warps))
+        sums = [column_sum(p, target) for p in part]
     if not has_d:
         sums.append(d_out.new_empty(0, dtype=torch.float32))
     return (_like(dz, d_out), *sums)
@@ -196,9 +192,10 @@ def bn_finalize(mean: Tensor, m2: Tensor, count: int, weight: Tensor | None,
             raise ValueError("bn_finalize: momentum=None needs num_batches_tracked")
     c = mean.shape[0]
     scale, shift, invstd = (torch.empty_like(mean) for _ in range(3))
+    (launch,) = plans.bn_finalize_plan(c, target_of(mean))
     dummy = mean
     with device_guard(mean):
-        launcher(bn_finalize_kernel)[(1,)](
+        launcher(bn_finalize_kernel)[launch.grid](
             mean.contiguous(), m2.contiguous(), weight if weight is not None else dummy,
             bias if bias is not None else dummy, scale, shift, invstd,
             running_mean if update_running_stats else dummy,
@@ -208,5 +205,5 @@ def bn_finalize(mean: Tensor, m2: Tensor, count: int, weight: Tensor | None,
             float(momentum) if momentum is not None else 0.0, float(eps),
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
             UPDATE=update_running_stats, HAS_NBT=num_batches_tracked is not None,
-            CUMULATIVE=momentum is None, BLOCK_C=128 if INTERPRET else 1024)
+            CUMULATIVE=momentum is None, **launch.meta, **launch_options(launch.num_warps))
     return scale, shift, invstd

@@ -4,7 +4,7 @@ On the GPU the ops are ``torch.library.triton_op``s (torch.compile traces into t
 kernels through ``wrap_triton``). Under the CPU interpreter (``TRITON_INTERPRET=1``)
 they are plain ``custom_op``s: a triton_op's implementation doubles as its fake kernel,
 and interpreted kernels cannot run on fake tensors (no data pointer). Either way the
-fake kernels are the single set in :mod:`fused_resnet.ops` (``register_fakes``).
+fake kernels are the single set in :mod:`fused_resnet._fakes` (``register_fakes``).
 The schemas are those of the C++ ops (csrc/ops.cpp).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops as _ops
+from .._fakes import register_fakes
 from . import conv, elementwise
 from ._common import INTERPRET
 
@@ -65,5 +65,5 @@ def register_all() -> dict:
         return {}
     defs = {name: _define(name) for name in IMPLS}
     # Overrides a triton_op's own fake (its implementation): one set of fakes for all.
-    _ops.register_fakes(SUFFIX)
+    register_fakes(SUFFIX)
     return defs

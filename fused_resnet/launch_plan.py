@@ -1,0 +1,78 @@
+"""Launch plans: what one op launches, as a pure function of shapes, dtype and target.
+
+A backend's launcher builds the plan of its op and then executes it (grids, tile
+configs and reduction levels come from the plan, not from a second copy of the rules),
+so tests can check the structure of every launch without a GPU: the longest chain of
+dependent steps inside one program, the number of waves on the target's SMs, and the
+number of launches per op (docs/design.md §5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    """A GPU family as the planner sees it: what to compile for, how much shared memory
+    one block may use (opt-in maximum), and how many SMs the part has."""
+
+    name: str
+    arch: int  # compute capability x 10 (90 = sm_90)
+    shared_limit: int  # bytes per block
+    sms: int
+
+    def with_device(self, shared_limit: int, sms: int) -> Target:
+        """This family's tables, bounded by a real device's own limits."""
+        return Target(self.name, self.arch, min(self.shared_limit, shared_limit), sms)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch.
+
+    ``serial_steps`` is the trip count of the longest loop one program walks (each step
+    depends on the previous one); ``bytes`` and ``flops`` are estimates of DRAM traffic
+    and arithmetic, for roofline accounting.
+    """
+
+    kernel: str
+    grid: tuple[int, ...]
+    num_warps: int = 4
+    config: Any = None  # the backend's tile config, when the kernel has one
+    meta: dict = field(default_factory=dict, compare=False)  # constexprs the launcher passes
+    smem_bytes: int = 0
+    bytes: int = 0
+    flops: int = 0
+    serial_steps: int = 1
+
+    @property
+    def programs(self) -> int:
+        return math.prod(self.grid)
+
+    def waves(self, sms: int, programs_per_sm: int = 1) -> float:
+        return self.programs / (sms * programs_per_sm)
+
+
+@dataclass(frozen=True)
+class OpPlan:
+    """The launches of one op call, in order."""
+
+    op: str
+    launches: tuple[Launch, ...]
+
+    def __iter__(self):
+        return iter(self.launches)
+
+    def __len__(self) -> int:
+        return len(self.launches)
+
+    def named(self, kernel: str) -> list[Launch]:
+        return [launch for launch in self.launches if launch.kernel == kernel]
+
+    @property
+    def serial_steps(self) -> int:
+        """Dependent steps along the op: launches run one after another."""
+        return sum(launch.serial_steps for launch in self.launches)

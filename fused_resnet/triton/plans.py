@@ -1,0 +1,174 @@
+"""Launch plans of the Triton ops: pure functions of shapes, dtype class and target.
+
+The launchers in ``conv.py`` and ``elementwise.py`` execute these plans (kernel, grid,
+tile config, reduction levels); tests check their structure at ResNet-50 shapes without
+a GPU. Needs neither triton nor a device.
+"""
+
+from __future__ import annotations
+
+from ..launch_plan import Launch, OpPlan, Target
+from . import configs
+from .configs import INTERPRETER_TARGET, MAX_SERIAL_STEPS, TileConfig
+
+MIN_STEPS = 8
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _interpreting(target: Target) -> bool:
+    return target is INTERPRETER_TARGET
+
+
+def _reduce_tile(target: Target) -> tuple[int, int, int]:
+    return configs.forced_value("reduce") or (
+        configs.REDUCE_INTERPRETER if _interpreting(target) else configs.REDUCE_GPU)
+
+
+def _elementwise_tile(target: Target) -> tuple[int, int, int]:
+    return configs.forced_value("elementwise") or (
+        configs.ELEMENTWISE_INTERPRETER if _interpreting(target) else configs.ELEMENTWISE_GPU)
+
+
+def _groups_chunk(parts: int, per_step: int, col_blocks: int, target: Target) -> int:
+    """Rows (parts) per program of one reduction level: enough programs for two waves,
+    never more than MAX_SERIAL_STEPS dependent steps of ``per_step`` rows each."""
+    if parts <= MAX_SERIAL_STEPS * per_step:  # one program per column block is enough
+        return max(parts, per_step)
+    spread = max(1, (2 * target.sms) // col_blocks)
+    # At least MIN_STEPS steps per program (each level shrinks the parts >= 8-fold) and
+    # at most MAX_SERIAL_STEPS groups when that allows (then the next level is the last).
+    steps = max(cdiv(parts, spread * per_step), cdiv(parts, MAX_SERIAL_STEPS * per_step),
+                MIN_STEPS)
+    return min(steps, MAX_SERIAL_STEPS) * per_step
+
+
+def column_sum_launches(rows: int, cols: int, target: Target) -> list[Launch]:
+    """Sum over the rows of a [rows, cols] fp32 buffer: each level's programs add
+    [BLOCK_R, BLOCK_C] tiles with tl.sum, in row order, into one row per group; levels
+    repeat until one row is left. Deterministic: the order depends only on the shape."""
+    block_r, block_c, warps = _reduce_tile(target)
+    col_blocks = cdiv(cols, block_c)
+    out = []
+    while True:
+        chunk = _groups_chunk(rows, block_r, col_blocks, target)
+        groups = max(1, cdiv(rows, chunk))  # no rows: one group writes zeros
+        out.append(Launch("column_sum", (col_blocks, groups), warps,
+                          meta={"rows": rows, "chunk": chunk, "BLOCK_R": block_r,
+                                "BLOCK_C": block_c},
+                          bytes=4 * (rows + groups) * cols, flops=rows * cols,
+                          serial_steps=cdiv(min(chunk, rows), block_r)))
+        if groups == 1:
+            return out
+        rows = groups
+
+
+def merge_stats_launches(tiles: int, channels: int, target: Target) -> list[Launch]:
+    """Chan's merge of per-tile (pivot, mean, M2): levels of at most MAX_SERIAL_STEPS
+    parts per program, in part order, until one group is left."""
+    _, block_c, warps = _reduce_tile(target)
+    col_blocks = cdiv(channels, block_c)
+    out, parts, first = [], tiles, True
+    while True:
+        chunk = _groups_chunk(parts, 1, col_blocks, target)
+        groups = cdiv(parts, chunk)
+        out.append(Launch("merge_stats", (col_blocks, groups), warps,
+                          meta={"parts": parts, "chunk": chunk, "BLOCK_C": block_c,
+                                "FIRST": first, "FINAL": groups == 1},
+                          bytes=4 * 3 * (parts + groups) * channels, flops=10 * parts * channels,
+                          serial_steps=min(chunk, parts)))
+        if groups == 1:
+            return out
+        parts, first = groups, False
+
+
+def _gemm(kernel: str, grid: tuple[int, ...], cfg: TileConfig, kind: str, dtype_class: str,
+          flops: int, nbytes: int, steps: int, **meta) -> Launch:
+    return Launch(kernel, grid, cfg.num_warps, cfg, {**cfg.meta(), **meta},
+                  configs.smem_estimate(kind, cfg, dtype_class), nbytes, flops, steps)
+
+
+def conv_fwd_plan(n: int, c_in: int, h_out: int, w_out: int, c_out: int, k: int, stride: int,
+                  dtype_class: str, target: Target, stats: bool) -> OpPlan:
+    cfg = configs.choose("fwd", target, dtype_class, c_in, c_out, k, stride)
+    rows = n * h_out * w_out
+    if rows == 0:  # nothing to compute; empty statistics are filled on the host side
+        return OpPlan("conv_fwd", ())
+    es = configs.elem_bytes(dtype_class)
+    tiles = cdiv(rows, cfg.block_m)
+    steps = k * k * cdiv(c_in, cfg.block_k)
+    gemm = _gemm("conv_fwd", (tiles, cdiv(c_out, cfg.block_n)), cfg, "fwd", dtype_class,
+                 2 * rows * c_out * k * k * c_in,
+                 es * (rows * (c_in * stride * stride + c_out) + c_out * k * k * c_in), steps)
+    merge = merge_stats_launches(tiles, c_out, target) if stats else []
+    return OpPlan("conv_fwd", (gemm, *merge))
+
+
+def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, stride: int,
+                    dtype_class: str, target: Target, has_prev: bool) -> OpPlan:
+    cfg = configs.choose("dgrad", target, dtype_class, c_in, c_out, k, stride)
+    rows = n * h * w
+    if rows == 0:
+        return OpPlan("conv_bwd_data", ())
+    es = configs.elem_bytes(dtype_class)
+    # One grid slice per stride phase, sized by the largest (phase 0); dilation 1 here:
+    # a phase is reached by every stride-th tap of each dim.
+    phase_tiles = cdiv(n * cdiv(h, stride) * cdiv(w, stride), cfg.block_m)
+    tiles = phase_tiles * stride * stride
+    steps = cdiv(k, stride) ** 2 * cdiv(c_out, cfg.block_k)
+    out_rows = cdiv(rows, stride * stride)
+    gemm = _gemm("conv_dgrad", (phase_tiles, cdiv(c_in, cfg.block_n), stride * stride), cfg,
+                 "dgrad", dtype_class, 2 * out_rows * c_out * k * k * c_in,
+                 es * (2 * out_rows * c_out + rows * c_in * (3 if has_prev else 1)), steps)
+    sums = 2 * column_sum_launches(tiles, c_in, target) if has_prev else []  # sum, sum*xhat
+    return OpPlan("conv_bwd_data", (gemm, *sums))
+
+
+def conv_wgrad_plan(n: int, c_in: int, c_out: int, h_out: int, w_out: int, k: int, stride: int,
+                    dtype_class: str, target: Target) -> OpPlan:
+    cfg = configs.choose("wgrad", target, dtype_class, c_in, c_out, k, stride)
+    pixels = n * h_out * w_out
+    tiles = cdiv(c_out, cfg.block_m) * k * k * cdiv(c_in, cfg.block_n)
+    split = (configs.forced_value("split_k")
+             or configs.split_k_for(pixels, tiles, cfg.block_k, target.sms))
+    es = configs.elem_bytes(dtype_class)
+    cols = c_out * k * k * c_in
+    gemm = _gemm("conv_wgrad", (cdiv(c_out, cfg.block_m), k * k * cdiv(c_in, cfg.block_n),
+                                split), cfg, "wgrad", dtype_class, 2 * pixels * cols,
+                 es * pixels * (2 * c_out + c_in * stride * stride) + 4 * split * cols,
+                 cdiv(cdiv(pixels, cfg.block_k), split), SPLIT_K=split)
+    sums = column_sum_launches(split, cols, target) if split > 1 else []
+    return OpPlan("conv_bwd_weight", (gemm, *sums))
+
+
+def block_end_plan(rows: int, channels: int, dtype_class: str, target: Target) -> OpPlan:
+    block_r, block_c, warps = _elementwise_tile(target)
+    es = configs.elem_bytes(dtype_class)
+    return OpPlan("block_end", (Launch(
+        "block_end", (cdiv(rows, block_r), cdiv(channels, block_c)), warps,
+        meta={"BLOCK_R": block_r, "BLOCK_C": block_c}, bytes=3 * es * rows * channels,
+        flops=4 * rows * channels),))
+
+
+def block_end_bwd_plan(rows: int, channels: int, dtype_class: str, target: Target,
+                       has_d: bool) -> OpPlan:
+    block_r, block_c, warps = _elementwise_tile(target)
+    es = configs.elem_bytes(dtype_class)
+    tiles = cdiv(rows, block_r)
+    sums = 3 if has_d else 2
+    main = Launch("block_end_bwd", (tiles, cdiv(channels, block_c)), warps,
+                  meta={"BLOCK_R": block_r, "BLOCK_C": block_c},
+                  bytes=es * rows * channels * (5 if has_d else 4), flops=8 * rows * channels)
+    return OpPlan("block_end_bwd", (main, *sums * column_sum_launches(tiles, channels, target)))
+
+
+def bn_finalize_plan(channels: int, target: Target) -> OpPlan:
+    """One program walking the channel blocks: it reads num_batches_tracked, waits for
+    every thread (a barrier), then stores the increment, so no thread can read the new
+    value (momentum=None uses it)."""
+    block_c = 128 if _interpreting(target) else 1024
+    return OpPlan("bn_finalize", (Launch(
+        "bn_finalize", (1,), 4, meta={"BLOCK_C": block_c}, bytes=4 * 8 * channels,
+        flops=10 * channels, serial_steps=cdiv(channels, block_c)),))
