@@ -47,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default="digits", help="digits | synthetic | PATH (ImageFolder)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many steps (the LR schedule still spans --epochs)")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -282,11 +283,13 @@ def main(argv=None) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                 weight_decay=args.weight_decay)
     steps_per_epoch = sampler.steps()
-    total_steps = args.epochs * steps_per_epoch
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
+    # The schedule spans --epochs; --max-steps only stops early, so an interrupted run is
+    # a prefix of the full one and resumes into it exactly.
+    schedule_steps = args.epochs * steps_per_epoch
+    total_steps = min(schedule_steps, args.max_steps or schedule_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, schedule_steps)
+                                                 / schedule_steps)))
     scaler = torch.amp.GradScaler(enabled=args.amp and args.device.startswith("cuda"))
     step, history = 0, []
     if args.resume and args.checkpoint is not None and args.checkpoint.exists():
