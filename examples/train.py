@@ -101,7 +101,8 @@ def digits(size: int) -> tuple[Dataset, Dataset, int]:
 
 
 def image_folder(root: Path, size: int) -> tuple[Dataset, Dataset, int]:
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     norm = T.Normalize(MEAN, STD)
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),

@@ -286,8 +286,9 @@ class ResidualBlockFunction(torch.autograd.Function):
     ``plan.residual`` False, of a plain conv->BN->ReLU (the ResNet stem).
 
     ``apply(plan, x, branch_scale, *unit_tensors)`` with :data:`UNIT_TENSORS` for every
-    unit of ``plan.units`` (``branch_scale``: drop path's (N,) factors, or None). Backward runs the fused backward ops and honours
-    ``needs_input_grad`` (frozen weights skip their wgrad).
+    unit of ``plan.units`` (``branch_scale``: drop path's (N,) factors, or None).
+    Backward runs the fused backward ops and honours ``needs_input_grad`` (frozen weights
+    skip their wgrad).
     """
 
     @staticmethod

@@ -152,8 +152,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
     already are ``nn.SyncBatchNorm`` sync without asking.
 
     ``fuse_stem``: also fuse a ResNet stem's conv1 + bn1 + relu, and each conv + BN + ReLU
-    of timm's deep stem (:class:`FusedStemConv`; state_dict keys unchanged). Returns the converted model (``model`` itself when
-    ``inplace``, else a converted deep copy).
+    of timm's deep stem (:class:`FusedStemConv`; state_dict keys unchanged). Returns the
+    converted model (``model`` itself when ``inplace``, else a converted deep copy).
     """
     if not inplace:
         model = copy.deepcopy(model)

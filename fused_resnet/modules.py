@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-
 from torch.nn.modules.utils import _pair
 
 from . import ops
