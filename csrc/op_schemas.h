@@ -19,10 +19,11 @@ inline void define_fused_ops(torch::Library& m) {
       "float? momentum, float eps, bool update_running_stats) -> (Tensor, Tensor, Tensor)");
   m.def(
       "block_end(Tensor y, Tensor scale, Tensor shift, Tensor residual, Tensor? res_scale, "
-      "Tensor? res_shift) -> Tensor");
+      "Tensor? res_shift, Tensor? branch_scale=None) -> Tensor");
   m.def(
       "block_end_bwd(Tensor d_out, Tensor out, Tensor y, Tensor mean, Tensor invstd, "
-      "Tensor? y_d, Tensor? mean_d, Tensor? invstd_d) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? y_d, Tensor? mean_d, Tensor? invstd_d, Tensor? branch_scale=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "conv_bwd_data(Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
       "int[] input_size, int stride, int padding, int dilation, int groups, Tensor? residual, "

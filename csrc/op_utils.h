@@ -221,6 +221,20 @@ inline void check_block_end(const Tensor& y, const Tensor& scale, const Tensor& 
   check_affine(res_scale, res_shift, C, sd, y.device(), op, "res_scale", "res_shift");
 }
 
+// Drop path's per-sample factors of the residual branch: (N,) in the statistics dtype.
+inline void check_branch_scale(const OptTensor& branch_scale, const Tensor& data, const char* op) {
+  if (!branch_scale) return;
+  const Tensor& t = *branch_scale;
+  TORCH_CHECK(t.dim() == 1 && t.numel() == data.size(0), op,
+              ": branch_scale must be a 1-D per-sample tensor of ", data.size(0),
+              " elements, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == stat_dtype(data.scalar_type()), op,
+              ": branch_scale must have dtype ", stat_dtype(data.scalar_type()),
+              " (the statistics dtype of the data), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == data.device(), op, ": branch_scale is on ", t.device(),
+              ", expected ", data.device());
+}
+
 inline void check_block_end_bwd(const Tensor& d_out, const Tensor& out, const Tensor& y,
                                 const Tensor& mean, const Tensor& invstd, const OptTensor& y_d,
                                 const OptTensor& mean_d, const OptTensor& invstd_d) {

@@ -41,11 +41,12 @@ def _fake_bn_finalize(mean, m2, count, weight, bias, running_mean, running_var,
     return torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
 
 
-def _fake_block_end(y, scale, shift, residual, res_scale, res_shift):
+def _fake_block_end(y, scale, shift, residual, res_scale, res_shift, branch_scale=None):
     return torch.empty_like(y, memory_format=reference.memory_format(y))
 
 
-def _fake_block_end_bwd(d_out, out, y, mean, invstd, y_d, mean_d, invstd_d):
+def _fake_block_end_bwd(d_out, out, y, mean, invstd, y_d, mean_d, invstd_d,
+                        branch_scale=None):
     dz = torch.empty_like(d_out, memory_format=reference.memory_format(d_out))
     c = mean.shape[0]
     return dz, mean.new_empty(c), mean.new_empty(c), mean.new_empty(c if y_d is not None else 0)

@@ -11,7 +11,12 @@ Training forward (batch statistics)::
     scale1, shift1 = bn_finalize(stats1)        # + running-stat update
     y2, stats2 = conv(relu(y1*scale1+shift1))   # BN+ReLU in the next conv's prologue
     ...
-    out = block_end(y_last, scale_last, shift_last, x or y_d [, scale_d, shift_d])
+    out = block_end(y_last, scale_last, shift_last, x or y_d [, scale_d, shift_d]
+                    [, branch_scale])
+
+A projection shortcut may start with an average pool (ResNet-D, ``PoolSpec``), run in
+plain torch before its 1x1 conv. Stochastic depth (drop path) multiplies the residual
+branch by a per-sample ``branch_scale`` (0 or 1/keep_prob) inside the block end.
 
 Only ``x``, the raw conv outputs ``y_i``, ``out`` and per-channel vectors are saved.
 Inference (no gradient, fixed statistics) folds every BN into its conv's epilogue:
@@ -52,6 +57,35 @@ class NormSpec:
 
 
 @dataclass(frozen=True)
+class PoolSpec:
+    """The ``nn.AvgPool2d`` in front of a projection shortcut's conv (ResNet-D)."""
+
+    kernel_size: int
+    stride: int
+    padding: int
+    ceil_mode: bool
+    count_include_pad: bool
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                              self.ceil_mode, self.count_include_pad)
+
+    def out_size(self, size: int) -> int:
+        """``nn.AvgPool2d``'s output size (a ceil-mode window must start inside the input)."""
+        k, st, p = self.kernel_size, self.stride, self.padding
+        span = size + 2 * p - k
+        out = (-(-span // st) if self.ceil_mode else span // st) + 1
+        if self.ceil_mode and (out - 1) * st >= size + p:
+            out -= 1
+        return out
+
+    def backward(self, d_pooled: Tensor, x: Tensor) -> Tensor:
+        k, s, p = [self.kernel_size] * 2, [self.stride] * 2, [self.padding] * 2
+        return torch.ops.aten.avg_pool2d_backward(d_pooled, x, k, s, p, self.ceil_mode,
+                                                  self.count_include_pad, None)
+
+
+@dataclass(frozen=True)
 class UnitSpec:
     conv: ConvSpec
     norm: NormSpec
@@ -65,6 +99,7 @@ class BlockPlan:
     shortcut: UnitSpec | None
     backend: Backend
     residual: bool = True  # False: out = relu(bn(y_last)), a plain conv-BN-ReLU (the stem)
+    shortcut_pool: PoolSpec | None = None  # average pool before the projection (ResNet-D)
 
     @property
     def units(self) -> tuple[UnitSpec, ...]:
@@ -84,18 +119,25 @@ class BlockPlan:
             return ((c.stride, c.padding, c.dilation, c.groups),
                     (n.batch_stats, n.update, n.momentum, n.eps))
 
+        pool = self.shortcut_pool
         return (self.backend.name, tuple(unit(u) for u in self.chain),
-                unit(self.shortcut) if self.shortcut else None, self.residual)
+                unit(self.shortcut) if self.shortcut else None, self.residual,
+                (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
+                 pool.count_include_pad) if pool else None)
 
     @staticmethod
     def from_key(key: tuple) -> BlockPlan:
-        name, chain, shortcut, residual = key
+        name, chain, shortcut, residual, pool = key
 
         def unit(t: tuple) -> UnitSpec:
             return UnitSpec(ConvSpec(*t[0]), NormSpec(*t[1]))
 
         return BlockPlan(tuple(unit(u) for u in chain), unit(shortcut) if shortcut else None,
-                         get_backend(name), residual)
+                         get_backend(name), residual, PoolSpec(*pool) if pool else None)
+
+    def shortcut_input(self, x: Tensor) -> Tensor:
+        """What the projection conv reads: ``x``, average-pooled for a ResNet-D shortcut."""
+        return self.shortcut_pool.forward(x) if self.shortcut_pool else x
 
 
 @dataclass
@@ -146,8 +188,17 @@ def _unit_forward(ops: Backend, spec: UnitSpec, tensors: tuple, inp: Tensor,
     return _UnitOut(y, scale, shift, mean, invstd, count)
 
 
-def forward_train(plan: BlockPlan, x: Tensor, tensors: tuple) -> tuple[Tensor, list[_UnitOut]]:
-    """The unfolded dataflow (raw ``y`` + statistics); returns ``out`` and each unit's state."""
+def _branch_scale_arg(branch_scale: Tensor | None) -> dict:
+    # Passed only when drop path is on, so backends without it serve every other block.
+    return {} if branch_scale is None else {"branch_scale": branch_scale}
+
+
+def forward_train(plan: BlockPlan, x: Tensor, tensors: tuple,
+                  branch_scale: Tensor | None = None) -> tuple[Tensor, list[_UnitOut]]:
+    """The unfolded dataflow (raw ``y`` + statistics); returns ``out`` and each unit's state.
+
+    ``branch_scale``: per-sample factors (N,) of the residual branch (drop path), or None.
+    """
     ops = plan.backend
     units = _split_units(tensors, len(plan.units))
     outs: list[_UnitOut] = []
@@ -158,7 +209,7 @@ def forward_train(plan: BlockPlan, x: Tensor, tensors: tuple) -> tuple[Tensor, l
         h = prev.y
     residual, res_scale, res_shift = x, None, None
     if plan.shortcut is not None:
-        sc = _unit_forward(ops, plan.shortcut, units[-1], x, None)
+        sc = _unit_forward(ops, plan.shortcut, units[-1], plan.shortcut_input(x), None)
         outs.append(sc)
         residual, res_scale, res_shift = sc.y, sc.scale, sc.shift
     last = outs[len(plan.chain) - 1]
@@ -167,7 +218,8 @@ def forward_train(plan: BlockPlan, x: Tensor, tensors: tuple) -> tuple[Tensor, l
         # materialised because the next layer (a max-pool) cannot take it as a prologue.
         return reference.bn_relu(last.y, last.scale, last.shift), outs
     out = ops.block_end(y=last.y, scale=last.scale, shift=last.shift, residual=residual,
-                        res_scale=res_scale, res_shift=res_shift)
+                        res_scale=res_scale, res_shift=res_shift,
+                        **_branch_scale_arg(branch_scale))
     return out, outs
 
 
@@ -193,7 +245,7 @@ def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
     res_scale = res_shift = None
     if plan.shortcut is not None:
         # The projection's BN is applied in the last conv's epilogue, in fp32.
-        residual = conv(plan.shortcut, units[-1][0], x, None, relu=False)
+        residual = conv(plan.shortcut, units[-1][0], plan.shortcut_input(x), None, relu=False)
         res_scale, res_shift, _ = folds[-1]
     h = x
     for i, (spec, t) in enumerate(zip(plan.chain, units)):
@@ -205,16 +257,20 @@ def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
     return h
 
 
-def run_block(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
-    """One block call: autograd Function when a gradient is wanted, else the lean paths."""
+def run_block(plan: BlockPlan, x: Tensor, tensors: tuple,
+              branch_scale: Tensor | None = None) -> Tensor:
+    """One block call: autograd Function when a gradient is wanted, else the lean paths.
+
+    ``branch_scale``: drop path's per-sample factors of the residual branch (N,), or None.
+    """
     grad = torch.is_grad_enabled() and (x.requires_grad or any(
         t is not None and t.requires_grad for t in tensors))
     if not grad:
         # No autograd graph: nothing is saved; running stats still update in training.
-        if plan.fixed_stats:
+        if plan.fixed_stats and branch_scale is None:
             return forward_inference(plan, x, tensors)
-        return forward_train(plan, x, tensors)[0]
-    return ResidualBlockFunction.apply(plan, x, *tensors)
+        return forward_train(plan, x, tensors, branch_scale)[0]
+    return ResidualBlockFunction.apply(plan, x, branch_scale, *tensors)
 
 
 def _bn_grads(sum_dz: Tensor, sum_dz_xhat: Tensor, tensors: tuple, needs: tuple) -> tuple:
@@ -229,20 +285,23 @@ class ResidualBlockFunction(torch.autograd.Function):
     """Autograd of one fused residual block (bottleneck or basic), any backend; with
     ``plan.residual`` False, of a plain conv->BN->ReLU (the ResNet stem).
 
-    ``apply(plan, x, *unit_tensors)`` with :data:`UNIT_TENSORS` for every unit of
-    ``plan.units``. Backward runs the fused backward ops and honours
-    ``needs_input_grad`` (frozen weights skip their wgrad).
+    ``apply(plan, x, branch_scale, *unit_tensors)`` with :data:`UNIT_TENSORS` for every
+    unit of ``plan.units`` (``branch_scale``: drop path's (N,) factors, or None).
+    Backward runs the fused backward ops and honours ``needs_input_grad`` (frozen weights
+    skip their wgrad).
     """
 
     @staticmethod
-    def forward(ctx, plan: BlockPlan, x: Tensor, *tensors: Tensor) -> Tensor:
-        out, outs = forward_train(plan, x, tensors)
+    def forward(ctx, plan: BlockPlan, x: Tensor, branch_scale: Tensor | None,
+                *tensors: Tensor) -> Tensor:
+        out, outs = forward_train(plan, x, tensors, branch_scale)
         ctx.plan = plan
         ctx.counts = [u.count for u in outs]
         ctx.input_size = list(x.shape)
         weights = [t[0] for t in _split_units(tensors, len(plan.units))]
         vectors = [v for u in outs for v in (u.y, u.scale, u.shift, u.mean, u.invstd)]
-        ctx.save_for_backward(x, out, *weights, *vectors)
+        ctx.has_branch_scale = branch_scale is not None
+        ctx.save_for_backward(x, out, branch_scale, *weights, *vectors)
         ctx.bn_params = [(t[1], t[2]) for t in _split_units(tensors, len(plan.units))]
         return out
 
@@ -256,12 +315,12 @@ class ResidualBlockFunction(torch.autograd.Function):
         plan: BlockPlan = ctx.plan
         ops = plan.backend
         n_units, n_chain = len(plan.units), len(plan.chain)
-        x, out, *rest = ctx.saved_tensors
+        x, out, branch_scale, *rest = ctx.saved_tensors
         weights, flat = rest[:n_units], rest[n_units:]
         outs = [_UnitOut(*flat[5 * i:5 * i + 5], ctx.counts[i]) for i in range(n_units)]
         k = len(UNIT_TENSORS)
-        needs = ctx.needs_input_grad  # (plan, x, *unit tensors)
-        unit_needs = [needs[2 + i * k:2 + (i + 1) * k] for i in range(n_units)]
+        needs = ctx.needs_input_grad  # (plan, x, branch_scale, *unit tensors)
+        unit_needs = [needs[3 + i * k:3 + (i + 1) * k] for i in range(n_units)]
         unit_tensors = [(weights[i], *ctx.bn_params[i]) for i in range(n_units)]
         grads: list = [None] * (k * n_units)
 
@@ -301,14 +360,29 @@ class ResidualBlockFunction(torch.autograd.Function):
         dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d = ops.block_end_bwd(
             d_out=d_out.contiguous(memory_format=reference.memory_format(out)), out=out,
             y=last.y, mean=last.mean, invstd=last.invstd, y_d=sc.y if sc else None,
-            mean_d=sc.mean if sc else None, invstd_d=sc.invstd if sc else None)
+            mean_d=sc.mean if sc else None, invstd_d=sc.invstd if sc else None,
+            **_branch_scale_arg(branch_scale))
+        # dz is the shortcut's gradient; the branch's is dz * branch_scale, whose sums
+        # (sum_dz, sum_dz_xhat) block_end_bwd returned.
+        dz_shortcut, sum_dz_shortcut = dz, sum_dz
+        if branch_scale is not None:
+            dz = dz * branch_scale.to(dz.dtype).view(-1, 1, 1, 1)
+            if sc is not None:
+                sum_dz_shortcut = dz_shortcut.to(sum_dz.dtype).sum(dim=(0, 2, 3))
 
         # Shortcut: identity passes dz on; a projection runs its own dgrad/wgrad.
-        d_shortcut = dz if needs[1] and plan.residual else None
+        d_shortcut = dz_shortcut if needs[1] and plan.residual else None
         if sc is not None:
-            abc = coeffs(n_chain, sum_dz, sum_dz_xhat_d)
-            set_grads(n_chain, wgrad(n_chain, x, None, dz, abc), sum_dz, sum_dz_xhat_d)
-            d_shortcut = dgrad(n_chain, dz, abc, ctx.input_size)[0] if needs[1] else None
+            x_sc = plan.shortcut_input(x)
+            abc = coeffs(n_chain, sum_dz_shortcut, sum_dz_xhat_d)
+            set_grads(n_chain, wgrad(n_chain, x_sc, None, dz_shortcut, abc), sum_dz_shortcut,
+                      sum_dz_xhat_d)
+            d_shortcut = None
+            if needs[1]:
+                d_shortcut = dgrad(n_chain, dz_shortcut, abc, x_sc.shape)[0]
+                if plan.shortcut_pool is not None:
+                    d_shortcut = plan.shortcut_pool.backward(d_shortcut, x).contiguous(
+                        memory_format=reference.memory_format(dz_shortcut))
 
         # Chain, last unit first: dgrad of conv i yields dz of unit i-1 and its BN sums.
         for i in range(n_chain - 1, -1, -1):
@@ -323,5 +397,5 @@ class ResidualBlockFunction(torch.autograd.Function):
                 dz, sum_dz, sum_dz_xhat = dgrad(i, dz, abc, prev.y.shape, prev=prev)
             else:
                 dx = dgrad(i, dz, abc, ctx.input_size, residual=d_shortcut)[0]
-                return (None, dx, *grads)
-        return (None, None, *grads)
+                return (None, dx, None, *grads)
+        return (None, None, None, *grads)

@@ -1,8 +1,9 @@
-"""``convert()`` / ``unconvert()``: swap torchvision ResNet blocks for fused twins and back.
+"""``convert()`` / ``unconvert()``: swap torchvision's and timm's ResNet blocks for fused
+twins and back.
 
 The swap keeps the very same submodule objects (weights, buffers, device, dtype,
 train/eval state, hooks on the block itself), so module names and state_dict keys do
-not change. torchvision is needed only for ``unconvert`` and the builders.
+not change. torchvision (or timm) is needed only for ``unconvert`` and the builders.
 """
 
 from __future__ import annotations
@@ -18,26 +19,30 @@ from .modules import (
     FusedBasicBlock,
     FusedBottleneck,
     FusedStemConv,
+    FusedTimmBasicBlock,
+    FusedTimmBottleneck,
     _FusedBlock,
-    shortcut_units,
     units_problem,
 )
 
-_FUSED_ATTRS = ("backend", "_ops", "_ops_error", "sync_bn", "_folded_bn", "_replaced_relu")
+_FUSED_ATTRS = ("backend", "_ops", "_ops_error", "sync_bn", "_folded_bn", "_replaced_relu",
+                "_relu_slot")
 
 
-def _torchvision_blocks() -> dict[type, type]:
-    """torchvision block class -> fused twin (empty when torchvision is not installed)."""
+def _fusable_blocks() -> dict[type, type]:
+    """torchvision / timm block class -> fused twin (for those installed)."""
+    pairs: dict[type, type] = {}
     try:
         from torchvision.models.resnet import BasicBlock, Bottleneck
+        pairs.update({Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock})
     except ImportError:
-        return {}
-    return {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock}
-
-
-def _chain_of(block: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    names = [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
-    return [(getattr(block, c), getattr(block, b)) for c, b in names if hasattr(block, c)]
+        pass
+    try:
+        from timm.models.resnet import BasicBlock, Bottleneck
+        pairs.update({Bottleneck: FusedTimmBottleneck, BasicBlock: FusedTimmBasicBlock})
+    except ImportError:
+        pass
+    return pairs
 
 
 def _retype(block: nn.Module, cls: type) -> nn.Module:
@@ -67,7 +72,10 @@ def _swap(model: nn.Module, decide) -> nn.Module:
 def _fused_twin(m: nn.Module, cls: type, backend: str, sync_bn: bool, process_group):
     """``m`` retyped to fused ``cls``, its backend chosen (raising if a named one cannot
     serve ``m``'s device and dtype)."""
-    fused = _retype(m, cls)
+    return _set_up(_retype(m, cls), backend, sync_bn, process_group)
+
+
+def _set_up(fused: nn.Module, backend: str, sync_bn: bool, process_group):
     fused.sync_bn = (process_group,) if sync_bn else None
     fused.backend = backend
     fused._ops, fused._ops_error = None, None
@@ -75,35 +83,67 @@ def _fused_twin(m: nn.Module, cls: type, backend: str, sync_bn: bool, process_gr
     return fused
 
 
+def _stem_units(model: nn.Module) -> list[tuple]:
+    """The conv -> BN -> ReLU units of a ResNet stem as ``(parent, name)`` slots.
+
+    A ResNet (or a backbone cut from one) has ``conv1``, ``bn1``, ``relu`` (timm:
+    ``act1``), ``maxpool`` and ``layer1``; timm's deep stem (ResNet-C/D) makes ``conv1``
+    a ``Sequential(conv, bn, act, conv, bn, act, conv)`` whose last conv feeds ``bn1``.
+    """
+    if not (hasattr(model, "maxpool") and hasattr(model, "layer1")):
+        return []
+    act = "act1" if hasattr(model, "act1") else "relu"
+    conv1 = getattr(model, "conv1", None)
+    if not isinstance(conv1, nn.Sequential):
+        return [((model, "conv1"), (model, "bn1"), (model, act))]
+    units = [tuple((conv1, str(j)) for j in range(i, i + 3))
+             for i in range(0, len(conv1) - 1, 3)]
+    return units + [((conv1, str(len(conv1) - 1)), (model, "bn1"), (model, act))]
+
+
 def _fuse_stem(model: nn.Module, backend: str, sync_bn: bool, process_group) -> None:
-    """conv1 + bn1 + relu of a torchvision ResNet (or a backbone cut from one) -> fused."""
-    conv, bn, relu = (getattr(model, n, None) for n in ("conv1", "bn1", "relu"))
-    if not (hasattr(model, "maxpool") and hasattr(model, "layer1")
-            and type(bn) is nn.BatchNorm2d and isinstance(relu, nn.ReLU)
-            and units_problem([(conv, bn)], []) is None):
-        return
-    stem = _fused_twin(conv, FusedStemConv, backend, sync_bn, process_group)
-    stem.__dict__["_folded_bn"] = model.bn1 = _retype(bn, FoldedBatchNorm2d)
-    stem.__dict__["_replaced_relu"] = relu  # unconvert() puts it back
-    model.conv1, model.relu = stem, nn.Identity()
+    """Each conv + BN + ReLU of a torchvision or timm ResNet stem -> :class:`FusedStemConv`
+    (the BN folded into it, the ReLU an ``nn.Identity``; state_dict keys unchanged)."""
+    for conv_slot, bn_slot, act_slot in _stem_units(model):
+        conv, bn, act = (getattr(*slot, None) for slot in (conv_slot, bn_slot, act_slot))
+        if not (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
+                and isinstance(act, nn.ReLU) and units_problem([(conv, bn)], []) is None):
+            continue
+        stem = _retype(conv, FusedStemConv)
+        stem.__dict__["_folded_bn"] = _retype(bn, FoldedBatchNorm2d)
+        stem.__dict__["_replaced_relu"] = act  # unconvert() puts it back in _relu_slot
+        stem.__dict__["_relu_slot"] = nn.Identity()
+        _set_up(stem, backend, sync_bn, process_group)
+        for (parent, name), new in zip((conv_slot, bn_slot, act_slot),
+                                       (stem, stem._folded_bn, stem._relu_slot)):
+            setattr(parent, name, new)
 
 
-def _unfuse_stem(model: nn.Module) -> None:
-    stem = getattr(model, "conv1", None)
-    if isinstance(stem, FusedStemConv):
-        model.relu = stem.__dict__["_replaced_relu"]
-        model.bn1 = _retype(model.bn1, nn.BatchNorm2d)
-        model.conv1 = _retype(stem, nn.Conv2d)
+def _unfuse_stems(model: nn.Module) -> None:
+    """Put back the conv, BN and ReLU of every :class:`FusedStemConv` in ``model``."""
+    restore: dict[int, nn.Module] = {}
+    for stem in model.modules():
+        if isinstance(stem, FusedStemConv):
+            restore[id(stem)] = _retype(stem, nn.Conv2d)
+            restore[id(stem.__dict__["_folded_bn"])] = _retype(stem._folded_bn, nn.BatchNorm2d)
+            restore[id(stem.__dict__["_relu_slot"])] = stem.__dict__["_replaced_relu"]
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in restore:
+                setattr(parent, name, restore[id(child)])
 
 
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
             sync_bn: bool = False, process_group=None, fuse_stem: bool = True) -> nn.Module:
-    """Swap every torchvision ``Bottleneck`` / ``BasicBlock`` in ``model`` for its fused twin.
+    """Swap every torchvision or timm ``Bottleneck`` / ``BasicBlock`` in ``model`` for its
+    fused twin.
 
-    Works on any model that holds torchvision blocks (classifiers, detection backbones).
-    A block that cannot be fused (say, a non-standard shortcut or norm layer) stays as it
-    was; all of them are listed in one warning. An explicitly named ``backend`` that
-    cannot serve the model's device and dtype raises here.
+    Works on any model that holds such blocks (classifiers, detection backbones, timm's
+    ResNet / ResNeXt / Wide ResNet and their ResNet-D variants). A block that cannot be
+    fused (say, a non-standard shortcut or norm layer, or timm's squeeze-excitation or
+    anti-aliasing) stays as it was; all of them are listed, with the reason, in one
+    warning. An explicitly named ``backend`` that cannot serve the model's device and
+    dtype raises here.
 
     ``sync_bn=True``: every BN normalises with the statistics of the whole
     ``process_group`` (None: the default group) in training. Fused blocks do it
@@ -111,13 +151,13 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
     become ``nn.SyncBatchNorm`` (PyTorch's, which runs on GPUs only). Blocks whose BNs
     already are ``nn.SyncBatchNorm`` sync without asking.
 
-    ``fuse_stem``: also fuse a ResNet stem's conv1 + bn1 + relu (:class:`FusedStemConv`;
-    state_dict keys unchanged). Returns the converted model (``model`` itself when
-    ``inplace``, else a converted deep copy).
+    ``fuse_stem``: also fuse a ResNet stem's conv1 + bn1 + relu, and each conv + BN + ReLU
+    of timm's deep stem (:class:`FusedStemConv`; state_dict keys unchanged). Returns the
+    converted model (``model`` itself when ``inplace``, else a converted deep copy).
     """
     if not inplace:
         model = copy.deepcopy(model)
-    pairs = _torchvision_blocks()
+    pairs = _fusable_blocks()
     backend = ops.default_backend() if backend == "auto" else backend
     if backend != "auto":
         ops.get_backend(backend)  # unknown or not built: raise before touching the model
@@ -127,12 +167,12 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = True,
         cls = pairs.get(type(m))
         if cls is None:
             return None
-        shortcut = shortcut_units(m.downsample)
-        reason = shortcut if isinstance(shortcut, str) else units_problem(_chain_of(m), shortcut)
+        twin = _retype(m, cls)
+        reason = twin.fuse_problem()
         if reason:
             skipped.append(f"{name or '<root>'}: {reason}")
             return None
-        return _fused_twin(m, cls, backend, sync_bn, process_group)
+        return _set_up(twin, backend, sync_bn, process_group)
 
     model = _swap(model, decide)
     if fuse_stem:
@@ -173,16 +213,17 @@ def _modules_outside_fused_blocks(model: nn.Module):
 
 
 def unconvert(model: nn.Module, *, inplace: bool = True) -> nn.Module:
-    """Give torchvision blocks back for every fused block in ``model`` (same state).
+    """Give torchvision's (or timm's) blocks back for every fused block in ``model`` (same
+    state).
 
     A block converted with ``sync_bn=True`` comes back with ``nn.SyncBatchNorm`` layers.
-    A fused stem comes back as conv1, bn1 and relu.
+    A fused stem comes back as its convs, BNs and ReLUs.
     """
     if not inplace:
         model = copy.deepcopy(model)
-    back = {fused: tv for tv, fused in _torchvision_blocks().items()}
+    back = {fused: original for original, fused in _fusable_blocks().items()}
     if not back:
-        raise ImportError("fused_resnet.unconvert needs torchvision")
+        raise ImportError("fused_resnet.unconvert needs torchvision or timm")
 
     def decide(name: str, m: nn.Module):
         if not isinstance(m, _FusedBlock):
@@ -192,6 +233,5 @@ def unconvert(model: nn.Module, *, inplace: bool = True) -> nn.Module:
             block = nn.SyncBatchNorm.convert_sync_batchnorm(block, m.sync_bn[0])
         return block
 
-    for m in list(model.modules()):
-        _unfuse_stem(m)
+    _unfuse_stems(model)
     return _swap(model, decide)

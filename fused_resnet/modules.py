@@ -2,7 +2,9 @@
 
 ``FusedBottleneck`` and ``FusedBasicBlock`` have the submodules, parameters and buffers
 of torchvision's ``Bottleneck`` / ``BasicBlock`` (v1.5: the stride sits on the 3x3), so
-torchvision checkpoints load unchanged in both directions. Their forward runs the fused
+torchvision checkpoints load unchanged in both directions. ``FusedTimmBottleneck`` and
+``FusedTimmBasicBlock`` do the same for timm's blocks (``convert()`` makes them; they
+add ResNet-D's average-pool shortcut and stochastic depth). Their forward runs the fused
 ops instead of the submodules, so forward/backward hooks registered on the inner
 ``conv*`` / ``bn*`` modules do not fire (hooks on the block itself do).
 """
@@ -13,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from . import ops
 from .blocks import (
@@ -20,10 +23,12 @@ from .blocks import (
     BlockPlan,
     ConvSpec,
     NormSpec,
+    PoolSpec,
     UnitSpec,
     run_block,
 )
 from .distributed import group_size
+from .reference import stat_dtype
 
 Tensor = torch.Tensor
 
@@ -66,15 +71,41 @@ def _norm_problem(bn: nn.Module, name: str) -> str | None:
     return None
 
 
+def _pool_spec(pool: nn.Module) -> PoolSpec | str | None:
+    """A ResNet-D shortcut's pool as a PoolSpec (None: nn.Identity), or why not fusable."""
+    if type(pool) is nn.Identity:
+        return None
+    if type(pool) is not nn.AvgPool2d:
+        return f"the shortcut pool is a {type(pool).__name__}, not an nn.AvgPool2d"
+    k, st, p = (_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding))
+    if k[0] != k[1] or st[0] != st[1] or p[0] != p[1] or pool.divisor_override is not None:
+        return f"the shortcut pool {pool} is asymmetric or has a divisor override"
+    return PoolSpec(k[0], st[0], p[0], bool(pool.ceil_mode), bool(pool.count_include_pad))
+
+
 def shortcut_units(downsample: nn.Module | None) -> list[tuple[nn.Module, nn.Module]] | str:
-    """A block's projection as [(conv, norm)] ([] for identity), or why it is not fusable."""
+    """A block's projection as [(conv, norm)] ([] for identity), or why it is not fusable.
+
+    Fusable: ``Sequential(conv1x1, norm)``, or ResNet-D's ``Sequential(pool, conv1x1,
+    norm)`` with an ``nn.AvgPool2d`` (or ``nn.Identity``) pool (:func:`shortcut_pool`).
+    """
     if downsample is None:
         return []
-    if not isinstance(downsample, nn.Sequential) or len(downsample) != 2:
-        return "the shortcut is not the standard Sequential(conv1x1, norm)"
-    if getattr(downsample[0], "kernel_size", None) != (1, 1):
+    if not isinstance(downsample, nn.Sequential) or len(downsample) not in (2, 3):
+        return "the shortcut is not the standard Sequential([avg_pool,] conv1x1, norm)"
+    if len(downsample) == 3 and isinstance(_pool_spec(downsample[0]), str):
+        return _pool_spec(downsample[0])
+    conv, norm = downsample[-2], downsample[-1]
+    if getattr(conv, "kernel_size", None) != (1, 1):
         return "the shortcut conv is not 1x1"
-    return [(downsample[0], downsample[1])]
+    return [(conv, norm)]
+
+
+def shortcut_pool(downsample: nn.Module | None) -> PoolSpec | None:
+    """The pool in front of a fusable shortcut's conv (ResNet-D), or None."""
+    if isinstance(downsample, nn.Sequential) and len(downsample) == 3:
+        return _pool_spec(downsample[0])
+    return None
 
 
 def units_problem(chain: list[tuple[nn.Module, nn.Module]],
@@ -140,9 +171,10 @@ def _fx_symbolic_tracing() -> bool:
 
 
 @torch.fx.wrap
-def fused_block(x: Tensor, plan_key: tuple, *tensors: Tensor | None) -> Tensor:
+def fused_block(x: Tensor, plan_key: tuple, branch_scale: Tensor | None,
+                *tensors: Tensor | None) -> Tensor:
     """A fused block call as one node of a torch.fx graph (see ``_FusedUnits.forward``)."""
-    return run_block(BlockPlan.from_key(plan_key), x, tensors)
+    return run_block(BlockPlan.from_key(plan_key), x, tensors, branch_scale)
 
 
 # ------------------------------------------------------------------ shared machinery
@@ -159,6 +191,24 @@ class _FusedUnits:
     def _shortcut(self) -> list[tuple[nn.Module, nn.Module]] | str:
         """The projection unit ([] for none), or why the shortcut cannot be fused."""
         return []
+
+    def _shortcut_pool(self) -> PoolSpec | None:
+        return None
+
+    def _layers_problem(self) -> str | None:
+        """Why layers other than the conv/BN units prevent fusing, or None."""
+        return None
+
+    def _branch_scale(self, x: Tensor) -> Tensor | None:
+        """Per-sample factors (N,) of the residual branch (drop path), or None."""
+        return None
+
+    def fuse_problem(self) -> str | None:
+        """Why this module cannot run fused (its layers as they are now), or None."""
+        shortcut = self._shortcut()
+        if isinstance(shortcut, str):
+            return shortcut
+        return units_problem(self._chain(), shortcut) or self._layers_problem()
 
     def _first_conv(self) -> nn.Conv2d:
         raise NotImplementedError
@@ -248,9 +298,11 @@ class _FusedUnits:
         for conv, _ in units[:len(plan.chain)]:
             h, w = _out_size(h, conv), _out_size(w, conv)
             sizes.append((conv.out_channels, h, w))
+        h, w = x.shape[2], x.shape[3]
+        if plan.shortcut_pool is not None:
+            h, w = plan.shortcut_pool.out_size(h), plan.shortcut_pool.out_size(w)
         for conv, _ in units[len(plan.chain):]:
-            sizes.append((conv.out_channels, _out_size(x.shape[2], conv),
-                          _out_size(x.shape[3], conv)))
+            sizes.append((conv.out_channels, _out_size(h, conv), _out_size(w, conv)))
         for spec, (c, h, w) in zip(plan.units, sizes):
             if spec.norm.batch_stats and x.shape[0] * h * w == 1:
                 size = torch.Size([x.shape[0], c, h, w])
@@ -258,15 +310,15 @@ class _FusedUnits:
                                  f"got input size {size}")
 
     def _plan(self) -> tuple[list, BlockPlan]:
-        chain, shortcut = self._chain(), self._shortcut()
-        reason = shortcut if isinstance(shortcut, str) else units_problem(chain, shortcut)
+        reason = self.fuse_problem()
         if reason:
             raise ValueError(f"{type(self).__name__} cannot run fused: {reason}")
         if self._ops is None:
             raise RuntimeError(f"{type(self).__name__}: {self._ops_error}")
+        chain, shortcut = self._chain(), self._shortcut()
         specs = [_unit_spec(c, b, self.sync_bn) for c, b in chain + shortcut]
         plan = BlockPlan(tuple(specs[:len(chain)]), specs[len(chain)] if shortcut else None,
-                         self._ops, self.residual)
+                         self._ops, self.residual, self._shortcut_pool() if shortcut else None)
         return chain + shortcut, plan
 
     def forward(self, x: Tensor) -> Tensor:
@@ -274,7 +326,8 @@ class _FusedUnits:
             # Symbolic tracing (torch.fx, feature extraction) sees no values: the block
             # becomes one opaque node, checked and run when the traced graph runs.
             units, plan = self._plan()
-            return fused_block(x, plan.key(), *[t for c, b in units for t in _unit_tensors(c, b)])
+            return fused_block(x, plan.key(), self._branch_scale(x),
+                               *[t for c, b in units for t in _unit_tensors(c, b)])
         if not isinstance(x, Tensor):
             raise TypeError(f"{type(self).__name__} expects a Tensor, got {type(x).__name__}")
         if not torch.compiler.is_compiling() and (torch.jit.is_tracing()
@@ -294,10 +347,11 @@ class _FusedUnits:
             inp = x.to(autocast)
             for i in range(0, len(tensors), len(UNIT_TENSORS)):
                 tensors[i] = tensors[i].to(autocast)
+        branch_scale = self._branch_scale(inp)
         if autocast is None:
-            return run_block(plan, inp, tuple(tensors))
+            return run_block(plan, inp, tuple(tensors), branch_scale)
         with torch.autocast(x.device.type, enabled=False):
-            return run_block(plan, inp, tuple(tensors))
+            return run_block(plan, inp, tuple(tensors), branch_scale)
 
 
 
@@ -312,6 +366,9 @@ class _FusedBlock(_FusedUnits, nn.Module):
 
     def _shortcut(self) -> list[tuple[nn.Module, nn.Module]] | str:
         return shortcut_units(self.downsample)
+
+    def _shortcut_pool(self) -> PoolSpec | None:
+        return shortcut_pool(self.downsample)
 
     def _eager_forward(self, x: Tensor) -> Tensor:
         """torchvision's forward through the submodules (used for empty batches, N == 0)."""
@@ -390,6 +447,85 @@ class FusedBasicBlock(_FusedBlock):
 
     def _chain(self):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
+
+# ------------------------------------------------------------------------ timm blocks
+class _FusedTimmBlock(_FusedBlock):
+    """A timm ``BasicBlock`` / ``Bottleneck`` run fused; made by ``convert()`` from timm's
+    block, whose submodules (``conv*``, ``bn*``, ``act*``, ``drop_block``, ``aa``, ``se``,
+    ``downsample``, ``drop_path``) and state_dict keys it keeps.
+
+    Fused when every ``act*`` is an ``nn.ReLU``, ``drop_block`` and ``aa`` are identities
+    and ``se`` is None. The shortcut may be ResNet-D's average pool + 1x1 conv + BN.
+    ``drop_path`` (timm's ``DropPath``, stochastic depth) runs inside the block end, with
+    the per-sample keep mask drawn as timm draws it (same seed, same mask).
+    """
+
+    _acts: tuple[str, ...]
+
+    def _layers_problem(self) -> str | None:
+        for name in self._acts:
+            act = getattr(self, name)
+            if type(act) is not nn.ReLU:
+                return f"{name} is a {type(act).__name__}, not an nn.ReLU"
+        for name in ("drop_block", "aa"):
+            if type(getattr(self, name)) is not nn.Identity:
+                return f"{name} is a {type(getattr(self, name)).__name__}"
+        if self.se is not None:
+            return f"se is a {type(self.se).__name__} (attention inside the block)"
+        dp = self.drop_path
+        if dp is not None and type(dp).__name__ != "DropPath":
+            return f"drop_path is a {type(dp).__name__}, not timm's DropPath"
+        return None
+
+    def _branch_scale(self, x: Tensor) -> Tensor | None:
+        # timm's drop_path(): x.new_empty((N, 1, 1, 1)).bernoulli_(keep_prob) on the
+        # branch output (the data dtype and device of x), divided by keep_prob.
+        dp = self.drop_path
+        if dp is None or not dp.training or dp.drop_prob == 0.0:
+            return None
+        keep_prob = 1.0 - dp.drop_prob
+        mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
+        if keep_prob > 0.0 and dp.scale_by_keep:
+            mask.div_(keep_prob)
+        return mask.view(-1).to(stat_dtype(x.dtype))
+
+    def _eager_forward(self, x: Tensor) -> Tensor:
+        return self._timm_class().forward(self, x)
+
+    @staticmethod
+    def _timm_class() -> type:
+        raise NotImplementedError
+
+
+class FusedTimmBottleneck(_FusedTimmBlock):
+    """timm's ``Bottleneck`` (ResNet-50/101/152, ResNeXt, Wide ResNet, their -D variants)."""
+
+    _acts = ("act1", "act2", "act3")
+
+    def _chain(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
+
+    @staticmethod
+    def _timm_class() -> type:
+        from timm.models.resnet import Bottleneck
+
+        return Bottleneck
+
+
+class FusedTimmBasicBlock(_FusedTimmBlock):
+    """timm's ``BasicBlock`` (ResNet-18/34 and their -D variants)."""
+
+    _acts = ("act1", "act2")
+
+    def _chain(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
+    @staticmethod
+    def _timm_class() -> type:
+        from timm.models.resnet import BasicBlock
+
+        return BasicBlock
 
 
 # ------------------------------------------------------------------------------- stem

@@ -203,10 +203,22 @@ def block_end(
     residual: Tensor,
     res_scale: Tensor | None = None,
     res_shift: Tensor | None = None,
+    branch_scale: Tensor | None = None,
 ) -> Tensor:
-    """``relu(y*scale + shift + [residual*res_scale + res_shift])`` in ``y``'s dtype."""
-    out = torch.relu(_affine(y, scale, shift) + _affine(residual, res_scale, res_shift))
+    """``relu((y*scale + shift)[*branch_scale] + [residual*res_scale + res_shift])`` in
+    ``y``'s dtype.
+
+    ``branch_scale``: per-sample factors (N,) in the statistics dtype (stochastic depth:
+    0 for a dropped sample's branch, 1/keep_prob for a kept one), or None.
+    """
+    branch = _per_sample(_affine(y, scale, shift), branch_scale)
+    out = torch.relu(branch + _affine(residual, res_scale, res_shift))
     return out.to(y.dtype).contiguous(memory_format=memory_format(y))
+
+
+def _per_sample(t: Tensor, factors: Tensor | None) -> Tensor:
+    """``t`` (N, C, H, W) times ``factors[n]`` per sample (nothing when None)."""
+    return t if factors is None else t * factors.to(t.dtype).view(-1, 1, 1, 1)
 
 
 def bn_relu(y: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
@@ -224,22 +236,26 @@ def block_end_bwd(
     y_d: Tensor | None = None,
     mean_d: Tensor | None = None,
     invstd_d: Tensor | None = None,
+    branch_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backward of :func:`block_end` up to the BN-backward sums.
 
-    dz = d_out masked by ``out > 0``: the gradient of both bn3's output and the shortcut.
-    Returns ``(dz, sum(dz), sum(dz*xhat), sum(dz*xhat_d))`` with ``xhat = (y-mean)*invstd``
-    (and ``xhat_d`` for the projection's ``y_d``; empty when there is none).
+    dz = d_out masked by ``out > 0``: the gradient of the shortcut, and (times
+    ``branch_scale[n]`` when given) of bn3's output. Returns ``(dz, sum(dz_b),
+    sum(dz_b*xhat), sum(dz*xhat_d))`` with ``dz_b = dz[*branch_scale]``,
+    ``xhat = (y-mean)*invstd`` (and ``xhat_d`` for the projection's ``y_d``; empty when
+    there is none).
     """
     dz = _relu_mask_grad(d_out, out)
     acc = dz.to(mean.dtype)
+    acc_branch = _per_sample(acc, branch_scale)
     xhat = (y.to(mean.dtype) - _per_channel(mean)) * _per_channel(invstd)
     sum_dz_xhat_d = _empty_stats(d_out)
     if y_d is not None:
         xhat_d = (y_d.to(mean.dtype) - _per_channel(mean_d)) * _per_channel(invstd_d)
         sum_dz_xhat_d = _channel_sum(acc * xhat_d)
-    return (dz.contiguous(memory_format=memory_format(d_out)), _channel_sum(acc),
-            _channel_sum(acc * xhat), sum_dz_xhat_d)
+    return (dz.contiguous(memory_format=memory_format(d_out)), _channel_sum(acc_branch),
+            _channel_sum(acc_branch * xhat), sum_dz_xhat_d)
 
 
 def bn_bwd_coeffs(

@@ -78,7 +78,7 @@ def test_convert_detection_style_backbone_with_frozen_bn():
 def test_unfusable_blocks_stay_and_are_listed_in_one_warning():
     tv = torchvision.models.resnet18()
     tv.layer1[0].bn1 = nn.GroupNorm(4, 64)
-    tv.layer2[0].downsample = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(64, 128, 1, bias=False),
+    tv.layer2[0].downsample = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(64, 128, 1, bias=False),
                                             nn.BatchNorm2d(128))
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

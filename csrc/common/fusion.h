@@ -43,6 +43,21 @@ FR_HOST_DEVICE T epilogue(T v, const T* scale, const T* shift, bool has_res, T r
   return do_relu ? relu(out) : out;
 }
 
+// Block end with stochastic depth: relu((v*scale + shift)*branch + res*res_scale + res_shift).
+// `branch` is the sample's drop-path factor (0 or 1/keep_prob; exactly 1 without drop path).
+template <class T>
+FR_HOST_DEVICE T block_end_value(T v, const T* scale, const T* shift, T branch, T res,
+                                 const T* res_scale, const T* res_shift, int64_t c) {
+  return relu(maybe_affine(v, scale, shift, c) * branch + maybe_affine(res, res_scale, res_shift, c));
+}
+
+// The drop-path factor of flat element `idx` (samples are outermost in NCHW and NHWC alike),
+// 1 when there is no drop path (branch_scale null).
+template <class T>
+FR_HOST_DEVICE T branch_factor(const T* branch_scale, int64_t idx, int64_t per_sample) {
+  return branch_scale ? branch_scale[idx / per_sample] : T(1);
+}
+
 // BN backward as a per-channel affine map of the raw conv output y: dy = a*dz + b*y + c.
 template <class T>
 FR_HOST_DEVICE T bn_bwd_apply(T dz, T y, T a, T b, T c) {

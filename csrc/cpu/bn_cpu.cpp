@@ -63,14 +63,17 @@ std::tuple<Tensor, Tensor, Tensor> bn_finalize(
 
 Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift_in,
                  const Tensor& residual_in, const OptTensor& res_scale_in,
-                 const OptTensor& res_shift_in) {
+                 const OptTensor& res_shift_in, const OptTensor& branch_scale_in) {
   check_block_end(y_in, scale_in, shift_in, residual_in, res_scale_in, res_shift_in);
+  check_branch_scale(branch_scale_in, y_in, "block_end");
   const auto fmt = memory_format(y_in);
   const Tensor y = y_in.contiguous(fmt), res = residual_in.contiguous(fmt);
   const Tensor scale = scale_in.contiguous(), shift = shift_in.contiguous();
   const OptTensor rs = contiguous(res_scale_in), rb = contiguous(res_shift_in);
+  const OptTensor bs = contiguous(branch_scale_in);
   Tensor out = at::empty(y.sizes(), y.options().memory_format(fmt));
   const Layout L = layout_of(y.sizes(), fmt);
+  const int64_t per_sample = y.numel() / std::max<int64_t>(y.size(0), 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "block_end_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
@@ -80,10 +83,12 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
     const acc_t* hp = shift.const_data_ptr<acc_t>();
     const acc_t* rsp = opt_ptr<acc_t>(rs);
     const acc_t* rbp = opt_ptr<acc_t>(rb);
+    const acc_t* bsp = opt_ptr<acc_t>(bs);
     for_each_run(L, [&](int64_t c, int64_t off, int64_t len) {
+      const acc_t branch = branch_factor(bsp, off, per_sample);  // a run is in one sample
       for (int64_t i = off; i < off + len; ++i)
-        op[i] = static_cast<scalar_t>(epilogue<acc_t>(acc_t(yp[i]), sp, hp, true, acc_t(rp[i]),
-                                                      rsp, rbp, true, c));
+        op[i] = static_cast<scalar_t>(block_end_value<acc_t>(acc_t(yp[i]), sp, hp, branch,
+                                                             acc_t(rp[i]), rsp, rbp, c));
     });
   });
   return out;
@@ -92,8 +97,11 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
 std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
     const Tensor& d_out_in, const Tensor& out_in, const Tensor& y_in, const Tensor& mean_in,
     const Tensor& invstd_in, const OptTensor& y_d_in, const OptTensor& mean_d_in,
-    const OptTensor& invstd_d_in) {
+    const OptTensor& invstd_d_in, const OptTensor& branch_scale_in) {
   check_block_end_bwd(d_out_in, out_in, y_in, mean_in, invstd_in, y_d_in, mean_d_in, invstd_d_in);
+  check_branch_scale(branch_scale_in, d_out_in, "block_end_bwd");
+  const OptTensor bs = contiguous(branch_scale_in);
+  const int64_t per_sample = d_out_in.numel() / std::max<int64_t>(d_out_in.size(0), 1);
   const auto fmt = memory_format(d_out_in);
   const Tensor d_out = d_out_in.contiguous(fmt), out = out_in.contiguous(fmt),
                y = y_in.contiguous(fmt);
@@ -115,15 +123,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
     scalar_t* dzp = dz.data_ptr<scalar_t>();
     const acc_t* mp = mean.const_data_ptr<acc_t>();
     const acc_t* mdp = has_d ? mean_d.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* bsp = opt_ptr<acc_t>(bs);
     auto total = reduce_runs<Sums<3>>(
         L,
         [&](Sums<3>& acc, int64_t c, int64_t off, int64_t len) {
+          // The branch's gradient is dz * branch (sums 0 and 1); the shortcut's is dz.
+          const double branch = double(branch_factor(bsp, off, per_sample));
           for (int64_t i = off; i < off + len; ++i) {
             const scalar_t g = relu_bwd<acc_t, scalar_t>(gp[i], acc_t(op[i]));
             dzp[i] = g;
             const double gd = double(acc_t(g));
-            acc.v[0] += gd;
-            acc.v[1] += gd * double(acc_t(yp[i]) - mp[c]);
+            acc.v[0] += gd * branch;
+            acc.v[1] += gd * branch * double(acc_t(yp[i]) - mp[c]);
             if (ydp) acc.v[2] += gd * double(acc_t(ydp[i]) - mdp[c]);
           }
         },

@@ -73,15 +73,17 @@ std::tuple<Tensor, Tensor, Tensor> bn_finalize(
 
 Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift_in,
                  const Tensor& residual_in, const OptTensor& res_scale,
-                 const OptTensor& res_shift) {
+                 const OptTensor& res_shift, const OptTensor& branch_scale) {
   check_cuda(y_in, "block_end", "y");
   check_block_end(y_in, scale_in, shift_in, residual_in, res_scale, res_shift);
+  check_branch_scale(branch_scale, y_in, "block_end");
   DeviceGuard guard(y_in.device());
   const auto fmt = memory_format(y_in);
   // Same memory order for all operands (a copy only when residual's layout differs).
   const Tensor y = y_in.contiguous(fmt), res = residual_in.contiguous(fmt);
   const Tensor scale = scale_in.contiguous(), shift = shift_in.contiguous();
   const OptTensor rs = contiguous(res_scale), rb = contiguous(res_shift);
+  const OptTensor bs = contiguous(branch_scale);
   Tensor out = at::empty(y.sizes(), y.options().memory_format(fmt));
   BlockEndParams p{};
   p.y = y.const_data_ptr();
@@ -91,6 +93,8 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
   p.shift = shift.const_data_ptr();
   p.res_scale = opt_data(rs);
   p.res_shift = opt_data(rb);
+  p.branch_scale = opt_data(bs);
+  p.per_sample = y.numel() / std::max<int64_t>(y.size(0), 1);
   p.L = layout_of(y.sizes(), fmt);
   FR_CUDA_CHECK(launch_block_end(p, dtype_of(y.scalar_type()), current_stream()));
   return out;
@@ -99,9 +103,11 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
 std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
     const Tensor& d_out_in, const Tensor& out_in, const Tensor& y_in, const Tensor& mean_in,
     const Tensor& invstd_in, const OptTensor& y_d_in, const OptTensor& mean_d_in,
-    const OptTensor& invstd_d_in) {
+    const OptTensor& invstd_d_in, const OptTensor& branch_scale) {
   check_cuda(d_out_in, "block_end_bwd", "d_out");
   check_block_end_bwd(d_out_in, out_in, y_in, mean_in, invstd_in, y_d_in, mean_d_in, invstd_d_in);
+  check_branch_scale(branch_scale, d_out_in, "block_end_bwd");
+  const OptTensor bs = contiguous(branch_scale);
   DeviceGuard guard(d_out_in.device());
   const auto fmt = memory_format(d_out_in);
   const Tensor d_out = d_out_in.contiguous(fmt), out = out_in.contiguous(fmt),
@@ -131,6 +137,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
   p.sum_dz_xhat = sum_dz_xhat.data_ptr();
   p.sum_dz_xhat_d = has_d ? sum_dz_xhat_d.data_ptr() : nullptr;
   p.workspace = workspace.data_ptr();
+  p.branch_scale = opt_data(bs);
+  p.per_sample = d_out.numel() / std::max<int64_t>(d_out.size(0), 1);
   p.L = L;
   FR_CUDA_CHECK(launch_block_end_bwd(p, dtype_of(d_out.scalar_type()), current_stream()));
   return {dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d};

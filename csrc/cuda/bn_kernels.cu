@@ -89,6 +89,7 @@ __global__ void __launch_bounds__(256) block_end_kernel(BlockEndParams p) {
   const A* shift = static_cast<const A*>(p.shift);
   const A* rs = static_cast<const A*>(p.res_scale);
   const A* rb = static_cast<const A*>(p.res_shift);
+  const A* bs = static_cast<const A*>(p.branch_scale);
   const int64_t n = p.L.numel(), C = p.L.C, inner = p.L.inner;
   const int64_t nvec = n / VEC;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
@@ -101,8 +102,9 @@ __global__ void __launch_bounds__(256) block_end_kernel(BlockEndParams p) {
     int64_t r = i0 % inner, c = (i0 / inner) % C;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      ov.v[k] = Cvt<S>::from(epilogue<A>(Cvt<S>::to(yv.v[k]), scale, shift, true,
-                                         Cvt<S>::to(rv.v[k]), rs, rb, true, c));
+      ov.v[k] = Cvt<S>::from(block_end_value<A>(Cvt<S>::to(yv.v[k]), scale, shift,
+                                                branch_factor(bs, i0 + k, p.per_sample),
+                                                Cvt<S>::to(rv.v[k]), rs, rb, c));
       if (++r == inner) {
         r = 0;
         if (++c == C) c = 0;
@@ -112,8 +114,9 @@ __global__ void __launch_bounds__(256) block_end_kernel(BlockEndParams p) {
   }
   for (int64_t i = nvec * VEC + tid; i < n; i += step) {
     const int64_t c = p.L.channel(i);
-    out[i] = Cvt<S>::from(epilogue<A>(Cvt<S>::to(y[i]), scale, shift, true, Cvt<S>::to(res[i]),
-                                      rs, rb, true, c));
+    out[i] = Cvt<S>::from(block_end_value<A>(Cvt<S>::to(y[i]), scale, shift,
+                                             branch_factor(bs, i, p.per_sample),
+                                             Cvt<S>::to(res[i]), rs, rb, c));
   }
 }
 
@@ -128,8 +131,10 @@ struct BwdElem {
     const A g = relu_bwd<A, A>(Cvt<S>::to(static_cast<const S*>(p.d_out)[i]),
                                Cvt<S>::to(static_cast<const S*>(p.out)[i]));
     static_cast<S*>(p.dz)[i] = Cvt<S>::from(g);
-    s0 += g;
-    s1 += g * (Cvt<S>::to(static_cast<const S*>(p.y)[i]) - m);
+    // The branch's gradient is dz * branch (sums 0 and 1); the shortcut's is dz.
+    const A gb = g * branch_factor(static_cast<const A*>(p.branch_scale), i, p.per_sample);
+    s0 += gb;
+    s1 += gb * (Cvt<S>::to(static_cast<const S*>(p.y)[i]) - m);
     if (p.y_d) s2 += g * (Cvt<S>::to(static_cast<const S*>(p.y_d)[i]) - md);
   }
 };

@@ -35,7 +35,8 @@ struct BnFinalizeParams {
 };
 cudaError_t launch_bn_finalize(const BnFinalizeParams& p, DType stat, cudaStream_t stream);
 
-// out = relu(y*scale + shift + [residual*res_scale + res_shift]); all data in one layout.
+// out = relu((y*scale + shift)[*branch_scale[n]] + [residual*res_scale + res_shift]); all
+// data in one layout.
 struct BlockEndParams {
   const void* y;
   const void* residual;
@@ -44,11 +45,14 @@ struct BlockEndParams {
   const void* shift;
   const void* res_scale;  // null: identity
   const void* res_shift;
+  const void* branch_scale;  // null: no drop path; else (N,) per-sample factors
+  int64_t per_sample;        // elements per sample (C*H*W)
   Layout L;
 };
 cudaError_t launch_block_end(const BlockEndParams& p, DType data, cudaStream_t stream);
 
-// dz = d_out masked by out > 0; per-channel sum(dz), sum(dz*xhat), sum(dz*xhat_d).
+// dz = d_out masked by out > 0; per-channel sum(dz_b), sum(dz_b*xhat), sum(dz*xhat_d) with
+// dz_b = dz[*branch_scale[n]] (the residual branch's gradient under drop path).
 struct BlockEndBwdParams {
   const void* d_out;
   const void* out;
@@ -63,6 +67,8 @@ struct BlockEndBwdParams {
   void* sum_dz_xhat;
   void* sum_dz_xhat_d;
   void* workspace;  // block_end_bwd_workspace_elems(L) elements of the statistics dtype
+  const void* branch_scale;  // null: no drop path; else (N,) per-sample factors
+  int64_t per_sample;        // elements per sample (C*H*W)
   Layout L;
 };
 

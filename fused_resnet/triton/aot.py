@@ -62,9 +62,9 @@ _CONV_FLAGS = {
 _OTHER_CONSTEXPRS = {
     "merge_stats": dict(ROWS_PER_TILE=128, BLOCK_C=128, FIRST=True, FINAL=False),
     "column_sum": dict(BLOCK_R=configs.REDUCE_GPU[0], BLOCK_C=configs.REDUCE_GPU[1]),
-    "block_end": dict(HAS_RES_AFFINE=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
+    "block_end": dict(HAS_RES_AFFINE=True, HAS_BRANCH=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
                       BLOCK_C=configs.ELEMENTWISE_GPU[1]),
-    "block_end_bwd": dict(HAS_D=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
+    "block_end_bwd": dict(HAS_D=True, HAS_BRANCH=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
                           BLOCK_C=configs.ELEMENTWISE_GPU[1]),
     "bn_finalize": dict(HAS_WEIGHT=True, HAS_BIAS=True, UPDATE=True, HAS_NBT=True,
                         CUMULATIVE=True, BLOCK_C=1024),

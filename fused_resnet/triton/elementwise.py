@@ -38,10 +38,17 @@ def _channel_affine(v, scale_ptr, shift_ptr, offs_c, c_mask):
 
 
 @triton.jit
+def _branch_factor(branch_ptr, offs_r, r_mask, rows_per_sample):
+    """Drop path's factor of each row's sample, as a column to broadcast over channels."""
+    return tl.load(branch_ptr + offs_r // rows_per_sample, mask=r_mask, other=0.0)[:, None]
+
+
+@triton.jit
 def block_end_kernel(y_ptr, scale_ptr, shift_ptr, res_ptr, res_scale_ptr, res_shift_ptr,
-                     out_ptr, rows, C, HAS_RES_AFFINE: tl.constexpr,
+                     out_ptr, rows, C, branch_ptr, rows_per_sample,
+                     HAS_RES_AFFINE: tl.constexpr, HAS_BRANCH: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out = relu(y*scale + shift + [residual*res_scale + res_shift])."""
+    """out = relu((y*scale + shift)[*branch[n]] + [residual*res_scale + res_shift])."""
     offs_r, r_mask = row_tile(tl.program_id(0), rows, BLOCK_R)
     offs_c, c_mask = channel_tile(tl.program_id(1), C, BLOCK_C)
     mask = r_mask[:, None] & c_mask[None, :]
@@ -50,16 +57,20 @@ def block_end_kernel(y_ptr, scale_ptr, shift_ptr, res_ptr, res_scale_ptr, res_sh
     r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES_AFFINE:
         r = _channel_affine(r, res_scale_ptr, res_shift_ptr, offs_c, c_mask)
-    v = relu_keep_nan(_channel_affine(y, scale_ptr, shift_ptr, offs_c, c_mask) + r)
+    v = _channel_affine(y, scale_ptr, shift_ptr, offs_c, c_mask)
+    if HAS_BRANCH:
+        v = v * _branch_factor(branch_ptr, offs_r, offs_r < rows, rows_per_sample)
+    v = relu_keep_nan(v + r)
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def block_end_bwd_kernel(d_out_ptr, out_ptr, y_ptr, mean_ptr, invstd_ptr, y_d_ptr, mean_d_ptr,
-                         invstd_d_ptr, dz_ptr, part_ptr, rows, C, HAS_D: tl.constexpr,
+                         invstd_d_ptr, dz_ptr, part_ptr, rows, C, branch_ptr, rows_per_sample,
+                         HAS_D: tl.constexpr, HAS_BRANCH: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dz = d_out masked where out <= 0; per-tile sums of dz, dz*xhat, dz*xhat_d written
-    to part[0|1|2, tile, c]."""
+    """dz = d_out masked where out <= 0; per-tile sums of dz_b, dz_b*xhat, dz*xhat_d written
+    to part[0|1|2, tile, c], with dz_b = dz[*branch[n]] the residual branch's gradient."""
     pid_r = tl.program_id(0)
     offs_r, r_mask = row_tile(pid_r, rows, BLOCK_R)
     offs_c, c_mask = channel_tile(tl.program_id(1), C, BLOCK_C)
@@ -72,14 +83,17 @@ def block_end_bwd_kernel(d_out_ptr, out_ptr, y_ptr, mean_ptr, invstd_ptr, y_d_pt
     tl.store(dz_ptr + offs, dz, mask=mask)
 
     acc = dz.to(tl.float32)
+    acc_b = acc
+    if HAS_BRANCH:
+        acc_b = acc * _branch_factor(branch_ptr, offs_r, offs_r < rows, rows_per_sample)
     tiles = tl.num_programs(0)
     part = pid_r.to(tl.int64) * C + offs_c
     stride = tiles.to(tl.int64) * C
-    tl.store(part_ptr + part, tl.sum(acc, axis=0), mask=c_mask)
+    tl.store(part_ptr + part, tl.sum(acc_b, axis=0), mask=c_mask)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     xhat = (y - tl.load(mean_ptr + offs_c, mask=c_mask, other=0.0)[None, :]) \
         * tl.load(invstd_ptr + offs_c, mask=c_mask, other=0.0)[None, :]
-    tl.store(part_ptr + stride + part, tl.sum(tl.where(mask, acc * xhat, 0.0), axis=0),
+    tl.store(part_ptr + stride + part, tl.sum(tl.where(mask, acc_b * xhat, 0.0), axis=0),
              mask=c_mask)
     if HAS_D:
         y_d = tl.load(y_d_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -138,8 +152,19 @@ def _like(out: Tensor, main: Tensor) -> Tensor:
     return out.contiguous(memory_format=memory_format(main))
 
 
+def _branch_args(branch_scale: Tensor | None, like: Tensor) -> tuple:
+    """(branch_ptr, rows_per_sample) of drop path's per-sample factors (rows are pixels)."""
+    if branch_scale is None:
+        return like, 1
+    if branch_scale.shape != (like.shape[0],) or branch_scale.dtype != torch.float32:
+        raise ValueError(f"branch_scale must be a float32 ({like.shape[0]},) tensor, got "
+                         f"{branch_scale.dtype} {tuple(branch_scale.shape)}")
+    return branch_scale.contiguous(), like.shape[2] * like.shape[3]
+
+
 def block_end(y: Tensor, scale: Tensor, shift: Tensor, residual: Tensor,
-              res_scale: Tensor | None, res_shift: Tensor | None) -> Tensor:
+              res_scale: Tensor | None, res_shift: Tensor | None,
+              branch_scale: Tensor | None = None) -> Tensor:
     """See :func:`fused_resnet.reference.block_end`."""
     check_data("block_end", y)
     n, c, h, w = y.shape
@@ -148,14 +173,15 @@ def block_end(y: Tensor, scale: Tensor, shift: Tensor, residual: Tensor,
     with device_guard(y):
         launcher(block_end_kernel)[launch.grid](
             nhwc(y), vec(scale, y), vec(shift, y), nhwc(residual), vec(res_scale, y),
-            vec(res_shift, y), out, n * h * w, c, HAS_RES_AFFINE=res_scale is not None,
+            vec(res_shift, y), out, n * h * w, c, *_branch_args(branch_scale, y),
+            HAS_RES_AFFINE=res_scale is not None, HAS_BRANCH=branch_scale is not None,
             **launch.meta, **launch_options(launch.num_warps))
     return _like(out, y)
 
 
 def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: Tensor,
-                  y_d: Tensor | None, mean_d: Tensor | None,
-                  invstd_d: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  y_d: Tensor | None, mean_d: Tensor | None, invstd_d: Tensor | None,
+                  branch_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """See :func:`fused_resnet.reference.block_end_bwd`."""
     check_data("block_end_bwd", d_out)
     n, c, h, w = d_out.shape
@@ -170,7 +196,8 @@ def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: T
         launcher(block_end_bwd_kernel)[main.grid](
             nhwc(d_out), nhwc(out), nhwc(y), vec(mean, y), vec(invstd, y),
             nhwc(y_d) if has_d else y, vec(mean_d, y), vec(invstd_d, y), dz, part, rows, c,
-            HAS_D=has_d, **main.meta, **launch_options(main.num_warps))
+            *_branch_args(branch_scale, d_out), HAS_D=has_d,
+            HAS_BRANCH=branch_scale is not None, **main.meta, **launch_options(main.num_warps))
         sums = [column_sum(p, target) for p in part]
     if not has_d:
         sums.append(d_out.new_empty(0, dtype=torch.float32))

@@ -28,10 +28,10 @@ SCHEMAS = {
                    "Tensor(c!)? num_batches_tracked, float? momentum, float eps, "
                    "bool update_running_stats) -> (Tensor, Tensor, Tensor)",
     "block_end": "(Tensor y, Tensor scale, Tensor shift, Tensor residual, Tensor? res_scale, "
-                 "Tensor? res_shift) -> Tensor",
+                 "Tensor? res_shift, Tensor? branch_scale=None) -> Tensor",
     "block_end_bwd": "(Tensor d_out, Tensor out, Tensor y, Tensor mean, Tensor invstd, "
-                     "Tensor? y_d, Tensor? mean_d, Tensor? invstd_d) "
-                     "-> (Tensor, Tensor, Tensor, Tensor)",
+                     "Tensor? y_d, Tensor? mean_d, Tensor? invstd_d, "
+                     "Tensor? branch_scale=None) -> (Tensor, Tensor, Tensor, Tensor)",
     "conv_bwd_data": "(Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
                      "int[] input_size, int stride, int padding, int dilation, int groups, "
                      "Tensor? residual, Tensor? prev_y, Tensor? prev_scale, Tensor? prev_shift, "
