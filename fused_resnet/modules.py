@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import ops
+from . import onednn, ops
 from .blocks import (
     UNIT_TENSORS,
     BlockPlan,
@@ -207,6 +207,7 @@ class _FusedUnits:
     def _apply(self, fn, recurse=True):
         # .to()/.cuda()/.half() may change device or dtype: choose the backend again.
         module = super()._apply(fn, recurse)
+        self.__dict__.pop("_onednn_cache", None)  # its tensors are the old ones
         if "_ops" in self.__dict__:
             self.resolve_backend(strict=self.backend != "auto")
         return module
@@ -295,7 +296,8 @@ class _FusedUnits:
             for i in range(0, len(tensors), len(UNIT_TENSORS)):
                 tensors[i] = tensors[i].to(autocast)
         if autocast is None:
-            return run_block(plan, inp, tuple(tensors))
+            out = onednn.try_forward(self.__dict__, plan, inp, tuple(tensors))
+            return out if out is not None else run_block(plan, inp, tuple(tensors))
         with torch.autocast(x.device.type, enabled=False):
             return run_block(plan, inp, tuple(tensors))
 
