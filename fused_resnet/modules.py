@@ -219,6 +219,16 @@ class _FusedUnits:
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}, in_use={self.backend_in_use!r}"
 
+    def backend_status(self, x: Tensor) -> dict[str, str | None]:
+        """How a call on ``x`` would run now (``path``: ``onednn``, ``aten`` or the fused
+        backend's name) and ``why``, with the ``requested`` and resolved (``in_use``) backend."""
+        units, plan = self._plan()
+        tensors = tuple(t for c, b in units for t in _unit_tensors(c, b))
+        path, why = onednn.choose_path(self.backend, plan, x, tensors,
+                                       _autocast_dtype(x) is not None)
+        return {"requested": self.backend, "in_use": self.backend_in_use, "path": path,
+                "why": why}
+
     # -- forward ------------------------------------------------------------------
     def _check_input(self, x: Tensor, autocast: bool) -> None:
         name = type(self).__name__
@@ -288,6 +298,11 @@ class _FusedUnits:
             return self._eager_forward(x)  # empty output; BN counters tick as in torchvision
         self._check_batch_stats(x, units, plan)
         tensors = [t for c, b in units for t in _unit_tensors(c, b)]
+        path, _ = onednn.choose_path(self.backend, plan, x, tuple(tensors), autocast is not None)
+        if path == onednn.ATEN:
+            return self._eager_forward(x)
+        if path == onednn.ONEDNN:
+            return onednn.forward(self.__dict__, plan, x, tuple(tensors))
         inp = x
         if autocast is not None:
             # As torchvision under autocast: convs in the autocast dtype (weights cast,
@@ -296,8 +311,7 @@ class _FusedUnits:
             for i in range(0, len(tensors), len(UNIT_TENSORS)):
                 tensors[i] = tensors[i].to(autocast)
         if autocast is None:
-            out = onednn.try_forward(self.__dict__, plan, inp, tuple(tensors))
-            return out if out is not None else run_block(plan, inp, tuple(tensors))
+            return run_block(plan, inp, tuple(tensors))
         with torch.autocast(x.device.type, enabled=False):
             return run_block(plan, inp, tuple(tensors))
 

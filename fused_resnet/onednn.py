@@ -23,7 +23,6 @@ why once (:func:`unavailable`).
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 
@@ -38,15 +37,21 @@ _OPS = ("_convolution_pointwise", "_reorder_convolution_weight")
 _warned = False
 
 
-@functools.cache
-def unavailable() -> str | None:
-    """Why oneDNN fused convolutions cannot run in this torch build, or None."""
+def _missing() -> str | None:
     if not torch.backends.mkldnn.is_available():
         return f"torch {torch.__version__} is built without oneDNN (mkldnn)"
     missing = [op for op in _OPS if not hasattr(torch.ops.mkldnn, op)]
     if missing:
         return f"torch {torch.__version__} has no torch.ops.mkldnn.{', '.join(missing)}"
     return None
+
+
+_MISSING = _missing()  # once, at import: torch.compile cannot trace the checks
+
+
+def unavailable() -> str | None:
+    """Why oneDNN fused convolutions cannot run in this torch build, or None."""
+    return _MISSING
 
 
 def _grad_wanted(x: Tensor, tensors: tuple) -> bool:
@@ -58,12 +63,12 @@ def cannot_run(plan, x: Tensor, tensors: tuple) -> str | None:
     """Why this block call cannot take the oneDNN path (None: it can)."""
     if plan.backend.name != "cpp":
         return f"backend {plan.backend.name!r} runs its own kernels"
-    if x.device.type != "cpu" or x.dtype not in DTYPES:
-        return f"oneDNN fused inference serves {DTYPES} CPU tensors, not {x.dtype} on {x.device}"
     if not plan.fixed_stats:
         return "batch statistics (training mode)"
     if _grad_wanted(x, tensors):
         return "a gradient is wanted"
+    if x.device.type != "cpu" or x.dtype not in DTYPES:
+        return f"oneDNN fused inference serves float32 CPU tensors, not {x.dtype} on {x.device}"
     if torch.compiler.is_compiling():
         return "under torch.compile (Inductor folds and fuses the convolutions itself)"
     return unavailable()
@@ -167,8 +172,10 @@ def _pack(folded: list[_Unit], n_chain: int, input_shape: list[int]) -> list[_Un
     return packed
 
 
-def forward(cache: PackCache, plan, x: Tensor, tensors: tuple) -> Tensor:
-    """The block's eval forward through oneDNN (call only when :func:`cannot_run` is None)."""
+def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
+    """The eval forward through oneDNN of the block whose ``__dict__`` is ``owner`` (which
+    holds its :class:`PackCache`); only where :func:`choose_path` says ``onednn``."""
+    cache = owner.setdefault("_onednn_cache", PackCache())
     units = cache.units(plan, tensors, list(x.shape))
     chain, shortcut = units[:len(plan.chain)], units[len(plan.chain):]
     h = x.contiguous(memory_format=CL)
@@ -181,16 +188,37 @@ def forward(cache: PackCache, plan, x: Tensor, tensors: tuple) -> Tensor:
     return out.contiguous(memory_format=reference.memory_format(x))
 
 
-def try_forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor | None:
-    """The oneDNN eval forward of a block whose ``__dict__`` is ``owner``, or None when
-    this call must take the backend's own path. Warns once if the ATen ops are missing."""
+# ------------------------------------------------------------------ the path of a call
+# Measured on a 2-core AMD EPYC (Zen3, AVX2), float32, channels_last, interleaved timing,
+# eager/variant time ratios (docs: benchmarks/README.md, "CPU paths"):
+#   eval, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
+#       1.09-1.18x (batch 8); the cpp kernels 0.89x;
+#   training fwd+bwd, bottlenecks 256->64 at 28x28, batch 2: cpp 0.77x, reference 0.73x.
+# Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run,
+# else ATen's own ops (the block's torchvision forward), never the slower fused kernels.
+ONEDNN, ATEN = "onednn", "aten"
+_WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
+               "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
+_WHY_ATEN = ("on the CPU ATen's convolutions and BatchNorm run faster than the cpp kernels "
+             "(training fwd+bwd 0.77x eager with cpp)")
+
+
+def choose_path(requested: str, plan, x: Tensor, tensors: tuple,
+                autocast: bool) -> tuple[str, str]:
+    """How a block call runs, and why: ``onednn``, ``aten`` (the block's torchvision forward)
+    or the name of its fused backend. ``requested``: the block's ``backend`` setting. Warns
+    once when only missing ATen ops keep a call off oneDNN."""
     global _warned
-    reason = cannot_run(plan, x, tensors)
-    if reason is not None:
-        if reason == unavailable() and not _warned:
-            _warned = True
-            warnings.warn(f"fused_resnet: eval blocks on the CPU use the cpp kernels: {reason}",
-                          stacklevel=3)
-        return None
-    cache = owner.setdefault("_onednn_cache", PackCache())
-    return forward(cache, plan, x, tensors)
+    reason = "under autocast" if autocast else cannot_run(plan, x, tensors)
+    if reason is None:
+        return ONEDNN, _WHY_ONEDNN
+    if reason == unavailable() and not _warned:
+        _warned = True
+        warnings.warn(f"fused_resnet: eval blocks on the CPU cannot use oneDNN: {reason}",
+                      stacklevel=3)
+    # Synchronised BN shares batch statistics across processes: only the fused path does;
+    # torch.export keeps the fused ops in the exported program.
+    if requested == "auto" and x.device.type == "cpu" and not torch.compiler.is_exporting() \
+            and not any(u.norm.sync for u in plan.units):
+        return ATEN, f"{reason}; {_WHY_ATEN}"
+    return plan.backend.name, reason

@@ -200,3 +200,38 @@ def test_missing_aten_op_falls_back_and_says_why_once(monkeypatch):
     assert _cache(fused) is None
     with torch.no_grad():
         assert_close(out, copy.deepcopy(tv).double()(x.double()), torch.float32)
+
+
+# ------------------------------------------------------------------------- auto's rule
+def test_auto_on_cpu_eval_takes_onednn_and_says_why():
+    tv, fused = make_blocks("bottleneck", 16, 4, backend="auto")
+    tv.eval(), fused.eval()
+    x = torch.randn(2, 16, 7, 7)
+    with torch.no_grad():
+        status = fused.backend_status(x)
+        assert status["path"] == "onednn" and "prepacked" in status["why"]
+        assert_close(fused(x), copy.deepcopy(tv).double()(x.double()), torch.float32)
+    assert _cache(fused).packed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_auto_on_cpu_training_is_atens_own_forward(dtype):
+    """Where no fused path is faster, auto runs the torchvision forward: the very values,
+    gradients and running statistics of the torchvision block."""
+    tv, fused = make_blocks("bottleneck", 16, 4, 2, projection=True, backend="auto")
+    tv, fused = tv.to(dtype), fused.to(dtype)
+    x = torch.randn(3, 16, 9, 9, dtype=dtype, requires_grad=True)
+    status = fused.backend_status(x)
+    assert status["path"] == "aten" and "batch statistics" in status["why"], status
+    out, ref = fused(x), tv(x)
+    assert torch.equal(out, ref)
+    g_out, = torch.autograd.grad(out.sum(), fused.conv2.weight)
+    g_ref, = torch.autograd.grad(ref.sum(), tv.conv2.weight)
+    assert torch.equal(g_out, g_ref)
+    assert torch.equal(fused.bn3.running_var, tv.bn3.running_var)
+
+
+def test_a_named_backend_keeps_its_kernels_in_training():
+    _, fused = make_blocks("basic", 8, 8, backend="cpp")
+    status = fused.backend_status(torch.randn(2, 8, 5, 5))
+    assert status["path"] == "cpp" and status["why"] == "batch statistics (training mode)"
