@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from . import ops
+from . import onednn, ops
 from .blocks import (
     UNIT_TENSORS,
     BlockPlan,
@@ -257,6 +257,7 @@ class _FusedUnits:
     def _apply(self, fn, recurse=True):
         # .to()/.cuda()/.half() may change device or dtype: choose the backend again.
         module = super()._apply(fn, recurse)
+        self.__dict__.pop("_onednn_cache", None)  # its tensors are the old ones
         if "_ops" in self.__dict__:
             self.resolve_backend(strict=self.backend != "auto")
         return module
@@ -267,6 +268,16 @@ class _FusedUnits:
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}, in_use={self.backend_in_use!r}"
+
+    def backend_status(self, x: Tensor) -> dict[str, str | None]:
+        """How a call on ``x`` would run now (``path``: ``onednn``, ``aten`` or the fused
+        backend's name) and ``why``, with the ``requested`` and resolved (``in_use``) backend."""
+        units, plan = self._plan()
+        tensors = tuple(t for c, b in units for t in _unit_tensors(c, b))
+        path, why = onednn.choose_path(self.backend, plan, x, tensors,
+                                       _autocast_dtype(x) is not None)
+        return {"requested": self.backend, "in_use": self.backend_in_use, "path": path,
+                "why": why}
 
     # -- forward ------------------------------------------------------------------
     def _check_input(self, x: Tensor, autocast: bool) -> None:
@@ -340,6 +351,11 @@ class _FusedUnits:
             return self._eager_forward(x)  # empty output; BN counters tick as in torchvision
         self._check_batch_stats(x, units, plan)
         tensors = [t for c, b in units for t in _unit_tensors(c, b)]
+        path, _ = onednn.choose_path(self.backend, plan, x, tuple(tensors), autocast is not None)
+        if path == onednn.ATEN:
+            return self._eager_forward(x)
+        if path == onednn.ONEDNN:
+            return onednn.forward(self.__dict__, plan, x, tuple(tensors))
         inp = x
         if autocast is not None:
             # As torchvision under autocast: convs in the autocast dtype (weights cast,

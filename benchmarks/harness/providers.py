@@ -17,7 +17,8 @@ except Exception as e:  # noqa: BLE001 - any import failure just skips the fused
     fused_resnet = None
     FUSED_IMPORT_ERROR = f"import fused_resnet failed: {type(e).__name__}: {e}"
 
-PROVIDERS = ("eager", "compile", "fused_cuda", "fused_triton", "fused_cpp", "fused_reference")
+PROVIDERS = ("eager", "compile", "compile_freezing", "fused_cuda", "fused_triton", "fused_cpp",
+             "fused_reference")
 SUMMARY_PROVIDERS = ("eager", "compile", "fused_cuda", "fused_triton", "fused_cpp")
 
 
@@ -63,6 +64,13 @@ def build(provider: str, master: nn.Module, case: Case | None, args, training: b
     if provider == "compile":
         torch._dynamo.reset()  # a fresh cache per module: no recompile limit, no stale graphs
         module = torch.compile(module, mode=args.compile_mode, dynamic=False)
+    elif provider == "compile_freezing":
+        # Inductor with the weights frozen as constants (BN folded, weights prepacked): the
+        # strongest inference anchor on a CPU; freezing applies only without gradients.
+        if training:
+            raise Skipped("freezing compiles inference graphs only")
+        torch._dynamo.reset()
+        module = torch.compile(module, options={"freezing": True}, dynamic=False)
     return module
 
 

@@ -82,7 +82,7 @@ def plan(args) -> list[tuple[Case | None, str, str]]:
     budget cuts the slow compiles first."""
     items = []
     for compiled in (False, True):
-        provs = [p for p in args.providers if (p == "compile") == compiled]
+        provs = [p for p in args.providers if p.startswith("compile") == compiled]
         for mode in args.modes:
             items += [(c, p, mode) for c in args.cases for p in provs]
         if not args.no_network:
@@ -109,12 +109,12 @@ def row_cost(item: tuple[Case | None, str, str], args) -> float:
     else:
         gflop = block_roofline(case, args, mode)[0] / 1e9
     gflop += ROW_OVERHEAD_GFLOP
-    return gflop * (COMPILE_COST_FACTOR if provider == "compile" else 1.0)
+    return gflop * (COMPILE_COST_FACTOR if provider.startswith("compile") else 1.0)
 
 
 def not_in_quick(case: Case | None, provider: str, args) -> str | None:
     """Rows that --quick leaves out: compiling all of ResNet-50 takes minutes on a CPU."""
-    if args.quick and case is None and provider == "compile" and args.device.type == "cpu":
+    if args.quick and case is None and provider.startswith("compile") and args.device.type == "cpu":
         return "--quick on CPU: compiling the whole network takes minutes"
     return None
 

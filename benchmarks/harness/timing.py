@@ -1,5 +1,6 @@
 """Timing of one step: CUDA events with L2 flushed (triton.testing.do_bench) on a GPU,
-torch.utils.benchmark blocks on a CPU; the timed steps rotate over input buffers."""
+torch.utils.benchmark blocks on a CPU, several steps interleaved round by round on a shared
+CPU (:func:`time_interleaved`); the timed steps rotate over input buffers."""
 
 from __future__ import annotations
 
@@ -30,6 +31,30 @@ def time_ms(step, device: torch.device, quick: bool,
         times.append(timer.timeit(number).mean)
     t = np.array(times) * 1e3
     return float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80))
+
+
+def time_interleaved(steps: dict, rounds: int, block_s: float = 0.05) -> dict[str, list[float]]:
+    """Milliseconds per call of each of ``steps`` (CPU), measured in ``rounds`` rounds of
+    one block of calls per step, in turn (ABAB...): load that comes and goes on a shared
+    machine falls on every step alike, and per-round ratios cancel it."""
+    from torch.utils import benchmark
+    timers, numbers = {}, {}
+    for name, step in steps.items():
+        step()  # warm-up (first calls allocate, compile, prepack)
+        timers[name] = benchmark.Timer(stmt="step()", globals={"step": step},
+                                       num_threads=torch.get_num_threads())
+        numbers[name] = max(1, int(block_s / max(timers[name].timeit(1).mean, 1e-6)))
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(numbers[name]).mean * 1e3)
+    return times
+
+
+def round_ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
+    """Median over rounds of ``base``'s time / each step's time (>1: faster than base)."""
+    return {name: float(np.median(np.array(times[base]) / np.array(t)))
+            for name, t in times.items()}
 
 
 def time_cuda(step, quick: bool) -> tuple[float, float, float]:

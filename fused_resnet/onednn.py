@@ -1,0 +1,224 @@
+"""Eval-mode blocks on the CPU through oneDNN's fused convolutions.
+
+With fixed BN statistics and no gradient wanted, a block on the CPU in float32 runs as one
+oneDNN convolution per conv: every BN folded into its conv's weight and bias (scale and
+shift by the eval rule all backends share, :func:`fused_resnet.reference.bn_eval_affines`,
+in fp32), the ReLUs as post-ops, and the last conv taking the residual (the projection's
+conv, its BN folded the same way, run first) and the final ReLU as post-ops.
+
+The folded weights are prepacked into oneDNN's blocked layout once and cached on the block:
+
+* keyed by the thread count (a weight packed for one thread count runs up to 40x slower at
+  another) and the block's input shape (the packing is chosen for it);
+* dropped as soon as any source tensor changes: its version counter (in-place edits,
+  optimizer steps, ``load_state_dict``), its storage, dtype or device (``.to()``). The cache
+  keeps the source tensors alive, so a stale entry can never match a new tensor.
+
+The ATen ops used are ``torch.ops.mkldnn._convolution_pointwise`` (unary and ``.binary``)
+and ``torch.ops.mkldnn._reorder_convolution_weight``; oneDNN fuses the post-ops only for
+channels_last inputs, so NCHW inputs are converted and the output is returned in the input's
+memory format. A torch build without them keeps the backend's own inference path and says
+why once (:func:`unavailable`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+
+Tensor = torch.Tensor
+CL = torch.channels_last
+DTYPES = (torch.float32,)
+_OPS = ("_convolution_pointwise", "_reorder_convolution_weight")
+_warned = False
+
+
+def _missing() -> str | None:
+    if not torch.backends.mkldnn.is_available():
+        return f"torch {torch.__version__} is built without oneDNN (mkldnn)"
+    missing = [op for op in _OPS if not hasattr(torch.ops.mkldnn, op)]
+    if missing:
+        return f"torch {torch.__version__} has no torch.ops.mkldnn.{', '.join(missing)}"
+    return None
+
+
+_MISSING = _missing()  # once, at import: torch.compile cannot trace the checks
+
+
+def unavailable() -> str | None:
+    """Why oneDNN fused convolutions cannot run in this torch build, or None."""
+    return _MISSING
+
+
+def _grad_wanted(x: Tensor, tensors: tuple) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(
+        t is not None and t.requires_grad for t in tensors))
+
+
+def cannot_run(plan, x: Tensor, tensors: tuple) -> str | None:
+    """Why this block call cannot take the oneDNN path (None: it can)."""
+    if plan.backend.name != "cpp":
+        return f"backend {plan.backend.name!r} runs its own kernels"
+    if not plan.fixed_stats:
+        return "batch statistics (training mode)"
+    if _grad_wanted(x, tensors):
+        return "a gradient is wanted"
+    if x.device.type != "cpu" or x.dtype not in DTYPES:
+        return f"oneDNN fused inference serves float32 CPU tensors, not {x.dtype} on {x.device}"
+    if torch.compiler.is_compiling():
+        return "under torch.compile (Inductor folds and fuses the convolutions itself)"
+    return unavailable()
+
+
+# ----------------------------------------------------------------------- packed block
+@dataclass(frozen=True)
+class _Unit:
+    """One conv with its BN folded: the fp32 weight (channels_last) and bias."""
+
+    weight: Tensor
+    bias: Tensor
+    padding: list[int]
+    stride: list[int]
+    dilation: list[int]
+    groups: int
+
+    def out_shape(self, shape: list[int]) -> list[int]:
+        n, _, h, w = shape
+        k_out, _, kh, kw = self.weight.shape
+        p, s, d = self.padding[0], self.stride[0], self.dilation[0]
+        return [n, k_out, (h + 2 * p - d * (kh - 1) - 1) // s + 1,
+                (w + 2 * p - d * (kw - 1) - 1) // s + 1]
+
+    def packed(self, input_shape: list[int]) -> _Unit:
+        w = torch.ops.mkldnn._reorder_convolution_weight(
+            self.weight, self.padding, self.stride, self.dilation, self.groups, input_shape)
+        return _Unit(w, self.bias, self.padding, self.stride, self.dilation, self.groups)
+
+    def __call__(self, x: Tensor, unary: str = "none", residual: Tensor | None = None):
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *args,
+                                                           unary, [], "")
+        # Out-of-place .binary: (x, other, weight, ...); 'add' then the unary post-op.
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, self.weight, self.bias, *args, "add", None, unary, [], "")
+
+
+def _fold(plan, tensors: tuple) -> list[_Unit]:
+    """Every unit's conv with its BN folded in, chain first, then the shortcut."""
+    k = len(tensors) // len(plan.units)
+    units = [tensors[i * k:(i + 1) * k] for i in range(len(plan.units))]
+    folds = reference.bn_eval_affines(
+        [(t[3], t[4], t[1], t[2], spec.norm.eps) for spec, t in zip(plan.units, units)],
+        torch.float32)
+    out = []
+    for spec, t, (scale, shift, _) in zip(plan.units, units, folds):
+        c = spec.conv
+        w = (t[0].float() * scale.view(-1, 1, 1, 1)).contiguous(memory_format=CL)
+        out.append(_Unit(w, shift.contiguous(), [c.padding] * 2, [c.stride] * 2,
+                         [c.dilation] * 2, c.groups))
+    return out
+
+
+def _stamp(t: Tensor) -> tuple:
+    return (t._version, t.data_ptr(), t.dtype, t.device, t.shape)
+
+
+class PackCache:
+    """A block's folded weights and their prepacked forms, by (threads, input shape)."""
+
+    MAX_SHAPES = 4  # packed forms kept per block (input shapes seen, most recent last)
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.sources: tuple = ()  # the block's tensors the folds were made from (kept alive)
+        self.stamps: tuple = ()
+        self.folded: list[_Unit] = []
+        self.packed: dict[tuple, list[_Unit]] = {}
+
+    def units(self, plan, tensors: tuple, input_shape: list[int]) -> list[_Unit]:
+        sources = tuple(t for t in tensors if t is not None)
+        stamps = tuple(_stamp(t) for t in sources)
+        if stamps != self.stamps or any(a is not b for a, b in zip(sources, self.sources)):
+            self.clear()
+            self.folded, self.sources, self.stamps = _fold(plan, tensors), sources, stamps
+        key = (torch.get_num_threads(), tuple(input_shape))
+        if key not in self.packed:
+            if len(self.packed) >= self.MAX_SHAPES:
+                del self.packed[next(iter(self.packed))]
+            self.packed[key] = _pack(self.folded, len(plan.chain), input_shape)
+        return self.packed[key]
+
+    # Packed oneDNN tensors neither pickle nor need to: a copy starts empty.
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.clear()
+
+
+def _pack(folded: list[_Unit], n_chain: int, input_shape: list[int]) -> list[_Unit]:
+    packed, shape = [], list(input_shape)
+    for unit in folded[:n_chain]:
+        packed.append(unit.packed(shape))
+        shape = unit.out_shape(shape)
+    packed += [unit.packed(list(input_shape)) for unit in folded[n_chain:]]
+    return packed
+
+
+def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
+    """The eval forward through oneDNN of the block whose ``__dict__`` is ``owner`` (which
+    holds its :class:`PackCache`); only where :func:`choose_path` says ``onednn``."""
+    cache = owner.setdefault("_onednn_cache", PackCache())
+    units = cache.units(plan, tensors, list(x.shape))
+    chain, shortcut = units[:len(plan.chain)], units[len(plan.chain):]
+    h = x.contiguous(memory_format=CL)
+    residual = None
+    if plan.residual:
+        residual = shortcut[0](h) if shortcut else h
+    for unit in chain[:-1]:
+        h = unit(h, "relu")
+    out = chain[-1](h, "relu", residual)
+    return out.contiguous(memory_format=reference.memory_format(x))
+
+
+# ------------------------------------------------------------------ the path of a call
+# Measured on a 2-core AMD EPYC (Zen3, AVX2), float32, channels_last, interleaved timing,
+# eager/variant time ratios (docs: benchmarks/README.md, "CPU paths"):
+#   eval, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
+#       1.09-1.18x (batch 8); the cpp kernels 0.89x;
+#   training fwd+bwd, bottlenecks 256->64 at 28x28, batch 2: cpp 0.77x, reference 0.73x.
+# Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run,
+# else ATen's own ops (the block's torchvision forward), never the slower fused kernels.
+ONEDNN, ATEN = "onednn", "aten"
+_WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
+               "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
+_WHY_ATEN = ("on the CPU ATen's convolutions and BatchNorm run faster than the cpp kernels "
+             "(training fwd+bwd 0.77x eager with cpp)")
+
+
+def choose_path(requested: str, plan, x: Tensor, tensors: tuple,
+                autocast: bool) -> tuple[str, str]:
+    """How a block call runs, and why: ``onednn``, ``aten`` (the block's torchvision forward)
+    or the name of its fused backend. ``requested``: the block's ``backend`` setting. Warns
+    once when only missing ATen ops keep a call off oneDNN."""
+    global _warned
+    reason = "under autocast" if autocast else cannot_run(plan, x, tensors)
+    if reason is None:
+        return ONEDNN, _WHY_ONEDNN
+    if reason == unavailable() and not _warned:
+        _warned = True
+        warnings.warn(f"fused_resnet: eval blocks on the CPU cannot use oneDNN: {reason}",
+                      stacklevel=3)
+    # Synchronised BN shares batch statistics across processes: only the fused path does;
+    # torch.export keeps the fused ops in the exported program.
+    if requested == "auto" and x.device.type == "cpu" and not torch.compiler.is_exporting() \
+            and not any(u.norm.sync for u in plan.units):
+        return ATEN, f"{reason}; {_WHY_ATEN}"
+    return plan.backend.name, reason
