@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check on the GPU machine (DESIGN.md §6): build, GPU tests, quick benchmark.
+# One prepared check on the GPU machine (docs/design.md §6): build, GPU tests, quick benchmark.
 #
 #   FUSED_RESNET_COMMIT=$(git rev-parse HEAD) OUT=/some/dir bash benchmarks/device_check.sh
 #

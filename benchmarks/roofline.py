@@ -1,4 +1,4 @@
-"""FLOPs and minimal bytes of a fused ResNet block (DESIGN.md §2), and its roofline floor.
+"""FLOPs and minimal bytes of a fused ResNet block (docs/design.md §2), and its roofline floor.
 
 The model counts what an ideal fused implementation must move: every kernel reads its
 inputs and writes its outputs exactly once (halo re-reads, L2 reuse and per-channel

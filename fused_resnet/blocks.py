@@ -1,4 +1,4 @@
-"""Per-block autograd: the fused training and eval dataflow of DESIGN.md §1 on any backend.
+"""Per-block autograd: the fused training and eval dataflow of docs/design.md §1 on any backend.
 
 A residual block is a *chain* of conv->BN units (two for a basic block, three for a
 bottleneck; ReLU between them) plus an optional projection *shortcut* unit, ended by

@@ -1,7 +1,7 @@
 """Plain PyTorch semantics of every fused op: the oracle for all tests and the
 ``"reference"`` backend.
 
-Conventions shared by every backend (DESIGN.md §1):
+Conventions shared by every backend (docs/design.md §1):
 
 * Tensors are logical NCHW; any memory format is accepted, and an op's output keeps
   the memory format of its main input.

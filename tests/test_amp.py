@@ -44,7 +44,7 @@ def _autocast_run(kind, inplanes, planes, stride, proj, backend, train):
                          ids=["bottleneck-proj", "basic"])
 def test_cpu_bf16_autocast_matches_torchvision(cpu_backend, train, shape):
     runs = [_autocast_run(*shape, cpu_backend, train) for _ in range(SEEDS)]
-    for errors in runs:  # outputs: DESIGN.md's bf16 rule, run by run
+    for errors in runs:  # outputs: docs/design.md's bf16 rule, run by run
         plain, fused = errors["out"]
         assert fused <= max(2 * plain, 8e-3), f"output {fused:.3e} vs torchvision {plain:.3e}"
     # Gradients: a bf16 pre-activation near 0 may flip a ReLU mask in either model, which

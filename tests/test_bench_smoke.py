@@ -251,7 +251,7 @@ def test_roofline_bottleneck_by_hand():
 
 
 def test_roofline_resnet50_totals_near_design():
-    """The 16-block floors land near DESIGN.md §2's table (2.30 ms / 11.18 ms, H100 bf16
+    """The 16-block floors land near docs/design.md §2's table (2.30 ms / 11.18 ms, H100 bf16
     N=128): this model counts weights and the BN-backward dataflow of roofline.py."""
     stages = [(64, 64, 1, True, 56, 1), (256, 64, 1, False, 56, 2), (256, 128, 2, True, 56, 1),
               (512, 128, 1, False, 28, 3), (512, 256, 2, True, 28, 1),

@@ -1,7 +1,7 @@
 """Fused blocks vs torchvision blocks with the same weights, on every CPU backend.
 
 torchvision's block in float64 is the oracle: outputs, input and parameter gradients and
-running statistics must agree within DESIGN.md §5's tolerance for the block's dtype.
+running statistics must agree within docs/design.md §5's tolerance for the block's dtype.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def run_pair(tv, fused, x, train: bool, grad: bool = True):
 
 
 def check_low_precision(runs: list[dict], plains: list[dict], dtype) -> None:
-    """DESIGN.md's fp16/bf16 rule over several runs: outputs run by run; gradients and
+    """docs/design.md's fp16/bf16 rule over several runs: outputs run by run; gradients and
     running stats summed over the runs, because a pre-activation within rounding of 0 can
     flip a ReLU mask in either model and make one run's gradient error jump (seen: 1.6%
     for both plain fp16 and fused on one seed, 0.07% on others)."""

@@ -107,7 +107,7 @@ def ref_call(fn, args: dict):
 
 
 def low_tol(fn, low: dict, ref64, dtype) -> float:
-    """DESIGN §5: fp16/bf16 may be 2x the error of plain PyTorch in the same dtype."""
+    """docs/design.md §5: fp16/bf16 may be 2x the error of plain PyTorch in the same dtype."""
     if dtype not in (torch.float16, torch.bfloat16):
         return TOLERANCE[dtype]
     plain = fn(**{k: v.cpu() if isinstance(v, torch.Tensor) else v

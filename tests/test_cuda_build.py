@@ -143,7 +143,7 @@ def ptxas_reports(nvcc_outputs):
 
 
 def test_cu_files_include_no_torch_headers():
-    # A torch header costs ~50 s of nvcc time per file (DESIGN.md §4).
+    # A torch header costs ~50 s of nvcc time per file (docs/design.md §4).
     for src in CU_FILES:
         for inc in re.findall(r'#\s*include\s*[<"]([^>"]+)[>"]', src.read_text()):
             assert not inc.startswith(("torch/", "ATen/", "c10/", "pybind11/")), (src.name, inc)
@@ -341,7 +341,7 @@ HARNESS = ROOT / "csrc" / "cuda" / "harness" / "conv_harness.cu"
 
 
 def find_cuobjdump() -> str | None:
-    """The toolkit's cuobjdump, else the one triton's wheel carries (DESIGN.md §5)."""
+    """The toolkit's cuobjdump, else the one triton's wheel carries (docs/design.md §5)."""
     if NVCC and os.path.isfile(os.path.join(os.path.dirname(NVCC), "cuobjdump")):
         return os.path.join(os.path.dirname(NVCC), "cuobjdump")
     try:

@@ -1,5 +1,5 @@
 """Training saves less for backward than eager torchvision: only x, the raw conv outputs,
-out and per-channel vectors (DESIGN.md §1). Counted with saved-tensor hooks, on CPU."""
+out and per-channel vectors (docs/design.md §1). Counted with saved-tensor hooks, on CPU."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ FR_HOST_DEVICE int64_t fwd_a_offset(const ConvShape& s, int64_t n, int64_t p, in
 }
 
 // Forward A element: f(offset, c) (the prologue, rounded to the data dtype) or 0 on padding --
-// zero AFTER the transform (DESIGN §1 Padding).
+// zero AFTER the transform (docs/design.md §1 Padding).
 template <class T, class F>
 FR_HOST_DEVICE T fwd_a_elem(const ConvShape& s, int64_t n, int64_t p, int64_t q, int64_t k,
                             const F& f) {

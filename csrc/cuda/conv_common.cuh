@@ -4,10 +4,10 @@
 // tensor-core GEMM (conv_tc.cuh) with its operand policies (conv_tc_operands.cuh).
 //
 //
-// GPU-UNVERIFIED: written without a GPU. nvcc compiles it, ptxas reports no spills and the SASS
-// of the 16-bit forward kernel contains HMMA (tests/test_cuda_build.py), and the CPU twin
-// (cpu/conv_igemm_cpu.cpp) checks the same index/prologue/padding/epilogue/stats math against
-// the reference; the kernels themselves have not been run.
+// Checked without a GPU: nvcc compiles it, ptxas reports no spills and the SASS of the 16-bit
+// kernels contains HMMA (tests/test_cuda_build.py), the CPU twin (cpu/conv_igemm_cpu.cpp) checks
+// the same index/prologue/padding/epilogue/stats math, and the kernels themselves run on the
+// CUDA execution emulator (cuda/emu, tests/test_cuda_emu*.py).
 //
 // - fp16/bf16: one tensor-core implicit GEMM (mma.sync m16n8k16 fed by ldmatrix[.trans], a
 //   3-stage pipeline: cp.async for weights, register-staged loads with the fused prologue /
@@ -20,7 +20,7 @@
 // - Statistics / sums: per-CTA partials in a workspace, merged per channel in parallel in a
 //   fixed order (cuda/merge.cuh; deterministic, no atomics). wgrad: split-K partials, reduced
 //   in a fixed order.
-// CUDA headers and csrc/common only (DESIGN §4).
+// CUDA headers and csrc/common only (docs/design.md §4).
 #pragma once
 
 #include <cuda_bf16.h>

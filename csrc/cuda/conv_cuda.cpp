@@ -1,7 +1,6 @@
 // CUDA launchers of conv_fwd, conv_bwd_data, conv_bwd_weight: argument checks, device guard,
 // current stream, NHWC staging, dtype mapping; the kernels live in conv_*.cu[h].
 //
-// GPU-UNVERIFIED: compiled here, never run on a GPU yet (see conv_common.cuh).
 // Limits (clear errors otherwise): groups == 1, float32/float16/bfloat16 data (no float64
 // kernels), non-empty tensors.
 #include <torch/library.h>

@@ -1,5 +1,5 @@
 // The fused epilogues of the three conv ops, run on the fp32 accumulator tile in smem by
-// both GEMMs (conv_simt.cuh, conv_tc.cuh). CUDA headers and csrc/common only (DESIGN §4).
+// both GEMMs (conv_simt.cuh, conv_tc.cuh). CUDA headers and csrc/common only (docs/design.md §4).
 #pragma once
 
 #include "cuda/conv_common.cuh"

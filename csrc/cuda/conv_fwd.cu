@@ -1,5 +1,5 @@
 // conv_fwd: the CUDA kernel launches and the statistics merge (kernels: conv_*.cuh).
-// CUDA headers and csrc/common only (DESIGN §4).
+// CUDA headers and csrc/common only (docs/design.md §4).
 #include "cuda/conv_epilogues.cuh"
 #include "cuda/conv_simt.cuh"
 #include "cuda/conv_tc_operands.cuh"

@@ -1,5 +1,5 @@
 // The SIMT conv GEMM (fp32, and the backward of channel counts the tensor cores cannot
-// take) and its per-op operand loaders. CUDA headers and csrc/common only (DESIGN §4).
+// take) and its per-op operand loaders. CUDA headers and csrc/common only (docs/design.md §4).
 #pragma once
 
 #include "cuda/conv_common.cuh"

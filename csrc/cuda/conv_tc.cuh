@@ -1,6 +1,6 @@
 // The tensor-core conv GEMM (fp16/bf16: ldmatrix + mma.sync m16n8k16, a cp.async pipeline)
 // and its primitives; the per-op operand policies are in conv_tc_operands.cuh.
-// CUDA headers and csrc/common only (DESIGN §4).
+// CUDA headers and csrc/common only (docs/design.md §4).
 #pragma once
 
 #include "cuda/conv_common.cuh"

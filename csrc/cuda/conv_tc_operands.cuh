@@ -1,5 +1,5 @@
 // The tensor-core GEMM's operand policies of conv_fwd, conv_bwd_data and conv_bwd_weight
-// (see conv_tc.cuh for the contract). CUDA headers and csrc/common only (DESIGN §4).
+// (see conv_tc.cuh for the contract). CUDA headers and csrc/common only (docs/design.md §4).
 #pragma once
 
 #include "cuda/conv_tc.cuh"

@@ -1,5 +1,5 @@
 // conv_bwd_weight: the CUDA kernel launches (split-K over grid z) and the fixed-order split
-// reduction (kernels: conv_*.cuh). CUDA headers and csrc/common only (DESIGN §4).
+// reduction (kernels: conv_*.cuh). CUDA headers and csrc/common only (docs/design.md §4).
 #include "cuda/conv_epilogues.cuh"
 #include "cuda/conv_simt.cuh"
 #include "cuda/conv_tc_operands.cuh"

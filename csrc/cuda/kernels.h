@@ -90,7 +90,6 @@ inline int64_t block_end_bwd_workspace_elems(const Layout& L) {
 cudaError_t launch_block_end_bwd(const BlockEndBwdParams& p, DType data, cudaStream_t stream);
 
 // ---------------------------------------------------------------- conv ops (conv_*.cu)
-// GPU-UNVERIFIED: compiled and ptxas-checked here, never run on a GPU yet.
 // All data NHWC (the launcher makes it channels_last-contiguous), weight KRSC, groups == 1,
 // float32 / float16 / bfloat16 data (no float64 kernels); per-channel vectors are float32.
 // CTA tile of every conv kernel: common/igemm.h (kConvTileM x kConvTileN, steps of kConvTileK).

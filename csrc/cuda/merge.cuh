@@ -6,7 +6,7 @@
 // launch merges the groups' results the same way. The partition depends on shapes only, so
 // the result is bitwise reproducible, and hundreds of CTAs share the work (a thread per
 // channel walking thousands of tiles serially costs milliseconds at batch 128).
-// CUDA headers and csrc/common only (DESIGN §4).
+// CUDA headers and csrc/common only (docs/design.md §4).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -2,7 +2,7 @@
 
 Importing this package registers the ops (when triton is importable). They serve CUDA
 tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before the import (Triton
-fixes interpretation when a kernel is decorated). GPU-UNVERIFIED: see ``conv.py``.
+fixes interpretation when a kernel is decorated).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton kernels and launchers (GPU-UNVERIFIED, see conv.py)."""
+"""Helpers shared by the Triton kernels and launchers."""
 
 from __future__ import annotations
 

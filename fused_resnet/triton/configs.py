@@ -1,6 +1,6 @@
 """Tile configurations for the Triton kernels, keyed by (GPU family, dtype, conv shape).
 
-UNTUNED / GPU-UNVERIFIED: the rules below are best guesses written from GEMM sizes and
+Untuned: the rules below are first choices written from GEMM sizes and
 shared-memory budgets. ``python -m fused_resnet.triton.aot --check`` compiles every
 config they can produce (and every fallback) for each family's architecture and fails
 on a register spill or on shared memory past the family's limit, or when

