@@ -203,6 +203,10 @@ class _FusedUnits:
         """Per-sample factors (N,) of the residual branch (drop path), or None."""
         return None
 
+    def _drops_path(self) -> bool:
+        """Whether a call draws per-sample drop-path factors (:meth:`_branch_scale`)."""
+        return False
+
     def fuse_problem(self) -> str | None:
         """Why this module cannot run fused (its layers as they are now), or None."""
         shortcut = self._shortcut()
@@ -352,6 +356,8 @@ class _FusedUnits:
         self._check_batch_stats(x, units, plan)
         tensors = [t for c, b in units for t in _unit_tensors(c, b)]
         path, _ = onednn.choose_path(self.backend, plan, x, tuple(tensors), autocast is not None)
+        if path == onednn.ONEDNN and self._drops_path():  # fixed statistics, drop path active
+            path = onednn.ATEN if self.backend == "auto" else plan.backend.name
         if path == onednn.ATEN:
             return self._eager_forward(x)
         if path == onednn.ONEDNN:
@@ -494,11 +500,15 @@ class _FusedTimmBlock(_FusedBlock):
             return f"drop_path is a {type(dp).__name__}, not timm's DropPath"
         return None
 
+    def _drops_path(self) -> bool:
+        dp = self.drop_path
+        return dp is not None and dp.training and dp.drop_prob != 0.0
+
     def _branch_scale(self, x: Tensor) -> Tensor | None:
         # timm's drop_path(): x.new_empty((N, 1, 1, 1)).bernoulli_(keep_prob) on the
         # branch output (the data dtype and device of x), divided by keep_prob.
         dp = self.drop_path
-        if dp is None or not dp.training or dp.drop_prob == 0.0:
+        if not self._drops_path():
             return None
         keep_prob = 1.0 - dp.drop_prob
         mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep_prob)

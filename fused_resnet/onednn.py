@@ -181,7 +181,8 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
     h = x.contiguous(memory_format=CL)
     residual = None
     if plan.residual:
-        residual = shortcut[0](h) if shortcut else h
+        residual = shortcut[0](plan.shortcut_input(h).contiguous(memory_format=CL)) \
+            if shortcut else h
     for unit in chain[:-1]:
         h = unit(h, "relu")
     out = chain[-1](h, "relu", residual)
