@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from . import onednn, ops
-from .blocks import (
+from .block_autograd import (
     UNIT_TENSORS,
     BlockPlan,
     ConvSpec,

@@ -38,7 +38,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
 
 
-def _load_extension() -> str | None:
+def _extension_unavailable_reason() -> str | None:
     """Import ``fused_resnet._C`` (registers the C++ ops); return why not, or None."""
     try:
         importlib.import_module(f"{__package__}._C")
@@ -49,9 +49,9 @@ def _load_extension() -> str | None:
     return None
 
 
-_EXTENSION_ERROR = _load_extension()
-if _EXTENSION_ERROR is not None:
-    warnings.warn(f"fused_resnet: {_EXTENSION_ERROR}; serving the reference backend only. "
+_EXTENSION_UNAVAILABLE = _extension_unavailable_reason()
+if _EXTENSION_UNAVAILABLE is not None:
+    warnings.warn(f"fused_resnet: {_EXTENSION_UNAVAILABLE}; serving the reference backend only. "
                   "Build it with `pip install --no-build-isolation -e .`.", stacklevel=2)
 
 
@@ -65,7 +65,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- fakes
-if _EXTENSION_ERROR is None:
+if _EXTENSION_UNAVAILABLE is None:
     register_fakes()
     # The CPU twins of the CUDA conv kernels (conv_fwd_igemm, conv_bwd_data_igemm,
     # conv_bwd_weight_igemm: csrc/cpu/conv_igemm_cpu.cpp) share the ops' signatures.
@@ -99,7 +99,7 @@ def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"unknown fused_resnet backend {name!r}; choose one of "
                          f"{('auto',) + BACKENDS}")
-    missing = _not_built(name)
+    missing = _backend_unavailable_reason(name)
     if missing:
         raise RuntimeError(f"fused_resnet backend {name!r} is not available: {missing}")
     if name == "reference":
@@ -117,19 +117,19 @@ def cuda_emulated() -> bool:
     return os.environ.get("FUSED_RESNET_CUDA_EMULATOR") == "1"
 
 
-def _not_built(name: str) -> str | None:
+def _backend_unavailable_reason(name: str) -> str | None:
     """Why backend ``name`` cannot serve any device at all, or None."""
     if name == "reference":
         return None
     if name == "triton":
-        return _triton_problem()
+        return _triton_unavailable_reason()
     if name == "cuda" and cuda_emulated():
         if all(hasattr(torch.ops.fused_resnet_cuda_emu, op) for op in OP_NAMES):
             return None
         return ("FUSED_RESNET_CUDA_EMULATOR=1, but the emulated CUDA ops "
                 "(torch.ops.fused_resnet_cuda_emu) are not loaded")
-    if _EXTENSION_ERROR is not None:
-        return _EXTENSION_ERROR
+    if _EXTENSION_UNAVAILABLE is not None:
+        return _EXTENSION_UNAVAILABLE
     key = {"cpp": "CPU", "cuda": "CUDA"}[name]
     missing = [op for op in OP_NAMES if not has_kernel(op, key)]
     if missing:
@@ -137,7 +137,7 @@ def _not_built(name: str) -> str | None:
     return None
 
 
-def _triton_problem() -> str | None:
+def _triton_unavailable_reason() -> str | None:
     """Why the Triton ops cannot run here (importing them registers them), or None."""
     from . import triton as triton_backend
 
@@ -154,10 +154,10 @@ def _triton_device_type() -> str:
 _DEVICE_TYPE = {"cpp": "cpu", "cuda": "cuda", "triton": "cuda"}
 
 
-def cannot_serve(name: str, device: torch.device | str, dtype: torch.dtype) -> str | None:
+def unavailable_reason(name: str, device: torch.device | str, dtype: torch.dtype) -> str | None:
     """Why backend ``name`` cannot run blocks on ``device`` in ``dtype``; None if it can."""
     device = torch.device(device)
-    missing = _not_built(name) if name in BACKENDS else f"unknown backend {name!r}"
+    missing = _backend_unavailable_reason(name) if name in BACKENDS else f"unknown backend {name!r}"
     if missing:
         return missing
     if dtype not in SUPPORTED_DTYPES:
@@ -177,7 +177,7 @@ def cannot_serve(name: str, device: torch.device | str, dtype: torch.dtype) -> s
 def backend_status(device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
     """For each backend: None if it serves ``device``/``dtype``, else the reason it does not."""
-    return {name: cannot_serve(name, device, dtype) for name in BACKENDS}
+    return {name: unavailable_reason(name, device, dtype) for name in BACKENDS}
 
 
 def available_backends(device: torch.device | str = "cpu",
@@ -185,7 +185,7 @@ def available_backends(device: torch.device | str = "cpu",
     """The backends that can run blocks on ``device`` in ``dtype``; ``auto``'s choices first."""
     order = _AUTO_ORDER.get(torch.device(device).type, ("reference",))
     order += tuple(n for n in BACKENDS if n not in order)
-    return [n for n in order if cannot_serve(n, device, dtype) is None]
+    return [n for n in order if unavailable_reason(n, device, dtype) is None]
 
 
 def default_backend() -> str:
@@ -202,9 +202,9 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -
         order = _AUTO_ORDER.get(torch.device(device).type, ("reference",))
         choices = [n for n in available_backends(device, dtype) if n in order]
         if not choices:
-            raise TypeError(cannot_serve("reference", device, dtype))
+            raise TypeError(unavailable_reason("reference", device, dtype))
         return get_backend(choices[0])
-    reason = cannot_serve(name, device, dtype)
+    reason = unavailable_reason(name, device, dtype)
     if reason:
         raise RuntimeError(f"fused_resnet backend {name!r} cannot serve {torch.device(device)} "
                            f"{dtype}: {reason}")

@@ -34,7 +34,7 @@ HAS_CUDA = torch.cuda.is_available()
 # Backends that run blocks on CPU tensors here: the Triton interpreter is slow, so it is
 # exercised by its own op tests and a few small block tests (TRITON_BLOCK_BACKENDS).
 def _serving_cpu(names) -> list[str]:
-    return [b for b in names if ops.cannot_serve(b, "cpu", torch.float32) is None]
+    return [b for b in names if ops.unavailable_reason(b, "cpu", torch.float32) is None]
 
 
 CPU_BACKENDS = _serving_cpu(("reference", "cpp"))

@@ -60,7 +60,7 @@ def test_environment_override(monkeypatch):
         fused_resnet.FusedBasicBlock(4, 4)
 
 
-@pytest.mark.skipif(ops.cannot_serve("cpp", "cpu", torch.float32) is not None,
+@pytest.mark.skipif(ops.unavailable_reason("cpp", "cpu", torch.float32) is not None,
                     reason="the C++ extension is not built")
 def test_explicit_cpp_backend_on_cpu():
     block = fused_resnet.FusedBottleneck(16, 4, backend="cpp")

@@ -16,7 +16,7 @@ from fused_resnet import ops, reference
 pytestmark = pytest.mark.gpu
 
 GPU_BACKENDS = [b for b in ("triton", "cuda")
-                if HAS_CUDA and ops.cannot_serve(b, "cuda", torch.bfloat16) is None]
+                if HAS_CUDA and ops.unavailable_reason(b, "cuda", torch.bfloat16) is None]
 # (inplanes, planes, stride, projection, H=W): a first and a repeating block per stage.
 STAGES = [(64, 64, 1, True, 56), (256, 128, 2, True, 56), (512, 128, 1, False, 28),
           (1024, 256, 1, False, 14), (1024, 512, 2, True, 14), (2048, 512, 1, False, 7)]

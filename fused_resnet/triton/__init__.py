@@ -31,9 +31,9 @@ def unavailable_reason() -> str | None:
     if _ERROR is not None:
         return _ERROR
     if INTERPRET:
-        from ._common import interpreter_problem
+        from ._common import interpreter_unavailable_reason
 
-        return interpreter_problem()
+        return interpreter_unavailable_reason()
     import torch
 
     if not torch.cuda.is_available():

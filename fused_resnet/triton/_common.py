@@ -18,7 +18,7 @@ from . import configs, plans
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def interpreter_problem() -> str | None:
+def interpreter_unavailable_reason() -> str | None:
     """Why interpreted kernels cannot run, or None. Triton's own library (tl.zeros,
     tl.sum, ...) is decorated when triton is first imported: if that happened before
     TRITON_INTERPRET=1 was set, every interpreted kernel fails."""
