@@ -172,3 +172,100 @@ def bn_finalize_plan(channels: int, target: Target) -> OpPlan:
     return OpPlan("bn_finalize", (Launch(
         "bn_finalize", (1,), 4, meta={"BLOCK_C": block_c}, bytes=4 * 8 * channels,
         flops=10 * channels, serial_steps=cdiv(channels, block_c)),))
+
+
+# ------------------------------------------------------------------ plans of op calls
+def _copy(what: str, numel: int, es_in: int, es_out: int) -> Launch:
+    """A staging copy the launcher makes with torch (a layout or dtype change)."""
+    return Launch(f"copy:{what}", (cdiv(numel, 4 * 128),), 4, bytes=numel * (es_in + es_out),
+                  serial_steps=1)
+
+
+def _is_nhwc(t) -> bool:
+    import torch
+
+    return t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _layout_copies(dtype, named: dict) -> list[Launch]:
+    """Copies for the 4-D tensors that are not channels_last (``nhwc``/``_like``)."""
+    es = dtype.itemsize
+    return [_copy(name, t.numel(), es, es) for name, t in named.items()
+            if t is not None and not _is_nhwc(t)]
+
+
+def _out_copy(name: str, like, numel: int) -> list[Launch]:
+    """``_like``: the channels_last result copied into the main input's layout."""
+    es = like.dtype.itemsize
+    return [] if _is_nhwc(like) else [_copy(name, numel, es, es)]
+
+
+def _weight_copy(weight, dtype) -> list[Launch]:
+    """``_krsc``: none when the weight is already KRSC (channels_last) in the data dtype."""
+    if weight.dtype == dtype and _is_nhwc(weight):
+        return []
+    return [_copy("weight", weight.numel(), weight.dtype.itemsize, dtype.itemsize)]
+
+
+def _dtype_class(dtype) -> str:
+    import torch
+
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
+    """Everything the launcher of Triton op ``op`` sends to the device for these arguments
+    (the op's own positional arguments; tensors may be fake or meta: only shapes, dtypes,
+    memory formats and presence are read): the plan's kernels plus the staging copies
+    the launcher makes with torch, in launch order."""
+    if op == "conv_fwd":
+        x, weight, stride, padding, dilation = args[:5]
+        residual = args[11]
+        n, c_in, h, w = x.shape
+        c_out, _, kh, _ = weight.shape
+        size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
+        plan = conv_fwd_plan(n, c_in, *size, c_out, kh, stride, _dtype_class(x.dtype), target,
+                             args[15])
+        stage = _layout_copies(x.dtype, {"x": x, "residual": residual})
+        stage += _weight_copy(weight, x.dtype)
+        out = _out_copy("y", x, n * c_out * size[0] * size[1])
+        return OpPlan(op, (*stage, *plan, *out))
+    if op == "conv_bwd_data":
+        dz, y, weight, input_size, stride = args[0], args[1], args[5], args[6], args[7]
+        residual, prev_y = args[11], args[12]
+        n, c_in, h, w = input_size
+        plan = conv_dgrad_plan(n, c_in, h, w, dz.shape[1], weight.shape[2], stride,
+                               _dtype_class(dz.dtype), target, prev_y is not None)
+        stage = _layout_copies(dz.dtype, {"dz": dz, "y": y, "residual": residual,
+                                          "prev_y": prev_y})
+        stage += _weight_copy(weight, dz.dtype)
+        out = _out_copy("dx", dz, n * c_in * h * w)
+        return OpPlan(op, (*stage, *plan, *out))
+    if op == "conv_bwd_weight":
+        x, dz, y, weight, stride = args[0], args[4], args[5], args[9], args[10]
+        n, c_in, _, _ = x.shape
+        _, c_out, h_out, w_out = dz.shape
+        plan = conv_wgrad_plan(n, c_in, c_out, h_out, w_out, weight.shape[2], stride,
+                               _dtype_class(x.dtype), target)
+        stage = _layout_copies(x.dtype, {"x": x, "dz": dz, "y": y})
+        # The fp32 KRSC result is copied into the weight's own dtype and layout.
+        out = _copy("dw", weight.numel(), 4, weight.dtype.itemsize)
+        return OpPlan(op, (*stage, *plan, out))
+    if op == "block_end":
+        y, residual = args[0], args[3]
+        n, c, h, w = y.shape
+        stage = _layout_copies(y.dtype, {"y": y, "residual": residual})
+        out = _out_copy("out", y, y.numel())
+        return OpPlan(op, (*stage, *block_end_plan(n * h * w, c, _dtype_class(y.dtype), target),
+                           *out))
+    if op == "block_end_bwd":
+        d_out, out_t, y, y_d = args[0], args[1], args[2], args[5]
+        n, c, h, w = d_out.shape
+        stage = _layout_copies(d_out.dtype, {"d_out": d_out, "out": out_t, "y": y, "y_d": y_d})
+        plan = block_end_bwd_plan(n * h * w, c, _dtype_class(d_out.dtype), target,
+                                  y_d is not None)
+        out = _out_copy("dz", d_out, d_out.numel())
+        return OpPlan(op, (*stage, *plan, *out))
+    if op == "bn_finalize":
+        return bn_finalize_plan(args[0].shape[0], target)
+    raise ValueError(f"unknown op {op!r}")
