@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", help="write results as JSON here")
     p.add_argument("--csv", help="write the rows as CSV here")
     p.add_argument("--plot", help="write a PNG of speedups and roofline ratios here")
+    p.add_argument("--structure", action="store_true",
+                   help="also profile the structure of the GPU backends (modeled, no GPU "
+                        "needed: H100, batch 128, bf16; see structure.py) into the output "
+                        "and the JSON's `structure` section")
     args = p.parse_args(argv)
     return resolve_defaults(args, p)
 
@@ -155,6 +159,10 @@ def main(argv=None) -> int:
     rows = run_all(args)
     res = report(rows, args, time.monotonic() - start)
     print_table(res)
+    if args.structure:
+        import structure as structure_cli
+        res["structure"] = structure_cli.run(structure_cli.parse_args([]))
+        structure_cli.report(res["structure"])
     if args.cpu_default:
         print(f"\nThis was the CPU-sized default run; {FULL_HINT}.")
     for path, writer in ((args.json, lambda p: write_json(res, p)),

@@ -137,3 +137,22 @@ def block_model(chain: list[Conv], proj: Conv | None, n: int, elem_bytes: int,
 def floor_ms(flops: int, nbytes: int, dtype: torch.dtype) -> float:
     """Roofline floor in ms on the H100 figures above."""
     return 1e3 * max(flops / PEAK_FLOPS[dtype], nbytes / PEAK_BW)
+
+
+STEM = Conv(3, 64, 7, 2, 224)  # ResNet stem conv; then BN, ReLU and a 3x3/2 max pool
+
+
+def stem_model(n: int, elem_bytes: int, mode: str) -> tuple[int, int]:
+    """(FLOPs, minimal bytes) of the ResNet stem (conv1, BN, ReLU, max pool) under the fused
+    model: the conv writes y, one pass applies BN+ReLU and pools. In training the image
+    needs no gradient (no dgrad): backward is one pass over (d_pooled, y) for the BN sums
+    and the weight gradient reading x and (d_pooled, y)."""
+    x, y = _act(n, STEM, False), _act(n, STEM, True)
+    pooled = n * STEM.cout * ((STEM.hout - 1) // 2 + 1) ** 2
+    w = STEM.weight_elems()
+    fwd = x + w + 2 * y + pooled
+    if mode in ("inference", "train_fwd"):
+        return STEM.flops(n), elem_bytes * fwd
+    if mode == "train_fwd_bwd":
+        return 2 * STEM.flops(n), elem_bytes * (fwd + 2 * (pooled + y) + x + w)
+    raise ValueError(f"unknown mode {mode!r}")

@@ -25,6 +25,7 @@ one conv kernel per unit and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -307,7 +308,9 @@ class ResidualBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out: Tensor):
-        with torch.autocast(d_out.device.type, enabled=False):
+        device = d_out.device.type
+        with (torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device)
+              else contextlib.nullcontext()):  # meta tensors (launch traces) have no autocast
             return ResidualBlockFunction._backward(ctx, d_out)
 
     @staticmethod

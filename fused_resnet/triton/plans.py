@@ -91,7 +91,8 @@ def _gemm(kernel: str, grid: tuple[int, ...], cfg: TileConfig, kind: str, dtype_
 
 
 def conv_fwd_plan(n: int, c_in: int, h_out: int, w_out: int, c_out: int, k: int, stride: int,
-                  dtype_class: str, target: Target, stats: bool) -> OpPlan:
+                  dtype_class: str, target: Target, stats: bool,
+                  residual: bool = False) -> OpPlan:
     cfg = configs.choose("fwd", target, dtype_class, c_in, c_out, k, stride)
     rows = n * h_out * w_out
     if rows == 0:  # nothing to compute; empty statistics are filled on the host side
@@ -101,13 +102,15 @@ def conv_fwd_plan(n: int, c_in: int, h_out: int, w_out: int, c_out: int, k: int,
     steps = k * k * cdiv(c_in, cfg.block_k)
     gemm = _gemm("conv_fwd", (tiles, cdiv(c_out, cfg.block_n)), cfg, "fwd", dtype_class,
                  2 * rows * c_out * k * k * c_in,
-                 es * (rows * (c_in * stride * stride + c_out) + c_out * k * k * c_in), steps)
+                 es * (rows * (c_in * stride * stride + c_out * (2 if residual else 1))
+                       + c_out * k * k * c_in), steps)
     merge = merge_stats_launches(tiles, c_out, target) if stats else []
     return OpPlan("conv_fwd", (gemm, *merge))
 
 
 def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, stride: int,
-                    dtype_class: str, target: Target, has_prev: bool) -> OpPlan:
+                    dtype_class: str, target: Target, has_prev: bool,
+                    residual: bool = False) -> OpPlan:
     cfg = configs.choose("dgrad", target, dtype_class, c_in, c_out, k, stride)
     rows = n * h * w
     if rows == 0:
@@ -121,7 +124,9 @@ def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, strid
     out_rows = cdiv(rows, stride * stride)
     gemm = _gemm("conv_dgrad", (phase_tiles, cdiv(c_in, cfg.block_n), stride * stride), cfg,
                  "dgrad", dtype_class, 2 * out_rows * c_out * k * k * c_in,
-                 es * (2 * out_rows * c_out + rows * c_in * (3 if has_prev else 1)), steps)
+                 es * (2 * out_rows * c_out + c_out * k * k * c_in
+                       + rows * c_in * (1 + (2 if has_prev else 0) + (1 if residual else 0))),
+                 steps)
     sums = 2 * column_sum_launches(tiles, c_in, target) if has_prev else []  # sum, sum*xhat
     return OpPlan("conv_bwd_data", (gemm, *sums))
 
@@ -225,7 +230,7 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
         c_out, _, kh, _ = weight.shape
         size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
         plan = conv_fwd_plan(n, c_in, *size, c_out, kh, stride, _dtype_class(x.dtype), target,
-                             args[15])
+                             args[15], residual is not None)
         stage = _layout_copies(x.dtype, {"x": x, "residual": residual})
         stage += _weight_copy(weight, x.dtype)
         out = _out_copy("y", x, n * c_out * size[0] * size[1])
@@ -235,7 +240,8 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
         residual, prev_y = args[11], args[12]
         n, c_in, h, w = input_size
         plan = conv_dgrad_plan(n, c_in, h, w, dz.shape[1], weight.shape[2], stride,
-                               _dtype_class(dz.dtype), target, prev_y is not None)
+                               _dtype_class(dz.dtype), target, prev_y is not None,
+                               residual is not None)
         stage = _layout_copies(dz.dtype, {"dz": dz, "y": y, "residual": residual,
                                           "prev_y": prev_y})
         stage += _weight_copy(weight, dz.dtype)
