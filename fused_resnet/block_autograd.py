@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from . import distributed, reference
+from .derived_cache import DerivedCache, usable
 from .ops import Backend, get_backend
 
 Tensor = torch.Tensor
@@ -182,6 +183,11 @@ def _unit_forward(ops: Backend, spec: UnitSpec, tensors: tuple, inp: Tensor,
             running_var=running_var if n.update else None,
             num_batches_tracked=nbt if n.update else None, momentum=n.momentum, eps=n.eps,
             update_running_stats=n.update)
+        if n.update and not torch.compiler.is_compiling():
+            # C++ kernels write in place without advancing the version counters
+            # that cached derivations (eval BN folds, prepacked weights) are keyed by.
+            torch.autograd.graph.increment_version(
+                [t for t in (running_mean, running_var, nbt) if t is not None])
     else:
         scale, shift, invstd = reference.bn_eval_affine(running_mean, running_var, gamma, beta,
                                                         n.eps, y.dtype)
@@ -224,13 +230,28 @@ def forward_train(plan: BlockPlan, x: Tensor, tensors: tuple,
     return out, outs
 
 
-def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
-    """Fixed statistics, no gradient: every BN folded into its conv's epilogue."""
+def eval_folds(plan: BlockPlan, tensors: tuple, dtype: torch.dtype) -> list[tuple]:
+    """(scale, shift, invstd) of every unit's BN by its running statistics, chain first,
+    then the shortcut's."""
+    units = _split_units(tensors, len(plan.units))
+    return reference.bn_eval_affines(
+        [(t[3], t[4], t[1], t[2], spec.norm.eps) for spec, t in zip(plan.units, units)], dtype)
+
+
+def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple,
+                      fold_cache: DerivedCache | None = None) -> Tensor:
+    """Fixed statistics, no gradient: every BN folded into its conv's epilogue. With a
+    ``fold_cache`` the folds are made once per change of the BN state, not per call, so a
+    call is one conv launch per unit and nothing else."""
     ops = plan.backend
     units = _split_units(tensors, len(plan.units))
-    # (scale, shift, invstd) of every unit's BN, chain first, then the shortcut's.
-    folds = reference.bn_eval_affines(
-        [(t[3], t[4], t[1], t[2], spec.norm.eps) for spec, t in zip(plan.units, units)], x.dtype)
+    if fold_cache is not None and usable():
+        bn_state = [t for u in units for t in u[1:5]]
+        eps = tuple(u.norm.eps for u in plan.units)
+        folds = fold_cache.get(bn_state, (eps, x.dtype),
+                               lambda: eval_folds(plan, tensors, x.dtype))
+    else:
+        folds = eval_folds(plan, tensors, x.dtype)
 
     def conv(spec: UnitSpec, weight: Tensor, inp: Tensor, fold: tuple | None, relu: bool,
              **epilogue):
@@ -259,17 +280,19 @@ def forward_inference(plan: BlockPlan, x: Tensor, tensors: tuple) -> Tensor:
 
 
 def run_block(plan: BlockPlan, x: Tensor, tensors: tuple,
-              branch_scale: Tensor | None = None) -> Tensor:
+              branch_scale: Tensor | None = None,
+              fold_cache: DerivedCache | None = None) -> Tensor:
     """One block call: autograd Function when a gradient is wanted, else the lean paths.
 
     ``branch_scale``: drop path's per-sample factors of the residual branch (N,), or None.
+    ``fold_cache``: the block's cache of its eval-mode BN folds (see forward_inference).
     """
     grad = torch.is_grad_enabled() and (x.requires_grad or any(
         t is not None and t.requires_grad for t in tensors))
     if not grad:
         # No autograd graph: nothing is saved; running stats still update in training.
         if plan.fixed_stats and branch_scale is None:
-            return forward_inference(plan, x, tensors)
+            return forward_inference(plan, x, tensors, fold_cache)
         return forward_train(plan, x, tensors, branch_scale)[0]
     return ResidualBlockFunction.apply(plan, x, branch_scale, *tensors)
 

@@ -104,6 +104,15 @@ class LaunchRecorder(TorchDispatchMode):
         super().__init__()
         self.trace = trace if trace is not None else Trace()
         self._paused = 0
+        self._active = False
+
+    def __enter__(self):
+        self._active = True
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._active = False
+        return super().__exit__(*exc)
 
     @contextlib.contextmanager
     def paused(self):
@@ -115,7 +124,9 @@ class LaunchRecorder(TorchDispatchMode):
             self._paused -= 1
 
     def add(self, source: str, op: str, launches) -> None:
-        self.trace.launches.extend(TracedLaunch(source, op, launch) for launch in launches)
+        """Record ``launches`` of ``op`` (only while the recorder is active)."""
+        if self._active and not self._paused:
+            self.trace.launches.extend(TracedLaunch(source, op, launch) for launch in launches)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -27,6 +27,7 @@ from .block_autograd import (
     UnitSpec,
     run_block,
 )
+from .derived_cache import DerivedCache
 from .distributed import group_size
 from .reference import stat_dtype
 
@@ -261,7 +262,8 @@ class _FusedUnits:
     def _apply(self, fn, recurse=True):
         # .to()/.cuda()/.half() may change device or dtype: choose the backend again.
         module = super()._apply(fn, recurse)
-        self.__dict__.pop("_onednn_cache", None)  # its tensors are the old ones
+        for cache in ("_onednn_cache", "_fold_cache"):  # their tensors are the old ones
+            self.__dict__.pop(cache, None)
         if "_ops" in self.__dict__:
             self.resolve_backend(strict=self.backend != "auto")
         return module
@@ -370,10 +372,11 @@ class _FusedUnits:
             for i in range(0, len(tensors), len(UNIT_TENSORS)):
                 tensors[i] = tensors[i].to(autocast)
         branch_scale = self._branch_scale(inp)
+        folds = self.__dict__.setdefault("_fold_cache", DerivedCache())
         if autocast is None:
-            return run_block(plan, inp, tuple(tensors), branch_scale)
+            return run_block(plan, inp, tuple(tensors), branch_scale, folds)
         with torch.autocast(x.device.type, enabled=False):
-            return run_block(plan, inp, tuple(tensors), branch_scale)
+            return run_block(plan, inp, tuple(tensors), branch_scale, folds)
 
 
 

@@ -15,7 +15,11 @@ fill the GPU). The constants are in :data:`H100` and printed with every report.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +36,7 @@ from fused_resnet.triton import plans as triton_plans
 
 from .cases import R50_CASES, Case
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROVIDERS = ("eager", "fused_triton", "fused_cuda")
 MODES = ("train_fwd_bwd", "inference")
 MAX_SERIAL_STEPS = 64  # budget: dependent steps of one reduction program
@@ -101,22 +106,32 @@ _AOT_KIND = {"conv_fwd": "fwd", "conv_dgrad": "dgrad", "conv_wgrad": "wgrad"}
 def triton_resources(target_name: str, dtype: str, compile_missing: bool,
                      progress: Callable[[str], None] = print) -> dict | None:
     """(kind, config) -> {"regs", "shared_bytes"} from the ahead-of-time compiles of the
-    Triton kernels (fused_resnet.triton.aot, cached under build/): the largest over the
-    flag variants of each config. None when nothing is cached and ``compile_missing`` is
-    off (then occupancy comes from threads and the launcher's shared-memory estimate)."""
+    Triton kernels (``python -m fused_resnet.triton.aot``, cached under build/): the largest
+    over the flag variants of each config. None when not all are cached and
+    ``compile_missing`` is off (then occupancy comes from threads and the launchers'
+    shared-memory estimates)."""
     try:
         from fused_resnet.triton import aot
     except ImportError:  # triton not installed
         return None
     jobs = [j for j in aot.jobs((target_name,)) if j["dtype"] == dtype]
-    cached = [aot._cached(j) for j in jobs]
-    if not compile_missing and not all(cached):
-        return None
-    if not all(cached):
-        progress(f"compiling {sum(c is None for c in cached)} Triton kernels for {target_name} "
-                 f"{dtype} (resource usage; cached under {aot.CACHE_DIR})")
+    results = [aot._cached(j) for j in jobs]
+    if not all(results):
+        if not compile_missing:
+            return None
+        progress(f"compiling {sum(r is None for r in results)} Triton kernels for "
+                 f"{target_name} {dtype} (register and shared-memory use; cached under "
+                 f"{aot.CACHE_DIR})")
+        # A process of its own: kernels decorated for the interpreter cannot be compiled.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        proc = subprocess.run([sys.executable, "-m", "fused_resnet.triton.aot", "--targets",
+                               target_name, "--dtypes", dtype], env=env, capture_output=True,
+                              text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the Triton kernels failed to compile:\n{proc.stderr[-3000:]}")
+        results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     out: dict = {}
-    for result, _ in aot._results(jobs):
+    for result in results:
         key = (result["kind"], result.get("config"))
         old = out.get(key, {"regs": 0, "shared_bytes": 0})
         out[key] = {"regs": max(old["regs"], result.get("reg", 0)),
@@ -233,13 +248,15 @@ def _meta(*size: int, dtype: torch.dtype) -> torch.Tensor:
 def _run(model: nn.Module, x: torch.Tensor, train: bool, recorder: lt.LaunchRecorder,
          step: Callable | None = None) -> None:
     model.train(train)
-    with recorder:
-        if train:
+    if train:
+        with recorder:
             out = (step or model)(x.requires_grad_(step is None))
             out.backward(torch.empty_like(out))
-        else:
-            with torch.no_grad():
-                (step or model)(x)
+        return
+    with torch.no_grad():
+        (step or model)(x)  # steady state: what a first call derives and caches is not traced
+        with recorder:
+            (step or model)(x)
 
 
 def _fused_twin(case: Case) -> nn.Module:

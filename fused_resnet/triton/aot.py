@@ -238,9 +238,9 @@ def _results(all_jobs: list[dict]):
             yield (hit, True) if hit is not None else (next(compiled), False)
 
 
-def run(check: bool) -> int:
+def run(check: bool, targets=AOT_TARGETS, dtypes=tuple(DTYPES)) -> int:
     failures, cached, total = [], 0, 0
-    for result, from_cache in _results(jobs()):
+    for result, from_cache in _results([j for j in jobs(targets) if j["dtype"] in dtypes]):
         total += 1
         cached += from_cache
         bad = problems(result)
@@ -251,7 +251,7 @@ def run(check: bool) -> int:
         else:
             print(json.dumps(result), flush=True)
     if check:
-        print(f"aot check: {total} kernels for {', '.join(AOT_TARGETS)} "
+        print(f"aot check: {total} kernels for {', '.join(targets)} "
               f"({cached} from {CACHE_DIR}), {len(failures)} failing")
     return 1 if failures else 0
 
@@ -261,10 +261,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="print only failures (spills, shared memory past the limit or "
                              "the launcher's estimate) and a summary; exit 1 on any")
+    parser.add_argument("--targets", default=",".join(AOT_TARGETS),
+                        help=f"comma list from {','.join(AOT_TARGETS)} (default: all)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES),
+                        help=f"comma list from {','.join(DTYPES)} (default: all)")
     args = parser.parse_args(argv)
+    targets, dtypes = args.targets.split(","), args.dtypes.split(",")
+    for name, values, allowed in (("targets", targets, AOT_TARGETS), ("dtypes", dtypes, DTYPES)):
+        if not values or any(v not in allowed for v in values):
+            parser.error(f"--{name}: choose from {','.join(allowed)}, got {values}")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
-    return run(args.check)
+    return run(args.check, tuple(targets), tuple(dtypes))
 
 
 if __name__ == "__main__":
