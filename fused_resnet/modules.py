@@ -246,8 +246,12 @@ class _FusedUnits:
         raised by ``forward`` instead.
         """
         w = self._first_conv().weight
+        shortcut = self._shortcut()
+        convs = [c for c, _ in self._chain() + (shortcut if isinstance(shortcut, list) else [])]
+        groups = max((getattr(c, "groups", 1) for c in convs), default=1)
         try:
-            self._ops, self._ops_error = ops.resolve_backend(self.backend, w.device, w.dtype), None
+            self._ops, self._ops_error = ops.resolve_backend(self.backend, w.device, w.dtype,
+                                                             groups), None
         except (RuntimeError, TypeError) as e:
             self._ops, self._ops_error = None, str(e)
             if strict:

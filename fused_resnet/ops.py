@@ -154,8 +154,14 @@ def _triton_device_type() -> str:
 _DEVICE_TYPE = {"cpp": "cpu", "cuda": "cuda", "triton": "cuda"}
 
 
-def unavailable_reason(name: str, device: torch.device | str, dtype: torch.dtype) -> str | None:
-    """Why backend ``name`` cannot run blocks on ``device`` in ``dtype``; None if it can."""
+# Backends whose conv kernels serve groups == 1 only (ResNeXt blocks need the others).
+_UNGROUPED = ("cuda", "triton")
+
+
+def unavailable_reason(name: str, device: torch.device | str, dtype: torch.dtype,
+                       groups: int = 1) -> str | None:
+    """Why backend ``name`` cannot run blocks on ``device`` in ``dtype`` whose convs have
+    up to ``groups`` groups; None if it can."""
     device = torch.device(device)
     missing = _backend_unavailable_reason(name) if name in BACKENDS else f"unknown backend {name!r}"
     if missing:
@@ -171,6 +177,8 @@ def unavailable_reason(name: str, device: torch.device | str, dtype: torch.dtype
         return f"backend {name!r} has no float64 kernels"
     if name == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
         return "the Triton interpreter cannot run bfloat16"
+    if name in _UNGROUPED and groups != 1:
+        return f"backend {name!r} has conv kernels for groups == 1 only, not groups={groups}"
     return None
 
 
@@ -180,12 +188,13 @@ def backend_status(device: torch.device | str = "cpu",
     return {name: unavailable_reason(name, device, dtype) for name in BACKENDS}
 
 
-def available_backends(device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> list[str]:
-    """The backends that can run blocks on ``device`` in ``dtype``; ``auto``'s choices first."""
+def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                       groups: int = 1) -> list[str]:
+    """The backends that can run blocks on ``device`` in ``dtype`` (convs of up to ``groups``
+    groups); ``auto``'s choices first."""
     order = _AUTO_ORDER.get(torch.device(device).type, ("reference",))
     order += tuple(n for n in BACKENDS if n not in order)
-    return [n for n in order if unavailable_reason(n, device, dtype) is None]
+    return [n for n in order if unavailable_reason(n, device, dtype, groups) is None]
 
 
 def default_backend() -> str:
@@ -196,15 +205,17 @@ def default_backend() -> str:
     return name
 
 
-def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> Backend:
-    """The backend a block on ``device``/``dtype`` runs: ``auto`` takes the fastest that serves."""
+def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype,
+                    groups: int = 1) -> Backend:
+    """The backend a block on ``device``/``dtype`` (convs of up to ``groups`` groups) runs:
+    ``auto`` takes the fastest that serves."""
     if name == "auto":
         order = _AUTO_ORDER.get(torch.device(device).type, ("reference",))
-        choices = [n for n in available_backends(device, dtype) if n in order]
+        choices = [n for n in available_backends(device, dtype, groups) if n in order]
         if not choices:
             raise TypeError(unavailable_reason("reference", device, dtype))
         return get_backend(choices[0])
-    reason = unavailable_reason(name, device, dtype)
+    reason = unavailable_reason(name, device, dtype, groups)
     if reason:
         raise RuntimeError(f"fused_resnet backend {name!r} cannot serve {torch.device(device)} "
                            f"{dtype}: {reason}")

@@ -80,3 +80,18 @@ def test_move_rechooses_backend():
 def test_move_to_gpu_rechooses_backend():
     block = fused_resnet.FusedBasicBlock(4, 4).cuda()
     assert block.backend_in_use in fused_resnet.available_backends("cuda")
+
+
+@pytest.mark.skipif(ops.unavailable_reason("triton", "cpu", torch.float32) is not None,
+                    reason="the Triton interpreter does not serve CPU tensors here")
+def test_grouped_convs_never_go_to_ungrouped_kernels():
+    """ResNeXt blocks (grouped 3x3): triton and cuda have no grouped kernels, so auto
+    passes them by and asking for one by name is a clear error, not a failing forward."""
+    assert "groups == 1 only" in ops.unavailable_reason("triton", "cpu", torch.float32, 4)
+    assert "triton" in ops.available_backends("cpu", torch.float32)
+    assert "triton" not in ops.available_backends("cpu", torch.float32, groups=4)
+    with pytest.raises(RuntimeError, match="groups == 1 only"):
+        fused_resnet.FusedBottleneck(32, 8, groups=4, base_width=8, backend="triton")(
+            torch.randn(2, 32, 5, 5))
+    resnext = fused_resnet.FusedBottleneck(32, 8, groups=4, base_width=8, backend="auto")
+    assert resnext.backend_in_use in ops.available_backends("cpu", torch.float32, groups=4)
