@@ -109,6 +109,20 @@ def test_eager_trace_of_a_torchvision_bottleneck():
     assert flops == 3 * 2 * 2 * 25 * (32 * 8 + 8 * 8 * 9 + 8 * 32)
 
 
+@pytest.mark.parametrize("provider", ["fused_triton", "fused_cuda"])
+@pytest.mark.parametrize("case", R50_CASES[:2], ids=lambda c: c.name)
+def test_eval_forward_is_one_kernel_per_conv(provider, case):
+    """In eval (steady state: BN folds cached), a fused block launches one conv kernel per
+    conv and nothing else: no BN, no ReLU, no add, no copies."""
+    t = tracer(compiled=False)
+    if t.unavailable(provider):
+        pytest.skip(t.unavailable(provider))
+    trace = t.block(case, provider, "inference").trace
+    convs = 4 if case.proj else 3
+    assert [(x.source, x.op) for x in trace] == [(provider[6:], "conv_fwd")] * convs, (
+        trace.by_op())
+
+
 # ------------------------------------------------------------------------ the profile
 @functools.cache
 def tracer(compiled: bool = True) -> structure.Tracer:
