@@ -6,21 +6,21 @@
 
 TORCH_LIBRARY(fused_resnet, m) {
   fr::define_fused_ops(m);
-  // CPU twin of the CUDA conv_fwd (cpu/conv_igemm_cpu.cpp): same args, same semantics.
+  // Test-only: the CPU twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight
+  // (cpu/conv_igemm_cpu.cpp), same args, same semantics. The leading underscore keeps them
+  // out of the public op set.
   m.def(
-      "conv_fwd_igemm(Tensor x, Tensor weight, int stride, int padding, int dilation, "
+      "_conv_fwd_igemm(Tensor x, Tensor weight, int stride, int padding, int dilation, "
       "int groups, Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor? out_scale, "
       "Tensor? out_shift, Tensor? residual, Tensor? res_scale, Tensor? res_shift, "
       "bool out_relu, bool stats) -> (Tensor, Tensor, Tensor)");
-  // CPU twins of the CUDA conv_bwd_data / conv_bwd_weight (cpu/conv_igemm_cpu.cpp): same args,
-  // same semantics.
   m.def(
-      "conv_bwd_data_igemm(Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
+      "_conv_bwd_data_igemm(Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
       "int[] input_size, int stride, int padding, int dilation, int groups, Tensor? residual, "
       "Tensor? prev_y, Tensor? prev_scale, Tensor? prev_shift, Tensor? prev_mean, "
       "Tensor? prev_invstd) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "conv_bwd_weight_igemm(Tensor x, Tensor? in_scale, Tensor? in_shift, bool in_relu, "
+      "_conv_bwd_weight_igemm(Tensor x, Tensor? in_scale, Tensor? in_shift, bool in_relu, "
       "Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, int stride, "
       "int padding, int dilation, int groups) -> Tensor");
 }

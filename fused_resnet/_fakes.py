@@ -1,7 +1,7 @@
 """Fake (meta) kernels of the six fused ops: output shapes, dtypes and memory formats.
 
-One set serves every op family (``fused_resnet::<op>`` of the C++ extension, its
-``_igemm`` CPU twins, the Triton ``_triton`` ops). Depends only on torch and the op
+One set serves every op family (``fused_resnet::<op>`` of the C++ extension, its test-only
+``_<op>_igemm`` CPU twins, the Triton ``<op>_triton`` ops). Depends only on torch and the op
 semantics in :mod:`fused_resnet.reference`, so any backend can register them without
 importing the op layer (:mod:`fused_resnet.ops`).
 """
@@ -66,11 +66,12 @@ def _fake_conv_bwd_weight(x, in_scale, in_shift, in_relu, dz, y, a, b, c, weight
 _FAKES = {name: globals()[f"_fake_{name}"] for name in OP_NAMES}
 
 
-def register_fakes(suffix: str = "") -> None:
-    """Register the fake kernels for ``fused_resnet::<op><suffix>`` (once per op family)."""
+def register_fakes(suffix: str = "", prefix: str = "") -> None:
+    """Register the fake kernels for ``fused_resnet::<prefix><op><suffix>`` (once per op
+    family)."""
     for name in OP_NAMES:
-        if _op_exists(name + suffix):
-            torch.library.register_fake(f"fused_resnet::{name}{suffix}")(_FAKES[name])
+        if _op_exists(prefix + name + suffix):
+            torch.library.register_fake(f"fused_resnet::{prefix}{name}{suffix}")(_FAKES[name])
 
 
 def _op_exists(qualname: str) -> bool:

@@ -67,9 +67,9 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 # ----------------------------------------------------------------------------- fakes
 if _EXTENSION_UNAVAILABLE is None:
     register_fakes()
-    # The CPU twins of the CUDA conv kernels (conv_fwd_igemm, conv_bwd_data_igemm,
-    # conv_bwd_weight_igemm: csrc/cpu/conv_igemm_cpu.cpp) share the ops' signatures.
-    register_fakes("_igemm")
+    # The test-only CPU twins of the CUDA conv kernels (_conv_fwd_igemm, _conv_bwd_data_igemm,
+    # _conv_bwd_weight_igemm: csrc/cpu/conv_igemm_cpu.cpp) share the ops' signatures.
+    register_fakes("_igemm", prefix="_")
 
 
 # --------------------------------------------------------------------------- backends

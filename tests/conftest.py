@@ -41,6 +41,17 @@ CPU_BACKENDS = _serving_cpu(("reference", "cpp"))
 TRITON_BLOCK_BACKENDS = _serving_cpu(("triton",))
 
 
+def slow(value):
+    """A parametrisation that only `make test` runs (marked `slow`)."""
+    return pytest.param(value, marks=pytest.mark.slow)
+
+
+# CPU_BACKENDS for long tests whose subject is not the backend (convert, DDP, randomized
+# blocks): `make test-fast` runs the cpp backend (the reference one when cpp is not built),
+# `make test` every one.
+CPU_BACKENDS_ONE_FAST = [b if b == CPU_BACKENDS[-1] else slow(b) for b in CPU_BACKENDS]
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
     for item in items:

@@ -17,6 +17,7 @@ from conftest import (
     make_blocks,
     randomize_bn,
     rel_err,
+    slow,
     tolerance,
 )
 from torch import nn
@@ -218,7 +219,9 @@ def test_nan_propagates(cpu_backend):
 @pytest.mark.skipif(not TRITON_BLOCK_BACKENDS, reason="Triton kernels cannot run here "
                     "(no GPU and TRITON_INTERPRET unset, or triton missing)")
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[4]], ids=[SHAPE_IDS[1], SHAPE_IDS[4]])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+# float16 (two runs per case) in `make test` only: the fast loop has the Triton kernels'
+# float16 ops (test_triton_ops.py) and float32 blocks.
+@pytest.mark.parametrize("dtype", [torch.float32, slow(torch.float16)], ids=["f32", "f16"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_triton_block_in_the_interpreter(shape, dtype, train):
     """Whole blocks on the Triton kernels (CPU interpreter): outputs, gradients, stats."""

@@ -1,6 +1,6 @@
 """The implicit-GEMM conv math of the CUDA kernels (csrc/cuda/conv_*.cu).
 
-On CPU: ``fused_resnet::conv_fwd_igemm``, ``conv_bwd_data_igemm`` and ``conv_bwd_weight_igemm``
+On CPU: ``fused_resnet::_conv_fwd_igemm``, ``_conv_bwd_data_igemm`` and ``_conv_bwd_weight_igemm``
 (csrc/cpu/conv_igemm_cpu.cpp) run the same tile loops, operand index math, prologue / BN-backward
 map, padding and stride holes, epilogues, per-tile statistics / sums merges and split-K
 reduction as the CUDA kernels, in plain C++; they are checked against ``reference.conv_fwd``,
@@ -25,10 +25,10 @@ except ImportError as e:
     pytest.skip(f"fused_resnet._C is not available ({e})", allow_module_level=True)
 
 ops = torch.ops.fused_resnet
-if not hasattr(ops, "conv_fwd_igemm"):
-    pytest.skip("fused_resnet._C was built without conv_fwd_igemm", allow_module_level=True)
+if not hasattr(ops, "_conv_fwd_igemm"):
+    pytest.skip("fused_resnet._C was built without _conv_fwd_igemm", allow_module_level=True)
 
-HAS_BWD_TWINS = hasattr(ops, "conv_bwd_data_igemm") and hasattr(ops, "conv_bwd_weight_igemm")
+HAS_BWD_TWINS = hasattr(ops, "_conv_bwd_data_igemm") and hasattr(ops, "_conv_bwd_weight_igemm")
 needs_bwd_twins = pytest.mark.skipif(not HAS_BWD_TWINS,
                                      reason="fused_resnet._C was built without the backward twins")
 
@@ -141,7 +141,7 @@ def test_igemm_fwd_matches_reference(geom, fmt, variant):
     args = fwd_args(geom, variant, stats=variant in ("plain", "all"))
     for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
         low = cast(args, dtype, fmt)
-        y, mean, m2 = call("conv_fwd_igemm", low)
+        y, mean, m2 = call("_conv_fwd_igemm", low)
         ry, rmean, rm2 = ref_call(R.conv_fwd, low)
         assert y.dtype == dtype and y.shape == ry.shape
         assert R.memory_format(y) == R.memory_format(low["x"]), "output memory format"
@@ -159,7 +159,7 @@ def test_igemm_fwd_matches_reference(geom, fmt, variant):
 
 def test_igemm_fwd_matches_cpp_conv_fwd():
     args = cast(fwd_args(GEOMS[1], "all", stats=True), torch.float32, CL)
-    for ours, theirs in zip(call("conv_fwd_igemm", args), call("conv_fwd", args)):
+    for ours, theirs in zip(call("_conv_fwd_igemm", args), call("conv_fwd", args)):
         assert rel_err(ours, theirs) <= 1e-6
 
 
@@ -168,7 +168,7 @@ def test_igemm_padding_is_zero_after_prologue():
     x = torch.zeros(1, 3, 5, 5, dtype=torch.float64)
     w = torch.ones(1, 3, 3, 3, dtype=torch.float64)
     scale, shift = torch.ones(3, dtype=torch.float64), torch.full((3,), 2.0, dtype=torch.float64)
-    y, _, _ = ops.conv_fwd_igemm(x, w, 1, 1, 1, 1, scale, shift, True, None, None, None, None,
+    y, _, _ = ops._conv_fwd_igemm(x, w, 1, 1, 1, 1, scale, shift, True, None, None, None, None,
                                  None, False, False)
     assert y[0, 0, 0, 0].item() == 2.0 * 3 * 4  # corner: 4 of 9 taps inside
     assert y[0, 0, 2, 2].item() == 2.0 * 3 * 9
@@ -179,7 +179,7 @@ def test_igemm_stats_stable_when_mean_dominates(fmt):
     """|mean| >> std: statistics against float64 statistics of the same stored y."""
     x = (torch.randn(2, 5, 13, 13) * 0.1 + 100.0).contiguous(memory_format=fmt)
     w = torch.rand(70, 5, 3, 3)
-    y, mean, m2 = ops.conv_fwd_igemm(x, w, 1, 0, 1, 1, None, None, False, None, None, None, None,
+    y, mean, m2 = ops._conv_fwd_igemm(x, w, 1, 0, 1, 1, None, None, False, None, None, None, None,
                                      None, False, True)  # no padding: every output is large
     mean64, m2_64 = R.channel_stats(y.double())  # fp32 y is exactly the accumulator
     assert (mean64.abs() / (m2_64 / y[:, 0].numel()).sqrt()).min() > 100
@@ -193,7 +193,7 @@ def test_igemm_nan_propagates(dtype):
     args["x"][0, 1, 3, 3] = float("nan")  # through the prologue ReLU, the GEMM and the stats
     args["out_shift"][2] = float("nan")   # and through the epilogue ReLU
     low = cast(args, dtype, CL)
-    y, mean, m2 = call("conv_fwd_igemm", low)
+    y, mean, m2 = call("_conv_fwd_igemm", low)
     ry, rmean, rm2 = ref_call(R.conv_fwd, low)
     assert y.isnan().any() and mean.isnan().any()
     for ours, ref in ((y, ry), (mean, rmean), (m2, rm2)):
@@ -203,7 +203,7 @@ def test_igemm_nan_propagates(dtype):
 def test_igemm_rejects_groups():
     x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3)
     with pytest.raises(RuntimeError, match="groups == 1"):
-        ops.conv_fwd_igemm(x, w, 1, 1, 1, 2, None, None, False, None, None, None, None, None,
+        ops._conv_fwd_igemm(x, w, 1, 1, 1, 2, None, None, False, None, None, None, None, None,
                            False, False)
 
 
@@ -251,11 +251,11 @@ def wgrad_args(geom, variant: str) -> dict:
 
 
 def check_bwd_twin(name: str, args64: dict, dtype, fmt, weight_fmt=torch.contiguous_format):
-    """The twin ``<name>_igemm`` vs ``reference.<name>`` on ``args64`` cast to ``dtype``."""
+    """The twin ``_<name>_igemm`` vs ``reference.<name>`` on ``args64`` cast to ``dtype``."""
     low = cast(args64, dtype, fmt)
     low["weight"] = low["weight"].contiguous(memory_format=weight_fmt)
     fn = getattr(R, name)
-    ours = call(name + "_igemm", low)
+    ours = call(f"_{name}_igemm", low)
     ref = ref_call(fn, low)
     ours, ref = (ours, ref) if isinstance(ref, tuple) else ((ours,), (ref,))
     main = "weight" if name == "conv_bwd_weight" else "dz"
@@ -313,7 +313,7 @@ def test_igemm_bwd_data_stride_holes(fmt):
     args = dgrad_args(geom, "all")
     args["c"] = args["c"] + 1.0  # a hole read as dz = y = 0 would give c*w != 0
     low = cast(args, torch.float64, fmt)
-    dx, sum_dx, sum_dx_xhat = call("conv_bwd_data_igemm", low)
+    dx, sum_dx, sum_dx_xhat = call("_conv_bwd_data_igemm", low)
     ref = ref_call(R.conv_bwd_data, low)
     pre = R._affine(low["prev_y"], low["prev_scale"], low["prev_shift"])
     hole_dx = torch.where(pre <= 0, torch.zeros_like(dx), low["residual"])
@@ -331,7 +331,7 @@ def test_igemm_bwd_weight_in_weight_dtype():
     dw, accumulated in float32 and rounded once."""
     args = cast(wgrad_args(GEOMS[5], "prologue"), torch.bfloat16, CL)
     args["weight"] = args["weight"].float().contiguous(memory_format=CL)
-    dw = call("conv_bwd_weight_igemm", args)
+    dw = call("_conv_bwd_weight_igemm", args)
     ref = R.conv_bwd_weight(**own_args(R.conv_bwd_weight, args))  # bf16 operands, fp32 math
     assert ref.dtype == dw.dtype == torch.float32 and R.memory_format(dw) == CL
     assert rel_err(dw, ref) <= 1e-5
@@ -341,7 +341,7 @@ def test_igemm_bwd_weight_in_weight_dtype():
 def test_igemm_bwd_match_cpp_ops():
     args = cast(bwd_args(GEOMS[1]), torch.float32, CL)
     for name in ("conv_bwd_data", "conv_bwd_weight"):
-        ours, theirs = call(name + "_igemm", args), call(name, args)
+        ours, theirs = call(f"_{name}_igemm", args), call(name, args)
         ours, theirs = (ours, theirs) if isinstance(ours, tuple) else ((ours,), (theirs,))
         for o, t in zip(ours, theirs):
             assert rel_err(o, t) <= 1e-6, name
@@ -355,8 +355,8 @@ def test_igemm_bwd_nan_propagates(dtype):
     args["prev_y"][1, 2, 4, 4] = float("nan")  # a NaN pre-activation lets the gradient pass
     args["x"][1, 0, 2, 2] = float("nan")       # through the wgrad prologue ReLU
     low = cast(args, dtype, CL)
-    dx, sum_dx, sum_dx_xhat = call("conv_bwd_data_igemm", low)
-    dw = call("conv_bwd_weight_igemm", low)
+    dx, sum_dx, sum_dx_xhat = call("_conv_bwd_data_igemm", low)
+    dw = call("_conv_bwd_weight_igemm", low)
     assert dx.isnan().any() and sum_dx_xhat.isnan().any() and dw.isnan().any()
     for ours, ref in zip((dx, sum_dx, sum_dx_xhat), ref_call(R.conv_bwd_data, low)):
         rel_err(ours, ref)  # asserts equal NaN patterns
@@ -368,10 +368,10 @@ def test_igemm_bwd_rejects_groups():
     dz, y, v = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), torch.randn(4)
     w = torch.randn(4, 2, 3, 3)
     with pytest.raises(RuntimeError, match="groups == 1"):
-        ops.conv_bwd_data_igemm(dz, y, v, v, v, w, [1, 4, 5, 5], 1, 1, 1, 2, None, None, None,
+        ops._conv_bwd_data_igemm(dz, y, v, v, v, w, [1, 4, 5, 5], 1, 1, 1, 2, None, None, None,
                                 None, None, None)
     with pytest.raises(RuntimeError, match="groups == 1"):
-        ops.conv_bwd_weight_igemm(torch.randn(1, 4, 5, 5), None, None, False, dz, y, v, v, v, w,
+        ops._conv_bwd_weight_igemm(torch.randn(1, 4, 5, 5), None, None, False, dz, y, v, v, v, w,
                                   1, 1, 1, 2)
 
 
@@ -444,7 +444,7 @@ def test_cuda_conv_bwd_weight_resnet50(shape, dtype):
 @pytest.mark.gpu
 def test_cuda_conv_matches_igemm_twin_and_is_deterministic():
     args = cast(fwd_args(GEOMS[5], "all", stats=True), torch.bfloat16, CL)
-    cpu = call("conv_fwd_igemm", args)
+    cpu = call("_conv_fwd_igemm", args)
     cuda_args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     first, second = call("conv_fwd", cuda_args), call("conv_fwd", cuda_args)
     for a, b, c in zip(first, second, cpu):
@@ -463,7 +463,7 @@ def test_cuda_conv_bwd_matches_igemm_twins_and_is_deterministic(geom, wfmt):
     args["weight"] = args["weight"].contiguous(memory_format=wfmt)
     cuda_args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     for name in ("conv_bwd_data", "conv_bwd_weight"):
-        cpu = call(name + "_igemm", args)
+        cpu = call(f"_{name}_igemm", args)
         first, second = call(name, cuda_args), call(name, cuda_args)
         if not isinstance(cpu, tuple):
             cpu, first, second = (cpu,), (first,), (second,)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import fused_resnet
+
+pytestmark = pytest.mark.slow  # 120 training steps of two models: `make test` only
 
 STEPS, WINDOW, BATCH = 120, 20, 16
 

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 import torchvision
-from conftest import assert_close, randomize_bn
+from conftest import CPU_BACKENDS_ONE_FAST, assert_close, randomize_bn
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -21,6 +21,7 @@ def _blocks(model, cls):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("cpu_backend", CPU_BACKENDS_ONE_FAST)
 def test_convert_round_trip_and_parity(arch, cpu_backend):
     tv = getattr(torchvision.models, arch)(num_classes=10).double()
     randomize_bn(tv)

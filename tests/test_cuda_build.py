@@ -149,6 +149,9 @@ def test_cu_files_include_no_torch_headers():
             assert not inc.startswith(("torch/", "ATen/", "c10/", "pybind11/")), (src.name, inc)
 
 
+# Compiling every kernel file for both archs takes minutes cold: `make test` only, with the
+# SASS checks and the harness build below.
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("src", CU_FILES, ids=lambda p: p.name)
 def test_no_register_spills(ptxas_reports, src, arch):
@@ -365,6 +368,7 @@ TC_POLICIES = {"FwdTc": ({"LDSM.16.M88"}, True),
                "WgradTc": ({"LDSM.16.MT88"}, False)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_conv_16bit_kernels_use_tensor_cores(nvcc_outputs, arch):
     """fwd, dgrad and wgrad in fp16 and bf16 each run HMMA fed by the expected ldmatrix."""
@@ -390,6 +394,7 @@ def test_conv_16bit_kernels_use_tensor_cores(nvcc_outputs, arch):
             assert (counts["LDGSTS"] > 0) == cp_async, f"{name} ({arch}) cp.async: {counts}"
 
 
+@pytest.mark.slow
 def test_conv_harness_compiles(tmp_path):
     """csrc/cuda/harness/conv_harness.cu (compute-sanitizer target) builds as a program."""
     res = subprocess.run([NVCC, "-std=c++20", "-O2", "-arch=sm_90", f"-I{ROOT / 'csrc'}",

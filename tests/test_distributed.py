@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import CPU_BACKENDS, assert_close, randomize_bn
+from conftest import CPU_BACKENDS_ONE_FAST, assert_close, randomize_bn
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -53,7 +53,7 @@ def _worker(rank: int, init_file: str, backend: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS_ONE_FAST)
 def test_sync_bn_ddp_equals_one_process_on_the_whole_batch(backend):
     oracle = _model().train()  # torchvision blocks, plain BN, whole batch
     x = _batch().requires_grad_()

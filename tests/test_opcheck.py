@@ -75,8 +75,8 @@ def test_opcheck(name, dtype):
 
 # The CPU twins of the CUDA conv kernels: the ops' signatures and fakes (samples of the op
 # without the suffix).
-TWINS = [n + "_igemm" for n in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight")
-         if ops._op_exists(n + "_igemm")]
+TWINS = [f"_{n}_igemm" for n in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight")
+         if ops._op_exists(f"_{n}_igemm")]
 
 
 @pytest.mark.skipif(not TWINS, reason="no CPU twin op is registered (_C not built)")
@@ -84,7 +84,7 @@ TWINS = [n + "_igemm" for n in ("conv_fwd", "conv_bwd_data", "conv_bwd_weight")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_opcheck_igemm_twin(name, dtype):
     op = getattr(torch.ops.fused_resnet, name)
-    for args in samples(name.removesuffix("_igemm"), dtype):
+    for args in samples(name.removeprefix("_").removesuffix("_igemm"), dtype):
         torch.library.opcheck(op, args)
 
 

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS, TOLERANCE, make_blocks, rel_err
+from conftest import CPU_BACKENDS_ONE_FAST, TOLERANCE, make_blocks, rel_err
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_blocks import check, run_pair
@@ -28,7 +28,7 @@ CASES = st.fixed_dictionaries({
 })
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS_ONE_FAST)
 # derandomize: CI runs the same examples every time, so a red CI is the change's doing (new
 # failures are looked for by hand: pytest --hypothesis-seed=random).
 @settings(max_examples=40, deadline=None, derandomize=True,
@@ -82,7 +82,7 @@ def test_random_blocks_match_torchvision(backend, case):
         assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS_ONE_FAST)
 def test_strided_1x1_weight_gradient_is_stable(backend):
     """A case hypothesis found: oneDNN's float32 weight gradient of a strided 1x1 conv on
     channels_last input (the projection shortcut) was wrong now and then -- about 1 block in

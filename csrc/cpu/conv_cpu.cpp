@@ -8,10 +8,9 @@
 #include <torch/library.h>
 
 #include "common/fusion.h"
-#include "common/igemm.h"
 #include "common/stats.h"
+#include "conv_staging.h"
 #include "cpu/cpu_utils.h"
-#include "op_utils.h"
 
 namespace fr::cpu {
 namespace {
@@ -43,21 +42,18 @@ Tensor prologue_act(const Tensor& x_in, const OptTensor& scale_in, const OptTens
   return a;
 }
 
-// The BN-backward map dy = a*dz + b*y + c, rounded to dz's dtype, in the accumulate dtype
-// and dz's memory format.
-Tensor bn_bwd_dy(const Tensor& dz_in, const Tensor& y_in, const Tensor& a_in,
-                 const Tensor& b_in, const Tensor& c_in) {
-  const auto fmt = memory_format(dz_in);
-  const Tensor dz = dz_in.contiguous(fmt), y = y_in.contiguous(fmt);
-  const Tensor a = a_in.contiguous(), b = b_in.contiguous(), c = c_in.contiguous();
-  Tensor dy = at::empty(dz.sizes(), dz.options().dtype(a.scalar_type()).memory_format(fmt));
+// The BN-backward map dy = a*dz + b*y + c over staged operands (dz, y in `fmt`), rounded to
+// dz's dtype, in the accumulate dtype and `fmt`.
+Tensor bn_bwd_dy(const DyOperands& op, at::MemoryFormat fmt) {
+  const Tensor &dz = op.dz, &y = op.y;
+  Tensor dy = at::empty(dz.sizes(), dz.options().dtype(op.a.scalar_type()).memory_format(fmt));
   FR_DISPATCH(dz.scalar_type(), "bn_bwd_dy_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = dz.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
-    const acc_t* ap = a.const_data_ptr<acc_t>();
-    const acc_t* bp = b.const_data_ptr<acc_t>();
-    const acc_t* cp = c.const_data_ptr<acc_t>();
+    const acc_t* ap = op.a.const_data_ptr<acc_t>();
+    const acc_t* bp = op.b.const_data_ptr<acc_t>();
+    const acc_t* cp = op.c.const_data_ptr<acc_t>();
     acc_t* out = dy.data_ptr<acc_t>();
     for_each_run(layout_of(dz.sizes(), fmt), [&](int64_t ch, int64_t off, int64_t len) {
       for (int64_t i = off; i < off + len; ++i)
@@ -125,8 +121,7 @@ void epilogue_loop(const Layout& L, const acc_t* cp, scalar_t* yp, const acc_t* 
 // Per-channel mean and m2 of the raw conv output, in double: Welford per element for
 // channels-last runs, two-pass per H*W run for NCHW, Chan merges across runs and chunks.
 template <class acc_t>
-std::pair<Tensor, Tensor> conv_stats(const Layout& L, const acc_t* cp,
-                                     const at::TensorOptions& options) {
+void conv_stats(const Layout& L, const acc_t* cp, acc_t* mean, acc_t* m2) {
   using W = Welford<double>;
   auto total = reduce_runs<W>(
       L,
@@ -138,147 +133,80 @@ std::pair<Tensor, Tensor> conv_stats(const Layout& L, const acc_t* cp,
               acc, welford_run<double>([&](int64_t i) { return double(cp[off + i]); }, len));
       },
       [](W& t, const W& p) { t = welford_merge(t, p); });
-  Tensor mean = at::empty({L.C}, options), m2 = at::empty({L.C}, options);
   for (int64_t c = 0; c < L.C; ++c) {
-    mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
-    m2.data_ptr<acc_t>()[c] = acc_t(total[c].m2);
+    mean[c] = acc_t(total[c].mean);
+    m2[c] = acc_t(total[c].m2);
   }
-  return {mean, m2};
 }
 
-// Weight shape and conv geometry shared by the three conv ops. Returns (P, Q).
-std::pair<int64_t, int64_t> check_conv(const char* op, at::IntArrayRef in, const Tensor& weight,
-                                       at::ScalarType dtype, const at::Device& device,
-                                       int64_t stride, int64_t padding, int64_t dilation,
-                                       int64_t groups) {
-  check_conv_args(stride, padding, dilation, groups, op);
-  TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D (K, C/groups, R, S), got shape ",
-              weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == dtype, op, ": weight must have dtype ", dtype, ", got ",
-              weight.scalar_type());
-  TORCH_CHECK(weight.device() == device, op, ": weight is on ", weight.device(), ", expected ",
-              device);
-  TORCH_CHECK(in[1] % groups == 0 && weight.size(1) * groups == in[1], op, ": weight ",
-              weight.sizes(), " does not match ", in[1], " input channels with groups=", groups);
-  TORCH_CHECK(weight.size(0) % groups == 0, op, ": ", weight.size(0),
-              " output channels are not divisible by groups=", groups);
-  const int64_t P = conv_out_size(in[2], weight.size(2), stride, padding, dilation);
-  const int64_t Q = conv_out_size(in[3], weight.size(3), stride, padding, dilation);
-  TORCH_CHECK(P >= 1 && Q >= 1, op, ": input ", in, " is too small for kernel ",
-              weight.sizes(), " (stride ", stride, ", padding ", padding, ", dilation ",
-              dilation, ")");
-  return {P, Q};
-}
+constexpr ConvBackend kAten{false, true, "the cpp backend"};
 
 std::tuple<Tensor, Tensor, Tensor> conv_fwd(
     const Tensor& x_in, const Tensor& weight, int64_t stride, int64_t padding, int64_t dilation,
     int64_t groups, const OptTensor& in_scale, const OptTensor& in_shift, bool in_relu,
-    const OptTensor& out_scale_in, const OptTensor& out_shift_in, const OptTensor& residual_in,
-    const OptTensor& res_scale_in, const OptTensor& res_shift_in, bool out_relu, bool stats) {
-  const char* op = "conv_fwd";
-  check_data(x_in, op, "x");
+    const OptTensor& out_scale, const OptTensor& out_shift, const OptTensor& residual,
+    const OptTensor& res_scale, const OptTensor& res_shift, bool out_relu, bool stats) {
+  const ConvFwdArgs st =
+      stage_conv_fwd(kAten, "conv_fwd", x_in, weight, stride, padding, dilation, groups, in_scale,
+                     in_shift, out_scale, out_shift, residual, res_scale, res_shift, stats);
   const auto sd = stat_dtype(x_in.scalar_type());
-  const auto dev = x_in.device();
-  auto [P, Q] = check_conv(op, x_in.sizes(), weight, x_in.scalar_type(), dev, stride, padding,
-                           dilation, groups);
-  const int64_t K = weight.size(0);
-  check_affine(in_scale, in_shift, x_in.size(1), sd, dev, op, "in_scale", "in_shift");
-  check_affine(out_scale_in, out_shift_in, K, sd, dev, op, "out_scale", "out_shift");
-  const bool has_res = residual_in.has_value();
-  if (has_res) {
-    check_optional_data(residual_in, {x_in.size(0), K, P, Q}, x_in, op, "residual", "x");
-    check_affine(res_scale_in, res_shift_in, K, sd, dev, op, "res_scale", "res_shift");
-  }
-
-  const auto fmt = memory_format(x_in);
-  const Tensor a = prologue_act(x_in, in_scale, in_shift, in_relu);
+  const bool has_res = st.residual.defined();
+  const Tensor a = prologue_act(st.x, st.in_scale, st.in_shift, in_relu);
   const Tensor conv =
-      at::convolution(a, weight.to(sd), std::nullopt, {stride, stride}, {padding, padding},
+      at::convolution(a, st.w.to(sd), std::nullopt, {stride, stride}, {padding, padding},
                       {dilation, dilation}, false, {0, 0}, groups)
-          .contiguous(fmt);
-  const Tensor res = has_res ? residual_in->contiguous(fmt) : Tensor();
-  const OptTensor os = contiguous(out_scale_in), ob = contiguous(out_shift_in);
-  const OptTensor rs = has_res ? contiguous(res_scale_in) : std::nullopt;
-  const OptTensor rb = has_res ? contiguous(res_shift_in) : std::nullopt;
+          .contiguous(st.fmt);
   // fp32/fp64: the epilogue overwrites the conv output, which this op owns. A fresh output
   // costs a first touch of every page (on small layers as much as the GEMM) and a stream.
   const bool in_place = conv.scalar_type() == x_in.scalar_type();
-  Tensor y = in_place ? conv : at::empty(conv.sizes(), x_in.options().memory_format(fmt));
-  const bool identity = !os && !has_res && !out_relu;
-  Tensor mean = empty_stats(x_in), m2 = empty_stats(x_in);
-  const Layout L = layout_of(conv.sizes(), fmt);
+  Tensor y = in_place ? conv : st.new_y();
+  const bool identity = !st.out_scale && !has_res && !out_relu;
+  const Layout L = layout_of(conv.sizes(), st.fmt);
 
   FR_DISPATCH(x_in.scalar_type(), "conv_fwd_epilogue_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* cp = conv.const_data_ptr<acc_t>();
-    if (stats) {
-      std::tie(mean, m2) = conv_stats(L, cp, conv.options());
-    }
+    if (stats) conv_stats(L, cp, st.mean.data_ptr<acc_t>(), st.m2.data_ptr<acc_t>());
     if (in_place && identity) return;
-    epilogue_loop<scalar_t, acc_t>(L, cp, y.data_ptr<scalar_t>(), opt_ptr<acc_t>(os),
-                                   opt_ptr<acc_t>(ob),
-                                   has_res ? res.const_data_ptr<scalar_t>() : nullptr,
-                                   opt_ptr<acc_t>(rs), opt_ptr<acc_t>(rb), out_relu);
+    epilogue_loop<scalar_t, acc_t>(L, cp, y.data_ptr<scalar_t>(), opt_ptr<acc_t>(st.out_scale),
+                                   opt_ptr<acc_t>(st.out_shift),
+                                   has_res ? st.residual.const_data_ptr<scalar_t>() : nullptr,
+                                   opt_ptr<acc_t>(st.res_scale), opt_ptr<acc_t>(st.res_shift),
+                                   out_relu);
   });
-  return {y, mean, m2};
-}
-
-// dz (data), y and the coefficients, in the statistics dtype.
-void check_bwd_common(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
-                      const Tensor& b, const Tensor& c) {
-  check_data(dz, op, "dz");
-  check_dy_operands(op, dz, y, a, b, c, stat_dtype(dz.scalar_type()));
+  return {y, st.mean, st.m2};
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
     const Tensor& dz, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
     const Tensor& weight, at::IntArrayRef input_size, int64_t stride, int64_t padding,
-    int64_t dilation, int64_t groups, const OptTensor& residual_in, const OptTensor& prev_y_in,
-    const OptTensor& prev_scale_in, const OptTensor& prev_shift_in,
-    const OptTensor& prev_mean_in, const OptTensor& prev_invstd_in) {
-  const char* op = "conv_bwd_data";
-  check_bwd_common(op, dz, y, a, b, c);
+    int64_t dilation, int64_t groups, const OptTensor& residual, const OptTensor& prev_y,
+    const OptTensor& prev_scale, const OptTensor& prev_shift, const OptTensor& prev_mean,
+    const OptTensor& prev_invstd) {
+  const ConvBwdDataArgs st = stage_conv_bwd_data(
+      kAten, "conv_bwd_data", dz, y, a, b, c, weight, input_size, stride, padding, dilation,
+      groups, residual, prev_y, prev_scale, prev_shift, prev_mean, prev_invstd);
   const auto sd = stat_dtype(dz.scalar_type());
-  check_dgrad_operands(op, dz, input_size, residual_in, prev_y_in, prev_scale_in, prev_shift_in,
-                       prev_mean_in, prev_invstd_in, sd);
-  const auto dev = dz.device();
-  auto [P, Q] = check_conv(op, input_size, weight, dz.scalar_type(), dev, stride, padding,
-                           dilation, groups);
-  TORCH_CHECK(weight.size(0) == dz.size(1) && P == dz.size(2) && Q == dz.size(3), op, ": dz ",
-              dz.sizes(), " is not the output of a conv of input ", input_size, " with weight ",
-              weight.sizes());
-  const int64_t C = input_size[1];
-  const bool has_prev = prev_y_in.has_value();
-
-  const auto fmt = memory_format(dz);
-  const Tensor dy = bn_bwd_dy(dz, y, a, b, c);
+  const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
   const Tensor input_like = at::empty({1}, dy.options()).expand(input_size);
   const Tensor dx_acc =
-      std::get<0>(at::convolution_backward(dy, input_like, weight.to(sd), std::nullopt,
+      std::get<0>(at::convolution_backward(dy, input_like, st.w.to(sd), std::nullopt,
                                            {stride, stride}, {padding, padding},
                                            {dilation, dilation}, false, {0, 0}, groups,
                                            {true, false, false}))
-          .contiguous(fmt);
-  const bool has_res = residual_in.has_value();
-  const Tensor res = has_res ? residual_in->contiguous(fmt) : Tensor();
-  const Tensor prev_y = has_prev ? prev_y_in->contiguous(fmt) : Tensor();
-  const OptTensor ps = has_prev ? contiguous(prev_scale_in) : std::nullopt;
-  const OptTensor pb = has_prev ? contiguous(prev_shift_in) : std::nullopt;
-  const OptTensor pm = has_prev ? contiguous(prev_mean_in) : std::nullopt;
-  const OptTensor pi = has_prev ? contiguous(prev_invstd_in) : std::nullopt;
-  Tensor dx = at::empty(input_size, dz.options().memory_format(fmt));
-  Tensor sum_dx = empty_stats(dz), sum_dx_xhat = empty_stats(dz);
-  const Layout L = layout_of(input_size, fmt);
+          .contiguous(st.fmt);
+  const bool has_res = st.residual.defined(), has_prev = st.prev_y.defined();
+  const Layout L = layout_of(input_size, st.fmt);
 
   FR_DISPATCH(dz.scalar_type(), "conv_bwd_data_epilogue_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* gp = dx_acc.const_data_ptr<acc_t>();
-    const scalar_t* rp = has_res ? res.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* pyp = has_prev ? prev_y.const_data_ptr<scalar_t>() : nullptr;
-    const acc_t* psp = opt_ptr<acc_t>(ps);
-    const acc_t* pbp = opt_ptr<acc_t>(pb);
-    const acc_t* pmp = opt_ptr<acc_t>(pm);
-    scalar_t* out = dx.data_ptr<scalar_t>();
+    const scalar_t* rp = has_res ? st.residual.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pyp = has_prev ? st.prev_y.const_data_ptr<scalar_t>() : nullptr;
+    const acc_t* psp = opt_ptr<acc_t>(st.prev_scale);
+    const acc_t* pbp = opt_ptr<acc_t>(st.prev_shift);
+    const acc_t* pmp = opt_ptr<acc_t>(st.prev_mean);
+    scalar_t* out = st.dx.data_ptr<scalar_t>();
     if (!has_prev) {
       for_each_run(L, [&](int64_t, int64_t off, int64_t len) {
         for (int64_t i = off; i < off + len; ++i)
@@ -301,35 +229,23 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
           }
         },
         add_sums<2>);
-    const acc_t* pip = pi->const_data_ptr<acc_t>();
-    sum_dx = at::empty({C}, pm->options());
-    sum_dx_xhat = at::empty({C}, pm->options());
-    for (int64_t ch = 0; ch < C; ++ch) {
-      sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
-      sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(pip[ch]));
+    const acc_t* pip = st.prev_invstd->const_data_ptr<acc_t>();
+    for (int64_t ch = 0; ch < st.s.C; ++ch) {
+      st.sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
+      st.sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(pip[ch]));
     }
   });
-  return {dx, sum_dx, sum_dx_xhat};
+  return {st.dx, st.sum_dx, st.sum_dx_xhat};
 }
 
 Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTensor& in_shift,
                        bool in_relu, const Tensor& dz, const Tensor& y, const Tensor& a,
                        const Tensor& b, const Tensor& c, const Tensor& weight, int64_t stride,
                        int64_t padding, int64_t dilation, int64_t groups) {
-  const char* op = "conv_bwd_weight";
-  check_data(x, op, "x");
-  check_bwd_common(op, dz, y, a, b, c);
-  check_wgrad_operands(op, x, dz, weight);
-  const auto sd = stat_dtype(x.scalar_type());
-  auto [P, Q] = check_conv(op, x.sizes(), weight, weight.scalar_type(), x.device(), stride,
-                           padding, dilation, groups);
-  TORCH_CHECK(dz.size(0) == x.size(0) && weight.size(0) == dz.size(1) && P == dz.size(2) &&
-                  Q == dz.size(3),
-              op, ": dz ", dz.sizes(), " is not the output of a conv of x ", x.sizes(),
-              " with weight ", weight.sizes());
-  check_affine(in_scale, in_shift, x.size(1), sd, x.device(), op, "in_scale", "in_shift");
-
-  Tensor act = prologue_act(x, in_scale, in_shift, in_relu);
+  const ConvBwdWeightArgs st =
+      stage_conv_bwd_weight(kAten, "conv_bwd_weight", x, in_scale, in_shift, dz, y, a, b, c,
+                            weight, stride, padding, dilation, groups);
+  Tensor act = prologue_act(st.x, st.in_scale, st.in_shift, in_relu);
   int64_t gemm_stride = stride;
   if (weight.size(2) == 1 && weight.size(3) == 1 && padding == 0 && stride > 1) {
     // A strided 1x1 conv reads every stride-th pixel: stride 1 over those gives the same
@@ -339,12 +255,12 @@ Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTens
     act = act.slice(2, 0, std::nullopt, stride).slice(3, 0, std::nullopt, stride).contiguous(fmt);
     gemm_stride = 1;
   }
-  const Tensor dy = bn_bwd_dy(dz, y, a, b, c);
+  const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
   const Tensor weight_like = at::empty({1}, dy.options()).expand(weight.sizes());
   const Tensor dw = std::get<1>(at::convolution_backward(
       dy, act, weight_like, std::nullopt, {gemm_stride, gemm_stride}, {padding, padding},
       {dilation, dilation}, false, {0, 0}, groups, {false, true, false}));
-  return dw.to(weight.scalar_type()).contiguous(memory_format(weight));
+  return dw.to(weight.scalar_type()).contiguous(st.w_fmt);
 }
 
 }  // namespace

@@ -1,11 +1,12 @@
-// fused_resnet::conv_fwd_igemm / conv_bwd_data_igemm / conv_bwd_weight_igemm on CPU: the CPU
-// twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight kernels (cuda/conv_*.cu).
-// Plain C++, no ATen GEMM: the same NHWC implicit-GEMM views, the same 64x64 CTA tiles walked
-// in BK=32 steps over the same grid slices (split-K reduction ranges for wgrad, stride phases
-// for dgrad: common/igemm.h GemmSlice), the same operand math (fwd_a_elem / dgrad_a_elem +
-// dgrad_b_offset / wgrad_b_elem: the prologue or the BN-backward map, rounding to the data
-// dtype, zeros for padding AFTER the transform), the same epilogues (common/fusion.h) and the
-// same reduction schemes:
+// fused_resnet::_conv_fwd_igemm / _conv_bwd_data_igemm / _conv_bwd_weight_igemm, test-only
+// ops: the CPU twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight kernels
+// (cuda/conv_*.cu). Plain C++, no ATen GEMM: the same NHWC implicit-GEMM views, the same
+// 64x64 CTA tiles walked in BK=32 steps over the same grid slices (split-K reduction ranges
+// for wgrad, stride phases for dgrad: common/igemm.h GemmSlice), the same operand math
+// (fwd_a_elem / dgrad_a_elem + dgrad_b_offset / wgrad_b_elem: the prologue or the BN-backward
+// map, rounding to the data dtype, zeros for padding AFTER the transform), the same epilogues
+// (common/fusion.h), the same argument checks and staging (conv_staging.h) and the same
+// reduction schemes:
 // - forward statistics: per-tile two-pass Welford of the deviations from a pivot, merged per
 //   channel in tile order in double with Chan's formula (common/stats.h);
 // - dgrad sums: per-tile sums of dx and dx*(prev_y - prev_mean) in the accumulate dtype, added
@@ -28,8 +29,8 @@
 #include "common/fusion.h"
 #include "common/igemm.h"
 #include "common/stats.h"
+#include "conv_staging.h"
 #include "cpu/cpu_utils.h"
-#include "op_utils.h"
 
 namespace fr::cpu {
 namespace {
@@ -296,194 +297,126 @@ struct WgradEpi {  // WgradEpilogue: the split's partial dw tile -> workspace [s
 };
 
 // ================================================================ the ops
+// Data pointer of a staged operand, null when absent.
 template <class T>
 const T* ptr(const OptTensor& t) {
   return t ? t->const_data_ptr<T>() : nullptr;
 }
-
-// Geometry of the three twins (as the CUDA launchers' conv_shape): conv arguments, groups == 1,
-// a 4-D weight of `wdtype` on `dev` matching the logical NCHW input size `in`.
-ConvShape igemm_shape(const char* op, at::IntArrayRef in, const Tensor& weight,
-                      at::ScalarType wdtype, const at::Device& dev, int64_t stride,
-                      int64_t padding, int64_t dilation, int64_t groups) {
-  check_conv_args(stride, padding, dilation, groups, op);
-  TORCH_CHECK(groups == 1, op, ": groups == 1 only (as the CUDA kernels), got groups=", groups);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == in[1], op, ": weight ", weight.sizes(),
-              " does not match input ", in);
-  TORCH_CHECK(weight.scalar_type() == wdtype && weight.device() == dev, op,
-              ": weight must have dtype ", wdtype, " and be on ", dev, ", got ",
-              weight.scalar_type(), " on ", weight.device());
-  const ConvShape s = make_conv_shape(in[0], in[1], in[2], in[3], weight.size(0), weight.size(2),
-                                      weight.size(3), stride, padding, dilation, groups);
-  TORCH_CHECK(s.P >= 1 && s.Q >= 1, op, ": input ", in, " is too small for kernel ",
-              weight.sizes());
-  return s;
+template <class T>
+const T* ptr(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
-// dz (data), y and the coefficients, in the statistics dtype (as the cpp ops).
-void check_dy_inputs(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
-                     const Tensor& b, const Tensor& c) {
-  check_data(dz, op, "dz");
-  check_dy_operands(op, dz, y, a, b, c, stat_dtype(dz.scalar_type()));
-}
+constexpr ConvBackend kTwin{true, true, "the CPU twins of the CUDA kernels"};
 
 std::tuple<Tensor, Tensor, Tensor> conv_fwd_igemm(
-    const Tensor& x_in, const Tensor& weight, int64_t stride, int64_t padding, int64_t dilation,
+    const Tensor& x, const Tensor& weight, int64_t stride, int64_t padding, int64_t dilation,
     int64_t groups, const OptTensor& in_scale, const OptTensor& in_shift, bool in_relu,
-    const OptTensor& out_scale, const OptTensor& out_shift, const OptTensor& residual_in,
+    const OptTensor& out_scale, const OptTensor& out_shift, const OptTensor& residual,
     const OptTensor& res_scale, const OptTensor& res_shift, bool out_relu, bool stats) {
-  const char* op = "conv_fwd_igemm";
-  check_data(x_in, op, "x");
-  const auto sd = stat_dtype(x_in.scalar_type());
-  const auto dev = x_in.device();
-  const ConvShape s = igemm_shape(op, x_in.sizes(), weight, x_in.scalar_type(), dev, stride,
-                                  padding, dilation, groups);
-  check_affine(in_scale, in_shift, s.C, sd, dev, op, "in_scale", "in_shift");
-  check_affine(out_scale, out_shift, s.K, sd, dev, op, "out_scale", "out_shift");
-  const bool has_res = residual_in.has_value();
-  if (has_res) {
-    check_optional_data(residual_in, {s.N, s.K, s.P, s.Q}, x_in, op, "residual", "x");
-    check_affine(res_scale, res_shift, s.K, sd, dev, op, "res_scale", "res_shift");
-  }
-  const Tensor x = x_in.contiguous(kCL), w = weight.contiguous(kCL);
-  const Tensor res = has_res ? residual_in->contiguous(kCL) : Tensor();
-  const OptTensor is = contiguous(in_scale), ib = contiguous(in_shift);
-  const OptTensor os = contiguous(out_scale), ob = contiguous(out_shift);
-  const OptTensor rs = has_res ? contiguous(res_scale) : std::nullopt;
-  const OptTensor rb = has_res ? contiguous(res_shift) : std::nullopt;
-  Tensor y = at::empty({s.N, s.K, s.P, s.Q}, x.options().memory_format(kCL));
-  Tensor mean = empty_stats(x_in), m2 = empty_stats(x_in);
+  const ConvFwdArgs st =
+      stage_conv_fwd(kTwin, "_conv_fwd_igemm", x, weight, stride, padding, dilation, groups,
+                     in_scale, in_shift, out_scale, out_shift, residual, res_scale, res_shift,
+                     stats);
+  const ConvShape& s = st.s;
+  Tensor y = st.new_y();
   const int64_t M = fwd_gemm_m(s), mtiles = conv_tiles(M, BM);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_fwd_igemm",
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "_conv_fwd_igemm",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<Welford<double>> partial(stats ? mtiles * s.K : 0);
-    const FwdOps<scalar_t, acc_t> ops{s, x.const_data_ptr<scalar_t>(),
-                                      w.const_data_ptr<scalar_t>(), ptr<acc_t>(is),
-                                      ptr<acc_t>(ib), in_relu};
+    const FwdOps<scalar_t, acc_t> ops{s, st.x.const_data_ptr<scalar_t>(),
+                                      st.w.const_data_ptr<scalar_t>(), ptr<acc_t>(st.in_scale),
+                                      ptr<acc_t>(st.in_shift), in_relu};
     const FwdEpi<scalar_t, acc_t> epi{
-        s, ptr<acc_t>(os), ptr<acc_t>(ob), ptr<acc_t>(rs), ptr<acc_t>(rb),
-        has_res ? res.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), out_relu,
+        s, ptr<acc_t>(st.out_scale), ptr<acc_t>(st.out_shift), ptr<acc_t>(st.res_scale),
+        ptr<acc_t>(st.res_shift), ptr<scalar_t>(st.residual), y.data_ptr<scalar_t>(), out_relu,
         stats, partial.data()};
     run_grid<acc_t>(ops, epi, M, s.K, 1);
     if (!stats) return;
     const auto total = merge_tiles(partial, mtiles, s.K, [](Welford<double>& t, const auto& p) {
       t = welford_merge(t, p);
     });
-    mean = at::empty({s.K}, x.options().dtype(sd));
-    m2 = at::empty({s.K}, x.options().dtype(sd));
     for (int64_t c = 0; c < s.K; ++c) {
-      mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
-      m2.data_ptr<acc_t>()[c] = acc_t(total[c].m2);
+      st.mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
+      st.m2.data_ptr<acc_t>()[c] = acc_t(total[c].m2);
     }
   });
-  return {y.contiguous(memory_format(x_in)), mean, m2};
+  return {y.contiguous(st.out_fmt), st.mean, st.m2};
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv_bwd_data_igemm(
-    const Tensor& dz_in, const Tensor& y_in, const Tensor& a, const Tensor& b, const Tensor& c,
+    const Tensor& dz, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
     const Tensor& weight, at::IntArrayRef input_size, int64_t stride, int64_t padding,
-    int64_t dilation, int64_t groups, const OptTensor& residual_in, const OptTensor& prev_y_in,
+    int64_t dilation, int64_t groups, const OptTensor& residual, const OptTensor& prev_y,
     const OptTensor& prev_scale, const OptTensor& prev_shift, const OptTensor& prev_mean,
     const OptTensor& prev_invstd) {
-  const char* op = "conv_bwd_data_igemm";
-  check_dy_inputs(op, dz_in, y_in, a, b, c);
-  const auto sd = stat_dtype(dz_in.scalar_type());
-  check_dgrad_operands(op, dz_in, input_size, residual_in, prev_y_in, prev_scale, prev_shift,
-                       prev_mean, prev_invstd, sd);
-  const auto dev = dz_in.device();
-  const ConvShape s = igemm_shape(op, input_size, weight, dz_in.scalar_type(), dev, stride,
-                                  padding, dilation, groups);
-  TORCH_CHECK(s.K == dz_in.size(1) && s.P == dz_in.size(2) && s.Q == dz_in.size(3), op, ": dz ",
-              dz_in.sizes(), " is not the output of a conv of input ", input_size,
-              " with weight ", weight.sizes());
-  const bool has_prev = prev_y_in.has_value();
-  const Tensor dz = dz_in.contiguous(kCL), y = y_in.contiguous(kCL), w = weight.contiguous(kCL);
-  const Tensor ca = a.contiguous(), cb = b.contiguous(), cc = c.contiguous();
-  const Tensor res = residual_in ? residual_in->contiguous(kCL) : Tensor();
-  const Tensor py = has_prev ? prev_y_in->contiguous(kCL) : Tensor();
-  const OptTensor ps = has_prev ? contiguous(prev_scale) : std::nullopt;
-  const OptTensor pb = has_prev ? contiguous(prev_shift) : std::nullopt;
-  const OptTensor pm = has_prev ? contiguous(prev_mean) : std::nullopt;
-  const OptTensor pi = has_prev ? contiguous(prev_invstd) : std::nullopt;
-  Tensor dx = at::empty(input_size, dz.options().memory_format(kCL));
-  Tensor sum_dx = empty_stats(dz_in), sum_dx_xhat = empty_stats(dz_in);
+  const ConvBwdDataArgs st = stage_conv_bwd_data(
+      kTwin, "_conv_bwd_data_igemm", dz, y, a, b, c, weight, input_size, stride, padding,
+      dilation, groups, residual, prev_y, prev_scale, prev_shift, prev_mean, prev_invstd);
+  const ConvShape& s = st.s;
+  const bool has_prev = st.prev_y.defined();
   // Row tiles of the largest stride phase, for every phase: partials [phases * mtiles][C].
   const int64_t mtiles = dgrad_tiles(s);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dz.scalar_type(),
-                                  "conv_bwd_data_igemm", [&] {
+                                  "_conv_bwd_data_igemm", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<Sums<2>> partial(has_prev ? mtiles * s.C : 0);
     const DgradOps<scalar_t, acc_t> ops{s,
-                                        dz.const_data_ptr<scalar_t>(),
-                                        y.const_data_ptr<scalar_t>(),
-                                        ca.const_data_ptr<acc_t>(),
-                                        cb.const_data_ptr<acc_t>(),
-                                        cc.const_data_ptr<acc_t>(),
-                                        w.const_data_ptr<scalar_t>()};
+                                        st.dy.dz.const_data_ptr<scalar_t>(),
+                                        st.dy.y.const_data_ptr<scalar_t>(),
+                                        st.dy.a.const_data_ptr<acc_t>(),
+                                        st.dy.b.const_data_ptr<acc_t>(),
+                                        st.dy.c.const_data_ptr<acc_t>(),
+                                        st.w.const_data_ptr<scalar_t>()};
     const DgradEpi<scalar_t, acc_t> epi{
-        s, res.defined() ? res.const_data_ptr<scalar_t>() : nullptr,
-        has_prev ? py.const_data_ptr<scalar_t>() : nullptr, ptr<acc_t>(ps), ptr<acc_t>(pb),
-        ptr<acc_t>(pm), dx.data_ptr<scalar_t>(), partial.data()};
+        s, ptr<scalar_t>(st.residual), ptr<scalar_t>(st.prev_y), ptr<acc_t>(st.prev_scale),
+        ptr<acc_t>(st.prev_shift), ptr<acc_t>(st.prev_mean), st.dx.data_ptr<scalar_t>(),
+        partial.data()};
     run_grid<acc_t>(ops, epi, dgrad_gemm_m_max(s), s.C, dgrad_phases(s));
     if (!has_prev) return;
     // StoreDgradSums: the double tile-order sums; the second times prev_invstd in double.
     const auto total = merge_tiles(partial, mtiles, s.C, add_sums<2>);
-    const acc_t* inv = pi->const_data_ptr<acc_t>();
-    sum_dx = at::empty({s.C}, dz.options().dtype(sd));
-    sum_dx_xhat = at::empty({s.C}, dz.options().dtype(sd));
+    const acc_t* inv = st.prev_invstd->const_data_ptr<acc_t>();
     for (int64_t ch = 0; ch < s.C; ++ch) {
-      sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
-      sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(inv[ch]));
+      st.sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
+      st.sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(inv[ch]));
     }
   });
-  return {dx.contiguous(memory_format(dz_in)), sum_dx, sum_dx_xhat};
+  return {st.dx.contiguous(st.out_fmt), st.sum_dx, st.sum_dx_xhat};
 }
 
-Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
-                             const OptTensor& in_shift, bool in_relu, const Tensor& dz_in,
-                             const Tensor& y_in, const Tensor& a, const Tensor& b,
-                             const Tensor& c, const Tensor& weight, int64_t stride,
-                             int64_t padding, int64_t dilation, int64_t groups) {
-  const char* op = "conv_bwd_weight_igemm";
-  check_data(x_in, op, "x");
-  check_dy_inputs(op, dz_in, y_in, a, b, c);
-  check_wgrad_operands(op, x_in, dz_in, weight);
-  const auto sd = stat_dtype(x_in.scalar_type());
-  const auto dev = x_in.device();
-  // weight gives only the shape, the output dtype (any floating type) and the memory format.
-  const ConvShape s = igemm_shape(op, x_in.sizes(), weight, weight.scalar_type(), dev, stride,
-                                  padding, dilation, groups);
-  TORCH_CHECK(dz_in.size(0) == s.N && s.K == dz_in.size(1) && s.P == dz_in.size(2) &&
-                  s.Q == dz_in.size(3),
-              op, ": dz ", dz_in.sizes(), " is not the output of a conv of x ", x_in.sizes(),
-              " with weight ", weight.sizes());
-  check_affine(in_scale, in_shift, s.C, sd, dev, op, "in_scale", "in_shift");
-  const Tensor x = x_in.contiguous(kCL), dz = dz_in.contiguous(kCL), y = y_in.contiguous(kCL);
-  const Tensor ca = a.contiguous(), cb = b.contiguous(), cc = c.contiguous();
-  const OptTensor is = contiguous(in_scale), ib = contiguous(in_shift);
-  const auto wfmt = memory_format(weight);
+Tensor conv_bwd_weight_igemm(const Tensor& x, const OptTensor& in_scale,
+                             const OptTensor& in_shift, bool in_relu, const Tensor& dz,
+                             const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
+                             const Tensor& weight, int64_t stride, int64_t padding,
+                             int64_t dilation, int64_t groups) {
+  const ConvBwdWeightArgs st =
+      stage_conv_bwd_weight(kTwin, "_conv_bwd_weight_igemm", x, in_scale, in_shift, dz, y, a, b,
+                            c, weight, stride, padding, dilation, groups);
+  const ConvShape& s = st.s;
   // dw in the accumulate dtype and the weight's memory format; rounded to the weight's dtype
   // once at the end (reduce_wgrad_kernel converts each fp32 sum straight to it).
-  Tensor dw = at::empty(weight.sizes(), x.options().dtype(sd).memory_format(wfmt));
+  Tensor dw = at::empty(weight.sizes(),
+                        x.options().dtype(stat_dtype(x.scalar_type())).memory_format(st.w_fmt));
   const int64_t cols = fwd_gemm_k(s), splits = conv_wgrad_splits(s);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                  "conv_bwd_weight_igemm", [&] {
+                                  "_conv_bwd_weight_igemm", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> ws(splits * s.K * cols);
     const WgradOps<scalar_t, acc_t> ops{s,
-                                        x.const_data_ptr<scalar_t>(),
-                                        ptr<acc_t>(is),
-                                        ptr<acc_t>(ib),
+                                        st.x.const_data_ptr<scalar_t>(),
+                                        ptr<acc_t>(st.in_scale),
+                                        ptr<acc_t>(st.in_shift),
                                         in_relu,
-                                        dz.const_data_ptr<scalar_t>(),
-                                        y.const_data_ptr<scalar_t>(),
-                                        ca.const_data_ptr<acc_t>(),
-                                        cb.const_data_ptr<acc_t>(),
-                                        cc.const_data_ptr<acc_t>(),
+                                        st.dy.dz.const_data_ptr<scalar_t>(),
+                                        st.dy.y.const_data_ptr<scalar_t>(),
+                                        st.dy.a.const_data_ptr<acc_t>(),
+                                        st.dy.b.const_data_ptr<acc_t>(),
+                                        st.dy.c.const_data_ptr<acc_t>(),
                                         conv_wgrad_kchunk(s, splits)};
     run_grid<acc_t>(ops, WgradEpi<acc_t>{s, ws.data()}, s.K, cols, splits);
     // reduce_wgrad_kernel: per dw element, the split partials summed in split order.
@@ -493,7 +426,7 @@ Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
       for (int64_t i = begin; i < end; ++i) {
         acc_t v = acc_t(0);
         for (int64_t z = 0; z < splits; ++z) v += ws[z * total + i];
-        out[wgrad_out_offset(s, i / cols, i % cols, wfmt == kCL)] = v;
+        out[wgrad_out_offset(s, i / cols, i % cols, st.w_fmt == kCL)] = v;
       }
     });
   });
@@ -503,9 +436,9 @@ Tensor conv_bwd_weight_igemm(const Tensor& x_in, const OptTensor& in_scale,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_resnet, CPU, m) {
-  m.impl("conv_fwd_igemm", &conv_fwd_igemm);
-  m.impl("conv_bwd_data_igemm", &conv_bwd_data_igemm);
-  m.impl("conv_bwd_weight_igemm", &conv_bwd_weight_igemm);
+  m.impl("_conv_fwd_igemm", &conv_fwd_igemm);
+  m.impl("_conv_bwd_data_igemm", &conv_bwd_data_igemm);
+  m.impl("_conv_bwd_weight_igemm", &conv_bwd_weight_igemm);
 }
 
 }  // namespace fr::cpu
