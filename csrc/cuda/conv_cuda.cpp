@@ -134,6 +134,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   p.in_relu = in_relu;
   p.out_relu = out_relu;
   p.stats = stats;
+  p.target = device_target(dev);
   FR_CUDA_CHECK(launch_conv_fwd(p, dtype_of(x.scalar_type()), current_stream()));
   return {y.contiguous(memory_format(x_in)), mean, m2};
 }
@@ -196,6 +197,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
   p.sum_dx_xhat = has_prev ? sum_dx_xhat.data_ptr() : nullptr;
   p.workspace = has_prev ? ws.data_ptr() : nullptr;
   p.s = s;
+  p.target = device_target(dev);
   FR_CUDA_CHECK(launch_conv_dgrad(p, dtype_of(dz.scalar_type()), current_stream()));
   return {dx.contiguous(memory_format(dz_in)), sum_dx, sum_dx_xhat};
 }
@@ -222,7 +224,8 @@ Tensor conv_bwd_weight(const Tensor& x_in, const OptTensor& in_scale, const OptT
   const OptTensor is = vec(in_scale), ib = vec(in_shift);
   const auto wfmt = memory_format(weight);
   Tensor dw = at::empty(weight.sizes(), weight.options().memory_format(wfmt));
-  Tensor ws = at::empty({conv_wgrad_workspace_elems(s)}, x.options().dtype(at::kFloat));
+  const DeviceTarget target = device_target(dev);
+  Tensor ws = at::empty({conv_wgrad_workspace_elems(s, target)}, x.options().dtype(at::kFloat));
   ConvWgradParams p{};
   p.x = x.const_data_ptr();
   p.in_scale = opt_data(is);
@@ -235,10 +238,9 @@ Tensor conv_bwd_weight(const Tensor& x_in, const OptTensor& in_scale, const OptT
   p.dw = dw.data_ptr();
   p.workspace = ws.data_ptr();
   p.s = s;
-  p.splits = conv_wgrad_splits(s);
-  p.kchunk = conv_wgrad_kchunk(s, p.splits);
   p.in_relu = in_relu;
   p.dw_krsc = wfmt == kCL;
+  p.target = target;
   FR_CUDA_CHECK(launch_conv_wgrad(p, dtype_of(x.scalar_type()), dtype_of(weight.scalar_type()),
                                    current_stream()));
   return dw;
