@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 import torch
 
 from fused_resnet import cuda_plans
-from fused_resnet.launch_plan import Launch
+from fused_resnet.launch_plan import Launch, Target
 
 H100 = cuda_plans.TARGETS["sm90"]  # the emulator plans as this device (csrc/cuda/device.h)
 MAX_SERIAL_STEPS = 64
@@ -239,6 +240,58 @@ def test_emulated_bn_ops_launch_their_plans(emulated_ops, shape, dtype, fmt, tmp
     proj = dict(args, y_d=args["y"].clone(), mean_d=args["mean"], invstd_d=args["invstd"])
     check_launches("block_end_bwd", proj, tmp_path, monkeypatch)
     check_launches("bn_finalize", args, tmp_path, monkeypatch)
+
+
+def _profiled_launches(op: str, args: dict) -> list[tuple]:
+    """(function, grid, block) of the fused_resnet kernels one CUDA op call launches, from
+    the profiler's trace (CUPTI kernel records)."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = getattr(torch.ops.fused_resnet, op)
+    fn(*positional(op, args))  # warm up: nothing lazy inside the profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(*positional(op, args))
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            events = json.load(f)["traceEvents"]
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"
+                      and "fr::cuda::" in e.get("name", "")), key=lambda e: e["ts"])
+    return [(re.search(r"(\w+)<", e["name"]).group(1), tuple(e["args"]["grid"]),
+             tuple(e["args"]["block"])) for e in kernels]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("case", [*CONV_CASES, (32, 64, 64, 3, 1, 56)],
+                         ids=[*CONV_IDS, "conv2_x_b32"])
+def test_gpu_ops_launch_their_plans(case, dtype):
+    """On a CUDA device, every op launches exactly its plan for that device (real SM count
+    and shared-memory limit), as the profiler records the launches."""
+    pytest.importorskip("fused_resnet._C")
+    from fused_resnet import ops
+
+    if ops.unavailable_reason("cuda", "cuda", dtype) is not None:
+        pytest.skip(ops.unavailable_reason("cuda", "cuda", dtype))
+    props = torch.cuda.get_device_properties(0)
+    arch = props.major * 10 + props.minor
+    target = Target(f"sm{arch}", arch, props.shared_memory_per_block_optin,
+                    props.multi_processor_count)
+    conv = conv_args(*case, dtype, device="cuda")
+    blk = block_args(case[0], case[2], 7, 5, dtype, device="cuda")
+    calls = [("conv_fwd", conv), ("conv_fwd", dict(conv, stats=False)),
+             ("conv_bwd_data", conv), ("conv_bwd_weight", conv), ("block_end", blk),
+             ("block_end_bwd", blk), ("bn_finalize", blk)]
+    for op, args in calls:
+        planned = [(launch.meta["function"], launch.grid, launch.meta["block"])
+                   for launch in cuda_plans.op_plan(op, positional(op, args), target)]
+        assert _profiled_launches(op, args) == planned, (op, target)
 
 
 # ------------------------------------------------------------------------ ResNet-50 structure

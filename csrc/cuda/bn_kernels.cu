@@ -142,8 +142,8 @@ struct BwdElem {
 // Channels-last: CTA (32 channels) x (8 pixel lanes) over a range of pixels; lanes are summed
 // in a fixed order through shared memory.
 template <class S>
-__global__ void __launch_bounds__(kElementwiseThreads) block_end_bwd_nhwc(BlockEndBwdParams p, int64_t chunks,
-                                                          int64_t rows_per_chunk) {
+__global__ void __launch_bounds__(kElementwiseThreads)
+    block_end_bwd_nhwc(BlockEndBwdParams p, int64_t chunks, int64_t rows_per_chunk) {
   using A = typename Cvt<S>::acc;
   const int64_t C = p.L.C;
   const int64_t c = int64_t(blockIdx.y) * 32 + threadIdx.x;
@@ -180,8 +180,8 @@ __device__ __forceinline__ A warp_sum(A v) {
 
 // NCHW: CTA = one channel x a range of images; each (n, c) plane is contiguous.
 template <class S>
-__global__ void __launch_bounds__(kElementwiseThreads) block_end_bwd_nchw(BlockEndBwdParams p, int64_t chunks,
-                                                          int64_t planes_per_chunk) {
+__global__ void __launch_bounds__(kElementwiseThreads)
+    block_end_bwd_nchw(BlockEndBwdParams p, int64_t chunks, int64_t planes_per_chunk) {
   using A = typename Cvt<S>::acc;
   const int64_t C = p.L.C, inner = p.L.inner;
   const int64_t c = blockIdx.y;

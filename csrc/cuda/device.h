@@ -41,7 +41,6 @@ inline DeviceTarget device_target(const at::Device&) { return {90, 132, 232448};
 
 #else
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -51,16 +50,19 @@ using DeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 inline bool on_device(const at::Tensor& t) { return t.is_cuda(); }
 constexpr const char* kDeviceName = "CUDA";
+inline int device_attribute(cudaDeviceAttr attr, const at::Device& device) {
+  int value = 0;  // the driver caches these: a cheap call
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device.index()));
+  return value;
+}
 inline int compute_capability_major(const at::Device& device) {
-  int major = 0;
-  C10_CUDA_CHECK(
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()));
-  return major;
+  return device_attribute(cudaDevAttrComputeCapabilityMajor, device);
 }
 inline DeviceTarget device_target(const at::Device& device) {
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());  // cached
-  return {prop->major * 10 + prop->minor, prop->multiProcessorCount,
-          int64_t(prop->sharedMemPerBlockOptin)};
+  return {10 * compute_capability_major(device) +
+              device_attribute(cudaDevAttrComputeCapabilityMinor, device),
+          device_attribute(cudaDevAttrMultiProcessorCount, device),
+          device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device)};
 }
 }  // namespace fr::cuda
 

@@ -347,11 +347,10 @@ bool run_wgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   const std::vector<float> got = download(ddw, size_t(K * cols), t);
   const double rel = rel_err(got, dw), worst = max_rel_err(got, dw);
   const bool ok = rel <= data_tol(t) && worst <= 8 * data_tol(t);
+  const int64_t splits = fr::conv_wgrad_splits(s, fr::cuda::conv_wgrad_target_ctas(kTarget));
   std::printf("%s wgrad N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d splits=%lld: "
               "dw rel %.2e (worst %.2e)\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil,
-              int(t),
-              static_cast<long long>(fr::conv_wgrad_splits(s, fr::cuda::conv_wgrad_target_ctas(kTarget))),
-              rel, worst);
+              int(t), static_cast<long long>(splits), rel, worst);
   for (void* p : {ddz, dyv, dx, da, db, dc, disc, dish, ddw, dws}) cudaFree(p);
   return ok;
 }
