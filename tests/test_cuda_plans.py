@@ -224,6 +224,18 @@ def test_emulated_conv_ops_launch_their_plans(emulated_ops, case, dtype, tmp_pat
 
 
 @pytest.mark.slow
+def test_emulated_wgrad_splits_for_the_device(emulated_ops, tmp_path, monkeypatch):
+    """Enough pixels (115600) that split-K stops at the device's CTA target (4 x 132 SMs =
+    528 > 451 = 115600 / 256): the launcher passes the emulated H100's SM count."""
+    args = conv_args(1, 8, 8, 1, 1, 340, torch.bfloat16, device="cpu")
+    recorded = check_launches("conv_bwd_weight", args, tmp_path, monkeypatch)
+    assert recorded[0][1] == (1, 1, 451)
+    four_per_sm = cuda_plans.op_plan("conv_bwd_weight", positional("conv_bwd_weight", args),
+                                     cuda_plans.TARGETS["sm80"]).launches[0]
+    assert four_per_sm.grid == (1, 1, 432)  # an A100's 108 SMs
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64],
                          ids=["f32", "f16", "f64"])
