@@ -185,7 +185,7 @@ _BY_DTYPE = {"reduce_wgrad_kernel": "conv_wgrad_reduce", "bn_finalize_kernel": "
              "block_end_bwd_nchw": "block_end_bwd_nchw"}
 
 
-def plan_kernel_name(function: str) -> str | None:
+def _plan_kernel_name(function: str) -> str | None:
     """The plan's name (``Launch.kernel``) of a demangled kernel instantiation, or None."""
     m = re.search(r"(\w+)<(.*)>\(", function)
     if not m:
@@ -222,7 +222,7 @@ def kernel_resources(arch: int) -> dict[str, dict]:
         reports.update(tk.parse_ptxas(log))
     out: dict[str, dict] = {}
     for mangled, function in tk.demangle(reports).items():
-        name = plan_kernel_name(function)
+        name = _plan_kernel_name(function)
         if name is None:
             continue
         info = reports[mangled]
