@@ -115,7 +115,9 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
     ``target`` (a :data:`TARGETS` family, or ``Target.with_device`` of a real device), in
     order. ``Launch.kernel`` names the kernel instantiation (the keys of
     :func:`kernel_resources`), ``config`` its tiling, ``meta`` the ``function``, ``block``
-    and ``chunk`` (merge: parts per group; block_end_bwd: rows or images per CTA)."""
+    and ``chunk`` (merge: parts per group; block_end_bwd: rows or images per CTA). The
+    ATen copies that stage arguments not already in the kernels' layout or dtype (NCHW data
+    for the conv kernels) are not launches of the plan."""
     if op not in _PARAMS:
         raise ValueError(f"unknown op {op!r} (one of {', '.join(OPS)})")
     from . import _C

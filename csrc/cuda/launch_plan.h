@@ -4,7 +4,9 @@
 // execute these plans, and fused_resnet/cuda_plans.py exposes them (through fused_resnet._C),
 // so the structure of every launch is checked without a GPU (docs/design.md §5). Plain C++:
 // no CUDA or torch header, so it builds in every configuration (CPU-only, emulator, nvcc).
-// No op zero-fills a workspace: every launch here is a kernel (no cudaMemsetAsync).
+// No op zero-fills a workspace: every launch here is a kernel (no cudaMemsetAsync). Not here:
+// the ATen copies a launcher's staging makes when an argument is not already in the layout or
+// dtype the kernels read (e.g. NCHW data for the channels-last conv kernels).
 #pragma once
 
 #include <algorithm>
