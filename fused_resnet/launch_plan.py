@@ -29,6 +29,17 @@ class Target:
         return Target(self.name, self.arch, min(self.shared_limit, shared_limit), sms)
 
 
+# GPU families by shared memory per block (opt-in) and SM count of the reference part; both
+# backends plan for these (fused_resnet.triton.configs re-exports them).
+TARGETS = {
+    "sm80": Target("sm80", 80, 166_912, 108),    # A100
+    "sm86": Target("sm86", 86, 101_376, 84),     # consumer Ampere/Ada (sm_86, sm_89)
+    "sm90": Target("sm90", 90, 232_448, 132),    # H100/H200
+    "sm100": Target("sm100", 100, 232_448, 148),  # B200
+    "sm120": Target("sm120", 120, 101_376, 170),  # consumer Blackwell
+}
+
+
 @dataclass(frozen=True)
 class Launch:
     """One kernel launch.

@@ -4,7 +4,6 @@ for sm_90 and sm_80, and ptxas reports no register spills for any kernel. Needs 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -19,62 +18,22 @@ from conftest import run_host_program
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cuda_toolkit import find_nvcc  # noqa: E402
+from cuda_toolkit import (  # noqa: E402  (nvcc runs cached under build/nvcc_cache)
+    TORCH_NVCC_FLAGS,
+    cache_key,
+    compile_cu,
+    find_nvcc,
+    parse_ptxas,
+)
 
 CU_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 ARCHS = ["sm_90", "sm_80"]
-# The flags torch.utils.cpp_extension adds to every nvcc call (setup.py builds with them).
-TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-                    "--expt-relaxed-constexpr"]
-
 
 NVCC = find_nvcc()  # the toolkit setup.py builds with (cuda_toolkit.py)
 pytestmark = [
     pytest.mark.skipif(not CU_FILES, reason="no CUDA sources in csrc/cuda"),
     pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME or put nvcc on PATH)"),
 ]
-
-
-def parse_ptxas(log: str) -> dict[str, tuple[int, int, int]]:
-    """kernel -> (registers, spill store bytes, spill load bytes) from `-Xptxas -v` output."""
-    out, current = {}, None
-    for line in log.splitlines():
-        m = re.search(r"(?:Compiling entry function|Function properties for) '?([\w$.]+)'?", line)
-        if m:
-            current = m.group(1)
-            continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m and current:
-            regs = out.get(current, (0, 0, 0))[0]
-            out[current] = (regs, int(m.group(1)), int(m.group(2)))
-            continue
-        m = re.search(r"Used (\d+) registers", line)
-        if m and current:
-            _, st, ld = out.get(current, (0, 0, 0))
-            out[current] = (int(m.group(1)), st, ld)
-    return out
-
-
-# nvcc outputs are cached under build/nvcc_cache, keyed by every csrc source (any header a
-# .cu could include), the full command line and nvcc's own version text: a changed input is
-# a miss that rebuilds; an output is stored only after nvcc succeeded.
-CACHE = ROOT / "build" / "nvcc_cache"
-
-
-@functools.cache
-def nvcc_identity() -> str:
-    return subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout
-
-
-def cache_key(cmd: list[str], csrc: Path = ROOT / "csrc") -> str:
-    """Every file a .cu may include: csrc's headers, csrc/common, csrc/cuda's .cu/.cuh/.h."""
-    key = hashlib.sha256("\0".join([*cmd, nvcc_identity()]).encode())
-    cuda = [f for f in (csrc / "cuda").glob("*") if f.suffix in (".cu", ".cuh", ".h")]
-    for f in sorted([*csrc.glob("*.h"), *(csrc / "common").rglob("*"), *cuda]):
-        if f.is_file():
-            key.update(str(f.relative_to(csrc)).encode() + b"\0" + f.read_bytes())
-    return key.hexdigest()[:24]
 
 
 def test_cache_key_covers_sources_and_flags(tmp_path):
@@ -108,32 +67,12 @@ def dump_sass(cuobjdump: str, cubin: Path) -> str:
     return res.stdout
 
 
-def compile_cu(src: Path, arch: str) -> tuple[str, Path]:
-    """(ptxas log, cubin) of ``src`` for ``arch``, from the cache when nothing changed."""
-    cmd = [NVCC, "-std=c++20", "-O3", f"-I{ROOT / 'csrc'}", *TORCH_NVCC_FLAGS, f"-arch={arch}",
-           "-cubin", "-Xptxas", "-v", str(src)]
-    entry = CACHE / f"{src.stem}.{arch}.{cache_key(cmd)}"
-    cubin, log_file = entry / f"{src.stem}.cubin", entry / "ptxas.log"
-    if cubin.is_file() and log_file.is_file():
-        return log_file.read_text(), cubin
-    tmp = CACHE / f"tmp-{os.getpid()}-{src.stem}.{arch}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run([*cmd, "-o", str(tmp / cubin.name)], capture_output=True, text=True,
-                         timeout=300)
-    log = res.stdout + res.stderr
-    assert res.returncode == 0, f"nvcc failed for {src.name} ({arch}):\n{log[-4000:]}"
-    (tmp / log_file.name).write_text(log)
-    shutil.rmtree(entry, ignore_errors=True)
-    tmp.rename(entry)  # atomic: a cache entry is complete or absent
-    return log, cubin
-
-
 @pytest.fixture(scope="module")
 def nvcc_outputs():
     """(src, arch) -> (ptxas log, cubin) for every .cu and arch, compiled in parallel."""
     jobs = [(src, arch) for src in CU_FILES for arch in ARCHS]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        outs = list(pool.map(lambda job: compile_cu(*job), jobs))
+        outs = list(pool.map(lambda job: compile_cu(*job, nvcc=NVCC), jobs))
     return dict(zip(jobs, outs))
 
 
@@ -157,10 +96,10 @@ def test_cu_files_include_no_torch_headers():
 def test_no_register_spills(ptxas_reports, src, arch):
     kernels = parse_ptxas(ptxas_reports[(src, arch)])
     assert kernels, f"no ptxas report for {src.name} ({arch})"
-    spilled = {k: v for k, v in kernels.items() if v[1] or v[2]}
+    spilled = {k: v for k, v in kernels.items() if v["spill_stores"] or v["spill_loads"]}
     assert not spilled, f"{src.name} ({arch}) spills registers: {spilled}"
-    for name, (regs, _, _) in sorted(kernels.items()):
-        print(f"{arch} {regs:3d} regs  {name}")
+    for name, info in sorted(kernels.items()):
+        print(f"{arch} {info['registers']:3d} regs {info['smem']:6d} B smem  {name}")
 
 
 def _setup_report(**env) -> str:

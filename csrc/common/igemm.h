@@ -261,11 +261,12 @@ constexpr int64_t kConvTileK = 32;
 
 FR_HOST_DEVICE int64_t conv_tiles(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
 
-// Wgrad split-K: the N*P*Q reduction splits so that ~512 CTAs run, each split >= 256 pixels.
-inline int64_t conv_wgrad_splits(const ConvShape& s) {
+// Wgrad split-K: the N*P*Q reduction splits so that ~target_ctas CTAs run, each split >= 256
+// pixels. The CUDA launcher targets about four CTAs per SM of the device (cuda/launch_plan.h).
+inline int64_t conv_wgrad_splits(const ConvShape& s, int64_t target_ctas = 512) {
   const int64_t ctas = conv_tiles(s.K, kConvTileM) * conv_tiles(fwd_gemm_k(s), kConvTileN);
   const int64_t by_work = fwd_gemm_m(s) / 256 > 1 ? fwd_gemm_m(s) / 256 : 1;
-  const int64_t by_ctas = 512 / ctas > 1 ? 512 / ctas : 1;
+  const int64_t by_ctas = target_ctas / ctas > 1 ? target_ctas / ctas : 1;
   return by_work < by_ctas ? by_work : by_ctas;
 }
 // Pixels per split, a multiple of the reduction step so every split's steps are full; the

@@ -62,6 +62,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_finalize(
   p.has_momentum = momentum.has_value();
   p.eps = eps;
   p.update = update_running_stats;
+  p.target = device_target(mean_in.device());
   FR_CUDA_CHECK(launch_bn_finalize(p, dtype_of(sd), current_stream()));
   if (update_running_stats) {
     copy_back(*running_mean, rm);
@@ -96,6 +97,7 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
   p.branch_scale = opt_data(bs);
   p.per_sample = y.numel() / std::max<int64_t>(y.size(0), 1);
   p.L = layout_of(y.sizes(), fmt);
+  p.target = device_target(y_in.device());
   FR_CUDA_CHECK(launch_block_end(p, dtype_of(y.scalar_type()), current_stream()));
   return out;
 }
@@ -140,6 +142,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
   p.branch_scale = opt_data(bs);
   p.per_sample = d_out.numel() / std::max<int64_t>(d_out.size(0), 1);
   p.L = L;
+  p.target = device_target(d_out_in.device());
   FR_CUDA_CHECK(launch_block_end_bwd(p, dtype_of(d_out.scalar_type()), current_stream()));
   return {dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d};
 }

@@ -52,7 +52,7 @@ struct alignas(sizeof(S) * VEC) Vec {
 // One CTA: C is at most a few thousand, and one CTA makes the num_batches_tracked increment
 // race-free (every thread reads the old value before thread 0 writes the new one).
 template <class T>
-__global__ void __launch_bounds__(256) bn_finalize_kernel(BnFinalizeParams p) {
+__global__ void __launch_bounds__(kElementwiseThreads) bn_finalize_kernel(BnFinalizeParams p) {
   const bool track = p.update && p.num_batches_tracked != nullptr;
   const int64_t nbt = track ? p.num_batches_tracked[0] + 1 : 0;
   __syncthreads();
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(256) bn_finalize_kernel(BnFinalizeParams p) {
 // Grid-stride over VEC-element vectors (16-byte loads when VEC > 1), then a scalar tail.
 // The channel of each element is tracked incrementally from one division per vector.
 template <class S, int VEC>
-__global__ void __launch_bounds__(256) block_end_kernel(BlockEndParams p) {
+__global__ void __launch_bounds__(kElementwiseThreads) block_end_kernel(BlockEndParams p) {
   using A = typename Cvt<S>::acc;
   const S* y = static_cast<const S*>(p.y);
   const S* res = static_cast<const S*>(p.residual);
@@ -142,8 +142,8 @@ struct BwdElem {
 // Channels-last: CTA (32 channels) x (8 pixel lanes) over a range of pixels; lanes are summed
 // in a fixed order through shared memory.
 template <class S>
-__global__ void __launch_bounds__(256) block_end_bwd_nhwc(BlockEndBwdParams p, int64_t chunks,
-                                                          int64_t rows_per_chunk) {
+__global__ void __launch_bounds__(kElementwiseThreads)
+    block_end_bwd_nhwc(BlockEndBwdParams p, int64_t chunks, int64_t rows_per_chunk) {
   using A = typename Cvt<S>::acc;
   const int64_t C = p.L.C;
   const int64_t c = int64_t(blockIdx.y) * 32 + threadIdx.x;
@@ -180,8 +180,8 @@ __device__ __forceinline__ A warp_sum(A v) {
 
 // NCHW: CTA = one channel x a range of images; each (n, c) plane is contiguous.
 template <class S>
-__global__ void __launch_bounds__(256) block_end_bwd_nchw(BlockEndBwdParams p, int64_t chunks,
-                                                          int64_t planes_per_chunk) {
+__global__ void __launch_bounds__(kElementwiseThreads)
+    block_end_bwd_nchw(BlockEndBwdParams p, int64_t chunks, int64_t planes_per_chunk) {
   using A = typename Cvt<S>::acc;
   const int64_t C = p.L.C, inner = p.L.inner;
   const int64_t c = blockIdx.y;
@@ -238,67 +238,64 @@ struct StoreBlockEndBwdSums {
 };
 
 template <class S>
-cudaError_t block_end_typed(const BlockEndParams& p, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(S);
-  const int64_t n = p.L.numel();
-  if (n == 0) return cudaSuccess;
+cudaError_t block_end_typed(const BlockEndParams& p, DType data, cudaStream_t stream) {
   auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
   const bool vec = aligned(p.y) && aligned(p.residual) && aligned(p.out);
-  const int64_t units = vec ? n / kVec : n;
-  const unsigned blocks = unsigned(std::min<int64_t>(std::max<int64_t>((units + 255) / 256, 1), 8192));
-  if (vec)
-    FR_LAUNCH(blocks, 256, 0, stream, block_end_kernel<S, kVec>)(p);
+  const OpLaunchPlan plan = block_end_plan(p.L, data, vec, p.target);
+  if (plan.launches.empty()) return cudaSuccess;  // no elements
+  constexpr int kVec = 16 / sizeof(S);
+  const KernelLaunch& l = plan.launches[0];
+  if (l.kernel == Kernel::kBlockEndVec)
+    FR_LAUNCH_AS(l, stream, block_end_kernel<S, kVec>)(p);
   else
-    FR_LAUNCH(blocks, 256, 0, stream, block_end_kernel<S, 1>)(p);
+    FR_LAUNCH_AS(l, stream, block_end_kernel<S, 1>)(p);
   return cudaGetLastError();
 }
 
 template <class S>
-cudaError_t block_end_bwd_typed(const BlockEndBwdParams& p, cudaStream_t stream) {
+cudaError_t block_end_bwd_typed(const BlockEndBwdParams& p, DType data, cudaStream_t stream) {
   using A = typename Cvt<S>::acc;
-  const Layout& L = p.L;
-  if (L.C == 0) return cudaSuccess;
-  const int64_t chunks = block_end_bwd_chunks(L);
-  const int64_t per_chunk = (L.outer + chunks - 1) / chunks;
-  if (L.inner == 1) {
-    const dim3 grid(unsigned(chunks), unsigned((L.C + 31) / 32));
-    FR_LAUNCH(grid, dim3(32, 8), 0, stream, block_end_bwd_nhwc<S>)(p, chunks, per_chunk);
-  } else {
-    const dim3 grid(unsigned(chunks), unsigned(L.C));
-    FR_LAUNCH(grid, 256, 0, stream, block_end_bwd_nchw<S>)(p, chunks, per_chunk);
-  }
+  const OpLaunchPlan plan = block_end_bwd_plan(p.L, data, p.y_d != nullptr, p.target);
+  if (plan.launches.empty()) return cudaSuccess;
+  const KernelLaunch& sums = plan.launches[0];
+  const int64_t chunks = sums.grid.x;
+  if (sums.kernel == Kernel::kBlockEndBwdNhwc)
+    FR_LAUNCH_AS(sums, stream, block_end_bwd_nhwc<S>)(p, chunks, sums.chunk);
+  else
+    FR_LAUNCH_AS(sums, stream, block_end_bwd_nchw<S>)(p, chunks, sums.chunk);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   return merge_partials<Sums<3>>(
-      BlockEndBwdPartials<A>{static_cast<const A*>(p.workspace), chunks, L.C, p.y_d != nullptr},
-      StoreBlockEndBwdSums<A>{p}, chunks, L.C, 1, nullptr, stream);
+      BlockEndBwdPartials<A>{static_cast<const A*>(p.workspace), chunks, p.L.C, p.y_d != nullptr},
+      StoreBlockEndBwdSums<A>{p}, chunks, p.L.C, plan, 1, nullptr, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_bn_finalize(const BnFinalizeParams& p, DType stat, cudaStream_t stream) {
+  const OpLaunchPlan plan = bn_finalize_plan(p.C, stat, p.target);
   if (stat == DType::kDouble)
-    FR_LAUNCH(1, 256, 0, stream, bn_finalize_kernel<double>)(p);
+    FR_LAUNCH_AS(plan.launches[0], stream, bn_finalize_kernel<double>)(p);
   else
-    FR_LAUNCH(1, 256, 0, stream, bn_finalize_kernel<float>)(p);
+    FR_LAUNCH_AS(plan.launches[0], stream, bn_finalize_kernel<float>)(p);
   return cudaGetLastError();
 }
 
 cudaError_t launch_block_end(const BlockEndParams& p, DType data, cudaStream_t stream) {
   switch (data) {
-    case DType::kFloat: return block_end_typed<float>(p, stream);
-    case DType::kDouble: return block_end_typed<double>(p, stream);
-    case DType::kHalf: return block_end_typed<__half>(p, stream);
-    case DType::kBFloat16: return block_end_typed<__nv_bfloat16>(p, stream);
+    case DType::kFloat: return block_end_typed<float>(p, data, stream);
+    case DType::kDouble: return block_end_typed<double>(p, data, stream);
+    case DType::kHalf: return block_end_typed<__half>(p, data, stream);
+    case DType::kBFloat16: return block_end_typed<__nv_bfloat16>(p, data, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 cudaError_t launch_block_end_bwd(const BlockEndBwdParams& p, DType data, cudaStream_t stream) {
   switch (data) {
-    case DType::kFloat: return block_end_bwd_typed<float>(p, stream);
-    case DType::kDouble: return block_end_bwd_typed<double>(p, stream);
-    case DType::kHalf: return block_end_bwd_typed<__half>(p, stream);
-    case DType::kBFloat16: return block_end_bwd_typed<__nv_bfloat16>(p, stream);
+    case DType::kFloat: return block_end_bwd_typed<float>(p, data, stream);
+    case DType::kDouble: return block_end_bwd_typed<double>(p, data, stream);
+    case DType::kHalf: return block_end_bwd_typed<__half>(p, data, stream);
+    case DType::kBFloat16: return block_end_bwd_typed<__nv_bfloat16>(p, data, stream);
   }
   return cudaErrorInvalidValue;
 }

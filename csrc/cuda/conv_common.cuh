@@ -71,13 +71,10 @@ __device__ __forceinline__ float round_to(float v) {
 }
 
 // ================================================================ launcher helpers
-inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 // 16-byte vector loads need 16-byte aligned bases (null: nothing is loaded). The choice
 // depends on pointers, so a view at an odd storage offset takes the other kernel: the same
 // values then give results that differ in rounding (each choice is deterministic).
 inline bool aligned16(const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; }
-// The backward tensor-core kernels read 8 channels at a time of both C and K.
-inline bool vec8_operands(const ConvShape& s) { return s.C % 8 == 0 && s.K % 8 == 0; }
 
 // A conv workspace's merge results (kernels.h merge_results_offset).
 template <class Acc>

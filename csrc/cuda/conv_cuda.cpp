@@ -94,6 +94,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   p.in_relu = in_relu;
   p.out_relu = out_relu;
   p.stats = stats;
+  p.target = device_target(x.device());
   FR_CUDA_CHECK(launch_conv_fwd(p, dtype_of(x.scalar_type()), current_stream()));
   return {y.contiguous(st.out_fmt), st.mean, st.m2};
 }
@@ -131,6 +132,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
   p.sum_dx_xhat = has_prev ? st.sum_dx_xhat.data_ptr() : nullptr;
   p.workspace = has_prev ? ws.data_ptr() : nullptr;
   p.s = s;
+  p.target = device_target(dz.device());
   FR_CUDA_CHECK(launch_conv_dgrad(p, dtype_of(dz.scalar_type()), current_stream()));
   return {st.dx.contiguous(st.out_fmt), st.sum_dx, st.sum_dx_xhat};
 }
@@ -145,7 +147,8 @@ Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTens
   const ConvShape& s = st.s;
   DeviceGuard guard(x.device());
   Tensor dw = at::empty(weight.sizes(), weight.options().memory_format(st.w_fmt));
-  Tensor ws = at::empty({conv_wgrad_workspace_elems(s)}, x.options().dtype(at::kFloat));
+  const DeviceTarget target = device_target(x.device());
+  Tensor ws = at::empty({conv_wgrad_workspace_elems(s, target)}, x.options().dtype(at::kFloat));
   ConvWgradParams p{};
   p.x = st.x.const_data_ptr();
   p.in_scale = opt_data(st.in_scale);
@@ -158,10 +161,9 @@ Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTens
   p.dw = dw.data_ptr();
   p.workspace = ws.data_ptr();
   p.s = s;
-  p.splits = conv_wgrad_splits(s);
-  p.kchunk = conv_wgrad_kchunk(s, p.splits);
   p.in_relu = in_relu;
   p.dw_krsc = st.w_fmt == kCL;
+  p.target = target;
   FR_CUDA_CHECK(launch_conv_wgrad(p, dtype_of(x.scalar_type()), dtype_of(weight.scalar_type()),
                                    current_stream()));
   return dw;

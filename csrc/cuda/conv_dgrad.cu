@@ -31,38 +31,35 @@ struct StoreDgradSums {
 
 
 template <class S>
-cudaError_t conv_dgrad_typed(const ConvDgradParams& p, cudaStream_t stream) {
-  // Slice z: stride phase z (common/igemm.h DgradPhase).
-  const dim3 grid(unsigned(dgrad_row_tiles(p.s)), unsigned(conv_tiles(p.s.C, BN)),
-                  unsigned(dgrad_phases(p.s)));
-  bool on_tensor_cores = false;
+cudaError_t conv_dgrad_typed(const ConvDgradParams& p, DType data, cudaStream_t stream) {
+  // The tensor-core loaders read dz, y, w and a, b, c in 16-byte vectors.
+  const bool aligned = aligned16(p.dz) && aligned16(p.y) && aligned16(p.w) && aligned16(p.a) &&
+                       aligned16(p.b) && aligned16(p.c);
+  const OpLaunchPlan plan = conv_dgrad_plan(p.s, data, p.prev_y != nullptr,
+                                            p.residual != nullptr, aligned, p.target);
+  const KernelLaunch& gemm = plan.launches[0];  // slice z: stride phase z (common/igemm.h)
   if constexpr (sizeof(S) == 2) {
-    on_tensor_cores = vec8_operands(p.s) && aligned16(p.dz) && aligned16(p.y) &&
-                      aligned16(p.w) && aligned16(p.a) && aligned16(p.b) && aligned16(p.c);
-    if (on_tensor_cores)
-      FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(DgradTc<S>{p, {}},
-                                                                DgradEpilogue<S>{p});
+    if (gemm.kernel == Kernel::kConvTc)
+      FR_LAUNCH_AS(gemm, stream, tc_conv_kernel<S>)(DgradTc<S>{p, {}}, DgradEpilogue<S>{p});
   }
-  if (!on_tensor_cores)
-    FR_LAUNCH(grid, SIMT_THREADS, 0, stream, simt_conv_kernel)(DgradOperands<S>{p, {}},
-                                                               DgradEpilogue<S>{p});
+  if (gemm.kernel == Kernel::kConvSimt)
+    FR_LAUNCH_AS(gemm, stream, simt_conv_kernel)(DgradOperands<S>{p, {}}, DgradEpilogue<S>{p});
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.prev_y) return e;
   const int64_t tiles = dgrad_tiles(p.s), C = p.s.C;
   return merge_partials(
       DgradTileSums{static_cast<const float*>(p.workspace), tiles * C, C},
       StoreDgradSums{static_cast<const float*>(p.prev_invstd), static_cast<float*>(p.sum_dx),
                      static_cast<float*>(p.sum_dx_xhat)},
-      tiles, C, merge_groups(tiles, C), merge_results<Sums<2>>(p.workspace, 2 * tiles * C),
-      stream);
+      tiles, C, plan, 1, merge_results<Sums<2>>(p.workspace, 2 * tiles * C), stream);
 }
 
 }  // namespace
 
 cudaError_t launch_conv_dgrad(const ConvDgradParams& p, DType data, cudaStream_t stream) {
   switch (data) {
-    case DType::kFloat: return conv_dgrad_typed<float>(p, stream);
-    case DType::kHalf: return conv_dgrad_typed<__half>(p, stream);
-    case DType::kBFloat16: return conv_dgrad_typed<__nv_bfloat16>(p, stream);
+    case DType::kFloat: return conv_dgrad_typed<float>(p, data, stream);
+    case DType::kHalf: return conv_dgrad_typed<__half>(p, data, stream);
+    case DType::kBFloat16: return conv_dgrad_typed<__nv_bfloat16>(p, data, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -35,24 +35,26 @@ struct StoreStats {
 
 
 template <class S>
-cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
-  const int64_t M = fwd_gemm_m(p.s), kd = fwd_gemm_k(p.s);
-  const dim3 grid(unsigned(conv_tiles(M, BM)), unsigned(conv_tiles(p.s.K, BN)));  // one slice
+cudaError_t conv_fwd_typed(const ConvFwdParams& p, DType data, cudaStream_t stream) {
+  const OpLaunchPlan plan = conv_fwd_plan(p.s, data, p.stats, p.residual != nullptr, p.target);
+  const KernelLaunch& gemm = plan.launches[0];  // one slice
   if constexpr (sizeof(S) == 2) {
-    const bool vec_a = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
-                       aligned16(p.in_shift);
-    const bool vec_b = kd % 8 == 0 && aligned16(p.w);
-    FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(FwdTc<S>{p, vec_a, vec_b},
-                                                              FwdEpilogue<S>{p});
-  } else {
-    FR_LAUNCH(grid, SIMT_THREADS, 0, stream, simt_conv_kernel)(FwdOperands<S>{p},
-                                                               FwdEpilogue<S>{p});
+    if (gemm.kernel == Kernel::kConvTc) {
+      // 16-byte operand loads where channels and pointers allow (else element loads).
+      const bool vec_a = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
+                         aligned16(p.in_shift);
+      const bool vec_b = fwd_gemm_k(p.s) % 8 == 0 && aligned16(p.w);
+      FR_LAUNCH_AS(gemm, stream, tc_conv_kernel<S>)(FwdTc<S>{p, vec_a, vec_b},
+                                                     FwdEpilogue<S>{p});
+    }
   }
+  if (gemm.kernel == Kernel::kConvSimt)
+    FR_LAUNCH_AS(gemm, stream, simt_conv_kernel)(FwdOperands<S>{p}, FwdEpilogue<S>{p});
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess || !p.stats) return e;
-  const int64_t tiles = grid.x, K = p.s.K;
+  const int64_t tiles = gemm.grid.x, K = p.s.K;
   return merge_partials(FwdTileStats{static_cast<const float*>(p.workspace), tiles * K, K},
                         StoreStats{static_cast<float*>(p.mean), static_cast<float*>(p.m2)},
-                        tiles, K, merge_groups(tiles, K),
+                        tiles, K, plan, 1,
                         merge_results<Welford<double>>(p.workspace, 4 * tiles * K), stream);
 }
 
@@ -60,9 +62,9 @@ cudaError_t conv_fwd_typed(const ConvFwdParams& p, cudaStream_t stream) {
 
 cudaError_t launch_conv_fwd(const ConvFwdParams& p, DType data, cudaStream_t stream) {
   switch (data) {
-    case DType::kFloat: return conv_fwd_typed<float>(p, stream);
-    case DType::kHalf: return conv_fwd_typed<__half>(p, stream);
-    case DType::kBFloat16: return conv_fwd_typed<__nv_bfloat16>(p, stream);
+    case DType::kFloat: return conv_fwd_typed<float>(p, data, stream);
+    case DType::kHalf: return conv_fwd_typed<__half>(p, data, stream);
+    case DType::kBFloat16: return conv_fwd_typed<__nv_bfloat16>(p, data, stream);
     default: return cudaErrorInvalidValue;  // no float64 kernels
   }
 }

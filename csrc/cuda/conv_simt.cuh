@@ -109,8 +109,8 @@ struct WgradOperands {
 // 256 threads, 64x64 tile, BK=16, 4x4 outputs per thread, fp32 accumulate. CTA (x, y, z)
 // computes rows [64x, 64x+64) x columns [64y, 64y+64) of grid slice z (common/igemm.h
 // GemmSlice) over the slice's reduction range, then runs the op's epilogue.
-constexpr int SIMT_THREADS = 256;
-constexpr int SIMT_BK = 16;
+constexpr int SIMT_THREADS = kSimtThreads;  // cuda/launch_plan.h
+constexpr int SIMT_BK = kSimtBK;
 
 template <class Ops, class Epi>
 __global__ void __launch_bounds__(SIMT_THREADS) simt_conv_kernel(Ops ops_all, Epi epi) {

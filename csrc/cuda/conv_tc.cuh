@@ -27,8 +27,8 @@ namespace {
 // holes and everything past the tile or the CTA's reduction range, in both operands.
 using mma::KMajorSlot;
 using mma::MNMajorSlot;
-constexpr int TC_THREADS = mma::kThreads;
-constexpr int TC_BK = mma::kBK;
+constexpr int TC_THREADS = kTcThreads;  // cuda/launch_plan.h
+constexpr int TC_BK = kTcBK;
 constexpr int TC_STAGES = 3;
 constexpr int TC_TILE_ELEMS = mma::kStageElems;
 constexpr int TC_PIPE_BYTES = 2 * TC_STAGES * TC_TILE_ELEMS * 2;

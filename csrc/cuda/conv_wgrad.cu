@@ -9,7 +9,7 @@ namespace {
 
 // Per dw element: sum the split-K partials in split order, store in the weight dtype/format.
 template <class O>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kReduceThreads)
     reduce_wgrad_kernel(const float* ws, int64_t splits, ConvShape s, bool krsc, O* dw) {
   const int64_t cols = s.R * s.S * s.C, total = s.K * cols;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -21,50 +21,48 @@ __global__ void __launch_bounds__(256)
 
 
 template <class S>
-cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t stream) {
-  const int64_t cols = fwd_gemm_k(p.s);
+cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType data, DType out,
+                             cudaStream_t stream) {
   // Slice z: split z of the N*P*Q reduction (common/igemm.h wgrad_slice). Split boundaries on
   // multiples of both kernels' BK keep every split's stages full; splits past the end write
   // zero partials, still summed.
   static_assert(kConvTileK % TC_BK == 0 && kConvTileK % SIMT_BK == 0);
-  const dim3 grid(unsigned(conv_tiles(p.s.K, BM)), unsigned(conv_tiles(cols, BN)),
-                  unsigned(p.splits));
-  bool on_tensor_cores = false;
+  // dy in 16-byte vectors (tensor cores); the activations too when also aligned.
+  const bool dy_aligned = aligned16(p.dz) && aligned16(p.y) && aligned16(p.a) &&
+                          aligned16(p.b) && aligned16(p.c);
+  const bool act_aligned = aligned16(p.x) && aligned16(p.in_scale) && aligned16(p.in_shift);
+  const OpLaunchPlan plan = conv_wgrad_plan(p.s, data, out, dy_aligned, act_aligned, p.target);
+  ConvWgradParams q = p;
+  q.splits = plan.splits;
+  q.kchunk = plan.kchunk;
+  const KernelLaunch& gemm = plan.launches[0];
   if constexpr (sizeof(S) == 2) {
-    // dy in 16-byte vectors; the activations too when C % 8 == 0, else element by element.
-    on_tensor_cores = p.s.K % 8 == 0 && aligned16(p.dz) && aligned16(p.y) && aligned16(p.a) &&
-                      aligned16(p.b) && aligned16(p.c);
-    const bool vec_b = p.s.C % 8 == 0 && aligned16(p.x) && aligned16(p.in_scale) &&
-                       aligned16(p.in_shift);
-    if (on_tensor_cores && vec_b)
-      FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(WgradTc<S, true>{p, 0},
-                                                                WgradEpilogue{p});
-    else if (on_tensor_cores)
-      FR_LAUNCH(grid, TC_THREADS, 0, stream, tc_conv_kernel<S>)(WgradTc<S, false>{p, 0},
-                                                                WgradEpilogue{p});
+    if (gemm.kernel == Kernel::kConvTc)
+      FR_LAUNCH_AS(gemm, stream, tc_conv_kernel<S>)(WgradTc<S, true>{q, 0}, WgradEpilogue{q});
+    else if (gemm.kernel == Kernel::kConvTcScalarB)
+      FR_LAUNCH_AS(gemm, stream, tc_conv_kernel<S>)(WgradTc<S, false>{q, 0}, WgradEpilogue{q});
   }
-  if (!on_tensor_cores)
-    FR_LAUNCH(grid, SIMT_THREADS, 0, stream, simt_conv_kernel)(WgradOperands<S>{p, 0},
-                                                               WgradEpilogue{p});
+  if (gemm.kernel == Kernel::kConvSimt)
+    FR_LAUNCH_AS(gemm, stream, simt_conv_kernel)(WgradOperands<S>{q, 0}, WgradEpilogue{q});
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  const float* ws = static_cast<const float*>(p.workspace);
-  const unsigned blocks = blocks_for(p.s.K * cols, 256);
+  const float* ws = static_cast<const float*>(q.workspace);
+  const KernelLaunch& reduce = plan.launches[1];
   switch (out) {
     case DType::kFloat:
-      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
-                                                             static_cast<float*>(p.dw));
+      FR_LAUNCH_AS(reduce, stream, reduce_wgrad_kernel)(ws, q.splits, q.s, q.dw_krsc,
+                                                        static_cast<float*>(q.dw));
       break;
     case DType::kDouble:
-      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
-                                                             static_cast<double*>(p.dw));
+      FR_LAUNCH_AS(reduce, stream, reduce_wgrad_kernel)(ws, q.splits, q.s, q.dw_krsc,
+                                                        static_cast<double*>(q.dw));
       break;
     case DType::kHalf:
-      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
-                                                             static_cast<__half*>(p.dw));
+      FR_LAUNCH_AS(reduce, stream, reduce_wgrad_kernel)(ws, q.splits, q.s, q.dw_krsc,
+                                                        static_cast<__half*>(q.dw));
       break;
     case DType::kBFloat16:
-      FR_LAUNCH(blocks, 256, 0, stream, reduce_wgrad_kernel)(ws, p.splits, p.s, p.dw_krsc,
-                                                             static_cast<__nv_bfloat16*>(p.dw));
+      FR_LAUNCH_AS(reduce, stream, reduce_wgrad_kernel)(ws, q.splits, q.s, q.dw_krsc,
+                                                        static_cast<__nv_bfloat16*>(q.dw));
       break;
   }
   return cudaGetLastError();
@@ -75,9 +73,9 @@ cudaError_t conv_wgrad_typed(const ConvWgradParams& p, DType out, cudaStream_t s
 cudaError_t launch_conv_wgrad(const ConvWgradParams& p, DType data, DType out,
                               cudaStream_t stream) {
   switch (data) {
-    case DType::kFloat: return conv_wgrad_typed<float>(p, out, stream);
-    case DType::kHalf: return conv_wgrad_typed<__half>(p, out, stream);
-    case DType::kBFloat16: return conv_wgrad_typed<__nv_bfloat16>(p, out, stream);
+    case DType::kFloat: return conv_wgrad_typed<float>(p, data, out, stream);
+    case DType::kHalf: return conv_wgrad_typed<__half>(p, data, out, stream);
+    case DType::kBFloat16: return conv_wgrad_typed<__nv_bfloat16>(p, data, out, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -1,18 +1,17 @@
 // Interface between the CUDA kernels (.cu, CUDA headers only) and their launchers (.cpp, ATen):
-// raw pointers and plain parameter structs, no torch types.
+// raw pointers and plain parameter structs, no torch types. Each launch_* executes its op's
+// launch plan (cuda/launch_plan.h) for the device `target` (the launcher passes the real one).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "common/igemm.h"
 #include "common/layout.h"
+#include "cuda/launch_plan.h"
 
 namespace fr::cuda {
-
-enum class DType : int { kFloat, kDouble, kHalf, kBFloat16 };
 
 // Per-channel vectors are in the statistics dtype (double for kDouble data, else float).
 struct BnFinalizeParams {
@@ -32,6 +31,7 @@ struct BnFinalizeParams {
   bool has_momentum;  // false: cumulative average 1/num_batches_tracked
   double eps;
   bool update;
+  DeviceTarget target;
 };
 cudaError_t launch_bn_finalize(const BnFinalizeParams& p, DType stat, cudaStream_t stream);
 
@@ -48,6 +48,7 @@ struct BlockEndParams {
   const void* branch_scale;  // null: no drop path; else (N,) per-sample factors
   int64_t per_sample;        // elements per sample (C*H*W)
   Layout L;
+  DeviceTarget target;
 };
 cudaError_t launch_block_end(const BlockEndParams& p, DType data, cudaStream_t stream);
 
@@ -70,44 +71,15 @@ struct BlockEndBwdParams {
   const void* branch_scale;  // null: no drop path; else (N,) per-sample factors
   int64_t per_sample;        // elements per sample (C*H*W)
   Layout L;
+  DeviceTarget target;
 };
 
-// Per-CTA partial sums go to a workspace [3][chunks][C] that a second kernel reduces in a
-// fixed order: deterministic, no atomics. ~1024 CTAs keep every SM busy.
-inline int64_t block_end_bwd_chunks(const Layout& L) {
-  constexpr int64_t kTargetCtas = 1024;
-  if (L.inner == 1) {  // channels-last: CTA = 32 channels x a range of pixels
-    const int64_t ctiles = (L.C + 31) / 32;
-    return std::max<int64_t>(
-        1, std::min((L.outer + 63) / 64, std::max<int64_t>(1, kTargetCtas / ctiles)));
-  }
-  // NCHW: CTA = one channel x a range of images
-  return std::max<int64_t>(1, std::min(L.outer, std::max<int64_t>(1, kTargetCtas / L.C)));
-}
-inline int64_t block_end_bwd_workspace_elems(const Layout& L) {
-  return 3 * block_end_bwd_chunks(L) * L.C;
-}
 cudaError_t launch_block_end_bwd(const BlockEndBwdParams& p, DType data, cudaStream_t stream);
 
 // ---------------------------------------------------------------- conv ops (conv_*.cu)
 // All data NHWC (the launcher makes it channels_last-contiguous), weight KRSC, groups == 1,
 // float32 / float16 / bfloat16 data (no float64 kernels); per-channel vectors are float32.
 // CTA tile of every conv kernel: common/igemm.h (kConvTileM x kConvTileN, steps of kConvTileK).
-
-// Per-tile partials [parts][C] are merged per channel in a fixed order by cuda/merge.cuh, in
-// two levels: up to ceil(parts / 64) groups, so that ~512 CTAs of 32 channels share the first
-// (a group may be short or even empty: an empty group merges as the identity).
-inline int64_t merge_groups(int64_t parts, int64_t C) {
-  const int64_t cblocks = (C + 31) / 32;
-  return std::max<int64_t>(1, std::min((parts + 63) / 64, std::max<int64_t>(1, 512 / cblocks)));
-}
-// A conv workspace: `partials` floats, then (8-byte aligned: rounded up to an even count) the
-// first merge level's results, `acc_doubles` doubles per group and channel.
-inline int64_t merge_results_offset(int64_t partials) { return partials + partials % 2; }
-inline int64_t conv_workspace_elems(int64_t partials, int64_t parts, int64_t C,
-                                    int64_t acc_doubles) {
-  return merge_results_offset(partials) + 2 * acc_doubles * merge_groups(parts, C) * C;
-}
 
 struct ConvFwdParams {
   const void* x;
@@ -127,13 +99,8 @@ struct ConvFwdParams {
   bool in_relu;
   bool out_relu;
   bool stats;
+  DeviceTarget target;
 };
-// Per-tile Welford partials [count, pivot, mean - pivot, m2][tiles][K] (floats), then the
-// merge's Welford<double> group results.
-inline int64_t conv_fwd_workspace_elems(const ConvShape& s) {
-  const int64_t tiles = conv_tiles(fwd_gemm_m(s), kConvTileM);
-  return conv_workspace_elems(4 * tiles * s.K, tiles, s.K, 3);
-}
 cudaError_t launch_conv_fwd(const ConvFwdParams& p, DType data, cudaStream_t stream);
 
 struct ConvDgradParams {
@@ -154,13 +121,8 @@ struct ConvDgradParams {
   void* sum_dx_xhat;
   void* workspace;  // prev_y: conv_dgrad_workspace_elems floats
   ConvShape s;
+  DeviceTarget target;
 };
-// Per-tile partial sums [sum dx, sum dx*(prev_y - prev_mean)][tiles][C] (floats; tiles of
-// every stride phase), then the merge's group sums (2 doubles).
-inline int64_t conv_dgrad_workspace_elems(const ConvShape& s) {
-  const int64_t tiles = dgrad_tiles(s);
-  return conv_workspace_elems(2 * tiles * s.C, tiles, s.C, 2);
-}
 cudaError_t launch_conv_dgrad(const ConvDgradParams& p, DType data, cudaStream_t stream);
 
 struct ConvWgradParams {
@@ -173,18 +135,26 @@ struct ConvWgradParams {
   const void* b;
   const void* c;
   void* dw;         // weight dtype `out`, KRSC when dw_krsc else KCRS
-  void* workspace;  // conv_wgrad_workspace_elems floats (split-K partials)
+  void* workspace;  // conv_wgrad_workspace_elems(s, target) floats (split-K partials)
   ConvShape s;
-  int64_t splits;
-  int64_t kchunk;  // conv_wgrad_kchunk(s, splits): computed once on the host
+  int64_t splits;  // set by launch_conv_wgrad from its plan (the kernels read them)
+  int64_t kchunk;  // conv_wgrad_kchunk(s, splits)
   bool in_relu;
   bool dw_krsc;
+  DeviceTarget target;
 };
-// Split-K partials of conv_wgrad_splits (common/igemm.h) splits.
-inline int64_t conv_wgrad_workspace_elems(const ConvShape& s) {
-  return conv_wgrad_splits(s) * s.K * s.R * s.S * s.C;
-}
 cudaError_t launch_conv_wgrad(const ConvWgradParams& p, DType data, DType out,
                               cudaStream_t stream);
+
+// A planned launch's grid and block as CUDA dims, and the launch itself:
+//   FR_LAUNCH_AS(launch, stream, kernel)(args...) == kernel<<<grid, block, smem, stream>>>(args...)
+inline dim3 grid_of(const KernelLaunch& l) {
+  return dim3(unsigned(l.grid.x), unsigned(l.grid.y), unsigned(l.grid.z));
+}
+inline dim3 block_of(const KernelLaunch& l) {
+  return dim3(unsigned(l.block.x), unsigned(l.block.y), unsigned(l.block.z));
+}
+#define FR_LAUNCH_AS(l, stream, ...) \
+  FR_LAUNCH(::fr::cuda::grid_of(l), ::fr::cuda::block_of(l), (l).smem, stream, __VA_ARGS__)
 
 }  // namespace fr::cuda

@@ -17,10 +17,6 @@
 
 namespace fr::cuda {
 
-constexpr int kMergeLanes = 8;
-constexpr int kMergeChannels = 32;
-constexpr int kMergeThreads = kMergeLanes * kMergeChannels;
-
 // Sums of N per-channel quantities, in double: thousands of fp32 partials.
 template <int N>
 struct Sums {
@@ -80,24 +76,22 @@ struct GroupResults {
   __device__ void operator()(int64_t g, int64_t c, const Acc& a) const { at[g * C + c] = a; }
 };
 
-// Merge `parts` partials per channel into fin(0, c, Acc). `groups_ws` holds merge_groups(parts,
-// C) Accs per channel; with one group it is not used (may be null).
+// Merge `parts` partials per channel into fin(0, c, Acc) by the planned levels
+// plan.launches[first..] (cuda/launch_plan.h): one launch, or two with `groups_ws` holding
+// the first level's results (one Acc per group and channel; unused with one level).
 template <class Acc, class In, class Final>
-cudaError_t merge_partials(In in, Final fin, int64_t parts, int64_t C, int64_t groups,
-                           Acc* groups_ws, cudaStream_t stream) {
-  const unsigned cblocks = unsigned((C + kMergeChannels - 1) / kMergeChannels);
-  if (groups <= 1) {
-    FR_LAUNCH(dim3(cblocks, 1), kMergeThreads, 0, stream, merge_partials_kernel<Acc>)(
-        in, fin, parts, C, parts);
+cudaError_t merge_partials(In in, Final fin, int64_t parts, int64_t C, const OpLaunchPlan& plan,
+                           size_t first, Acc* groups_ws, cudaStream_t stream) {
+  const KernelLaunch& l1 = plan.launches[first];
+  if (first + 1 == plan.launches.size()) {
+    FR_LAUNCH_AS(l1, stream, merge_partials_kernel<Acc>)(in, fin, parts, C, l1.chunk);
     return cudaGetLastError();
   }
-  const int64_t chunk = (parts + groups - 1) / groups;
+  const KernelLaunch& l2 = plan.launches[first + 1];
   const GroupResults<Acc> mid{groups_ws, C};
-  FR_LAUNCH(dim3(cblocks, unsigned(groups)), kMergeThreads, 0, stream,
-            merge_partials_kernel<Acc>)(in, mid, parts, C, chunk);
+  FR_LAUNCH_AS(l1, stream, merge_partials_kernel<Acc>)(in, mid, parts, C, l1.chunk);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  FR_LAUNCH(dim3(cblocks, 1), kMergeThreads, 0, stream, merge_partials_kernel<Acc>)(
-      mid, fin, groups, C, groups);
+  FR_LAUNCH_AS(l2, stream, merge_partials_kernel<Acc>)(mid, fin, l1.grid.y, C, l2.chunk);
   return cudaGetLastError();
 }
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, replace
 
-from ..launch_plan import Target
+from ..launch_plan import TARGETS, Target  # TARGETS re-exported: the families live there
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,6 @@ class TileConfig:
 KINDS = ("fwd", "dgrad", "wgrad")
 DTYPE_CLASSES = ("16bit", "fp32")  # fp16 and bf16 share tiles
 
-# Families by shared memory per block (opt-in) and SM count of the reference part.
-TARGETS = {
-    "sm80": Target("sm80", 80, 166_912, 108),    # A100
-    "sm86": Target("sm86", 86, 101_376, 84),     # consumer Ampere/Ada (sm_86, sm_89)
-    "sm90": Target("sm90", 90, 232_448, 132),    # H100/H200
-    "sm100": Target("sm100", 100, 232_448, 148),  # B200
-    "sm120": Target("sm120", 120, 101_376, 170),  # consumer Blackwell
-}
 # The interpreter runs one small config (tl.dot needs every dim >= 16; fewer, larger
 # programs are faster there: each program is a Python loop of numpy ops).
 INTERPRETER_TARGET = Target("interpreter", 0, 1 << 30, 4)

@@ -158,6 +158,19 @@ Schedule schedule_from_env() {
   std::abort();
 }
 
+// FUSED_RESNET_CUDA_EMULATOR_LAUNCH_LOG=path: every launch, valid or not, appends a line
+// "kernel<TAB>grid x y z<TAB>block x y z<TAB>dynamic smem bytes" to the file (the launches an
+// op really makes, which tests/test_cuda_plans.py compares with its launch plan).
+void log_launch(const Launch& c) {
+  const char* path = std::getenv("FUSED_RESNET_CUDA_EMULATOR_LAUNCH_LOG");
+  if (path == nullptr || *path == 0) return;
+  if (FILE* f = std::fopen(path, "a")) {
+    std::fprintf(f, "%s\t%u %u %u\t%u %u %u\t%zu\n", c.kernel, c.grid.x, c.grid.y, c.grid.z,
+                 c.block.x, c.block.y, c.block.z, c.smem);
+    std::fclose(f);
+  }
+}
+
 // One launch in progress, and the CTA it is running. One per OS thread.
 struct Runtime {
   const Launch* cfg = nullptr;
@@ -570,6 +583,7 @@ void launch(const Launch& cfg, void (*run)(const void*), const void* thunk) {
                  cfg.kernel);
     std::abort();
   }
+  log_launch(cfg);
   if (!check_config(cfg)) return;
   const Schedule sched = schedule_from_env();
   rt.cfg = &cfg;

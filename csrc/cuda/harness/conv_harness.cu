@@ -26,6 +26,9 @@ namespace {
 using fr::ConvShape;
 using fr::cuda::DType;
 
+// The launch plans' device (cuda/launch_plan.h): an H100's 132 SMs size the wgrad split-K.
+constexpr fr::cuda::DeviceTarget kTarget{90, 132, 232448};
+
 #define CUDA_OK(expr)                                                                  \
   do {                                                                                 \
     cudaError_t e_ = (expr);                                                           \
@@ -191,7 +194,7 @@ bool run_case(int N, int C, int H, int K, int R, int stride, int pad, int dil, D
   prm.x = dx, prm.w = dw, prm.residual = dres;
   prm.in_scale = disc, prm.in_shift = dish, prm.out_scale = dosc, prm.out_shift = dosh;
   prm.y = dy, prm.mean = dmean, prm.m2 = dm2, prm.workspace = dws;
-  prm.s = s, prm.in_relu = true, prm.out_relu = true, prm.stats = true;
+  prm.s = s, prm.in_relu = true, prm.out_relu = true, prm.stats = true, prm.target = kTarget;
   CUDA_OK(fr::cuda::launch_conv_fwd(prm, t, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> y = download(dy, M * s.K, t);
@@ -292,6 +295,7 @@ bool run_dgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   prm.residual = dres, prm.prev_y = dpy, prm.prev_scale = dps, prm.prev_shift = dpb;
   prm.prev_mean = dpm, prm.prev_invstd = dpi;
   prm.dx = ddx, prm.sum_dx = dsum0, prm.sum_dx_xhat = dsum1, prm.workspace = dws, prm.s = s;
+  prm.target = kTarget;
   CUDA_OK(fr::cuda::launch_conv_dgrad(prm, t, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = download(ddx, size_t(M * C), t);
@@ -333,20 +337,20 @@ bool run_wgrad_case(int N, int C, int H, int K, int R, int stride, int pad, int 
   void *dc = upload(bc.c, DType::kFloat), *disc = upload(isc, DType::kFloat);
   void* dish = upload(ish, DType::kFloat);
   void* ddw = device_poisoned(size_t(K * cols) * 4);
-  void* dws = device_poisoned(size_t(fr::cuda::conv_wgrad_workspace_elems(s)) * 4);
+  void* dws = device_poisoned(size_t(fr::cuda::conv_wgrad_workspace_elems(s, kTarget)) * 4);
   fr::cuda::ConvWgradParams prm{};
   prm.x = dx, prm.in_scale = disc, prm.in_shift = dish, prm.dz = ddz, prm.y = dyv;
   prm.a = da, prm.b = db, prm.c = dc, prm.dw = ddw, prm.workspace = dws, prm.s = s;
-  prm.splits = fr::conv_wgrad_splits(s), prm.kchunk = fr::conv_wgrad_kchunk(s, prm.splits);
-  prm.in_relu = true, prm.dw_krsc = true;
+  prm.in_relu = true, prm.dw_krsc = true, prm.target = kTarget;
   CUDA_OK(fr::cuda::launch_conv_wgrad(prm, t, t, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = download(ddw, size_t(K * cols), t);
   const double rel = rel_err(got, dw), worst = max_rel_err(got, dw);
   const bool ok = rel <= data_tol(t) && worst <= 8 * data_tol(t);
+  const int64_t splits = fr::conv_wgrad_splits(s, fr::cuda::conv_wgrad_target_ctas(kTarget));
   std::printf("%s wgrad N=%d C=%d H=%d K=%d R=%d stride=%d pad=%d dil=%d dtype=%d splits=%lld: "
               "dw rel %.2e (worst %.2e)\n", ok ? "ok  " : "FAIL", N, C, H, K, R, stride, pad, dil,
-              int(t), static_cast<long long>(prm.splits), rel, worst);
+              int(t), static_cast<long long>(splits), rel, worst);
   for (void* p : {ddz, dyv, dx, da, db, dc, disc, dish, ddw, dws}) cudaFree(p);
   return ok;
 }
