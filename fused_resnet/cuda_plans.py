@@ -21,6 +21,7 @@ import torch
 
 from . import reference
 from .launch_plan import TARGETS, Launch, OpPlan, Target
+from .launch_plan import ctas_per_sm as occupancy
 
 __all__ = ["OPS", "TARGETS", "op_plan", "kernel_resources", "ctas_per_sm"]
 
@@ -134,36 +135,12 @@ def _launch(name, function, grid, block, smem, config, nbytes, flops, steps, chu
 
 
 # ---------------------------------------------------------------- occupancy
-# Per-SM limits by compute capability, from the CUDA C++ Programming Guide ("Compute
-# Capabilities", technical specifications table) and the CUDA occupancy calculator:
-# resident threads, 32-bit registers, shared memory (the largest carveout), resident CTAs.
-SM_LIMITS = {
-    80: dict(threads=2048, registers=65536, smem=164 * 1024, ctas=32),
-    90: dict(threads=2048, registers=65536, smem=228 * 1024, ctas=32),
-}
-REGISTER_ALLOCATION_UNIT = 256  # registers are allocated per warp in units of 256
-WARP_ALLOCATION_GRANULARITY = 4  # warps per SM are counted in groups of 4 (4 schedulers)
-CTA_RESERVED_SMEM = 1024  # shared memory the system reserves per CTA (compute capability 8.0+)
-
-
 def ctas_per_sm(launch: Launch, resources: dict[str, dict], target: Target) -> int:
-    """CTAs of ``launch`` one SM of ``target`` holds at once: the minimum over threads,
-    registers (per-warp allocation), shared memory (static + dynamic + the per-CTA
-    reservation) and the CTA limit. ``resources``: :func:`kernel_resources` of the arch."""
-    lim = SM_LIMITS[target.arch]
+    """CTAs of ``launch`` one SM of ``target`` holds at once (:func:`launch_plan.ctas_per_sm`).
+    ``resources``: :func:`kernel_resources` of the arch."""
     res = resources[launch.kernel]
-    threads = math.prod(launch.meta["block"])
-    warps = -(-threads // 32)
-    by_threads = lim["threads"] // threads
-    per_warp = -(-res["registers"] * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
-    if per_warp:
-        max_warps = lim["registers"] // per_warp
-        max_warps -= max_warps % WARP_ALLOCATION_GRANULARITY
-        by_registers = max_warps // warps
-    else:
-        by_registers = lim["ctas"]
-    smem = res["smem"] + launch.smem_bytes + CTA_RESERVED_SMEM
-    return min(by_threads, by_registers, lim["smem"] // smem, lim["ctas"])
+    return occupancy(math.prod(launch.meta["block"]), res["registers"],
+                     res["smem"] + launch.smem_bytes, target.arch)
 
 
 def _toolkit():

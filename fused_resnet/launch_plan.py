@@ -87,3 +87,32 @@ class OpPlan:
     def serial_steps(self) -> int:
         """Dependent steps along the op: launches run one after another."""
         return sum(launch.serial_steps for launch in self.launches)
+
+
+# ----------------------------------------------------------------------- occupancy
+# Per-SM limits by compute capability, from the CUDA C++ Programming Guide ("Compute
+# Capabilities", technical specifications table) and the CUDA occupancy calculator:
+# resident threads, 32-bit registers, shared memory (the largest carveout), resident CTAs.
+SM_LIMITS = {
+    80: dict(threads=2048, registers=65536, smem=164 * 1024, ctas=32),
+    90: dict(threads=2048, registers=65536, smem=228 * 1024, ctas=32),
+}
+REGISTER_ALLOCATION_UNIT = 256  # registers are allocated per warp in units of 256
+WARP_ALLOCATION_GRANULARITY = 4  # warps per SM are counted in groups of 4 (4 schedulers)
+CTA_RESERVED_SMEM = 1024  # shared memory the system reserves per CTA (compute capability 8.0+)
+
+
+def ctas_per_sm(threads: int, registers: int | None, smem_bytes: int, arch: int) -> int:
+    """CTAs of a kernel one SM of compute capability ``arch`` holds at once: the minimum over
+    threads, registers per thread (allocated per warp; None: unknown, not a limit), shared
+    memory (static + dynamic + the per-CTA reservation) and the CTA limit."""
+    lim = SM_LIMITS[arch]
+    warps = -(-threads // 32)
+    by_registers = lim["ctas"]
+    per_warp = -(-(registers or 0) * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+    if per_warp:
+        max_warps = lim["registers"] // per_warp
+        max_warps -= max_warps % WARP_ALLOCATION_GRANULARITY
+        by_registers = max_warps // warps
+    by_smem = lim["smem"] // (smem_bytes + CTA_RESERVED_SMEM)
+    return min(lim["threads"] // threads, by_registers, by_smem, lim["ctas"])

@@ -30,8 +30,7 @@ from torch import nn
 
 from fused_resnet import FusedBasicBlock, FusedBottleneck, convert
 from fused_resnet import launch_trace as lt
-from fused_resnet.launch_plan import Launch, Target
-from fused_resnet.triton import configs as triton_configs
+from fused_resnet.launch_plan import SM_LIMITS, TARGETS, Launch, Target, ctas_per_sm
 from fused_resnet.triton import plans as triton_plans
 
 from .cases import R50_CASES, Case
@@ -44,7 +43,8 @@ MAX_SERIAL_STEPS = 64  # budget: dependent steps of one reduction program
 
 @dataclass(frozen=True)
 class GpuModel:
-    """The modeled GPU: its planning target and the constants of the time model."""
+    """The modeled GPU: its planning target and the constants of the time model (per-SM
+    occupancy limits: launch_plan.SM_LIMITS of its arch)."""
 
     name: str
     target: Target
@@ -52,24 +52,21 @@ class GpuModel:
     peak_flops: dict = field(compare=False)  # dtype -> FLOP/s
     launch_s: float  # fixed cost of one launch
     step_s: float  # one dependent step of a serial loop
-    threads_per_sm: int = 2048
-    regs_per_sm: int = 65536
-    smem_per_sm: int = 233_472  # bytes of shared memory per SM
-    smem_reserved_per_cta: int = 1024
-    max_ctas_per_sm: int = 32
     sources: tuple = ()
 
     def constants(self, dtype: torch.dtype) -> dict:
         return {"name": self.name, "sms": self.target.sms, "arch": self.target.arch,
                 "bandwidth_bytes_s": self.bandwidth, "peak_flops": self.peak_flops[dtype],
                 "launch_s": self.launch_s, "serial_step_s": self.step_s,
-                "threads_per_sm": self.threads_per_sm, "regs_per_sm": self.regs_per_sm,
-                "smem_per_sm": self.smem_per_sm, "max_ctas_per_sm": self.max_ctas_per_sm,
-                "sources": list(self.sources), "kind": "modeled"}
+                "per_sm": SM_LIMITS[self.target.arch], "sources": list(self.sources),
+                "kind": "modeled"}
+
+    def ctas_per_sm(self, threads: int, registers: int | None, smem_bytes: int) -> int:
+        return ctas_per_sm(threads, registers, smem_bytes, self.target.arch)
 
 
 H100 = GpuModel(
-    "H100 SXM", triton_configs.TARGETS["sm90"], roofline.PEAK_BW, roofline.PEAK_FLOPS,
+    "H100 SXM", TARGETS["sm90"], roofline.PEAK_BW, roofline.PEAK_FLOPS,
     launch_s=2e-6, step_s=0.5e-6,
     sources=(
         "bandwidth, peak FLOP/s: benchmarks/roofline.py (measured copy bandwidth, dense "
@@ -78,25 +75,9 @@ H100 = GpuModel(
         "and tail)",
         "serial_step_s: one dependent global-memory round trip, ~0.5 us (~800 cycles at "
         "1.7 GHz)",
-        "per SM: 2048 threads, 65536 registers (allocated per warp in units of 256), "
-        "228 KB shared memory with 1 KB reserved per CTA, 32 CTAs (CUDA occupancy rules, "
-        "compute capability 9.0)"),
+        "per SM: threads, registers (allocated per warp in units of 256), shared memory "
+        "(1 KB reserved per CTA) and CTAs: CUDA occupancy rules (fused_resnet.launch_plan)"),
 )
-
-
-# ------------------------------------------------------------------------ occupancy
-def ctas_per_sm(threads: int, regs_per_thread: int | None, smem_bytes: int,
-                gpu: GpuModel) -> int:
-    """Resident CTAs of one kernel per SM: the least of the thread, register, shared-memory
-    and CTA limits (registers unknown: not a limit)."""
-    limits = [gpu.max_ctas_per_sm, gpu.threads_per_sm // max(threads, 1)]
-    if regs_per_thread:
-        warps = -(-threads // 32)
-        regs_per_warp = -(-regs_per_thread * 32 // 256) * 256
-        limits.append(gpu.regs_per_sm // (regs_per_warp * warps))
-    if smem_bytes:
-        limits.append(gpu.smem_per_sm // (smem_bytes + gpu.smem_reserved_per_cta))
-    return max(0, min(limits))
 
 
 # Triton kernel name in a plan -> its kind in the ahead-of-time compile table.
@@ -145,25 +126,26 @@ def _triton_occupancy(resources: dict | None, gpu: GpuModel) -> Callable[[Launch
         res = (resources or {}).get((kind, str(launch.config) if launch.config else None))
         regs = res["regs"] if res else None
         smem = max(res["shared_bytes"] if res else 0, launch.smem_bytes)
-        return ctas_per_sm(32 * launch.num_warps, regs, smem, gpu)
+        return gpu.ctas_per_sm(32 * launch.num_warps, regs, smem)
     return occupancy
 
 
 def _cuda_planner(gpu: GpuModel):
-    """(op_plan, occupancy) of the cuda backend, or the reason there is none."""
+    """(op_plan, occupancy) of the cuda backend, or the reason there is none. Occupancy
+    from ptxas (needs nvcc); without it, from threads alone."""
     try:
         from fused_resnet import cuda_plans
     except ImportError as e:
         return f"the cuda backend's launch plans are not available ({e})"
     try:
         resources = cuda_plans.kernel_resources(gpu.target.arch)
-    except Exception as e:  # noqa: BLE001 - no nvcc: occupancy from threads and smem only
-        resources, _ = {}, e
+    except Exception:  # noqa: BLE001 - no nvcc here
+        resources = None
 
     def occupancy(launch: Launch) -> int:
-        res = resources.get(launch.kernel, {})
-        smem = launch.smem_bytes + res.get("shared_bytes", 0)
-        return ctas_per_sm(32 * launch.num_warps, res.get("regs"), smem, gpu)
+        if resources is None:
+            return gpu.ctas_per_sm(32 * launch.num_warps, None, launch.smem_bytes)
+        return cuda_plans.ctas_per_sm(launch, resources, gpu.target)
     return cuda_plans.op_plan, occupancy
 
 
