@@ -53,6 +53,7 @@ KERNELS = {
     "block_end_bwd": (elementwise.block_end_bwd_kernel, {"d_out_ptr", "out_ptr", "y_ptr",
                                                          "y_d_ptr", "dz_ptr"}),
     "bn_finalize": (elementwise.bn_finalize_kernel, set()),
+    "bn_backward": (elementwise.bn_backward_kernel, set()),
 }
 
 # The heaviest flag combinations the blocks use (training forward/backward, inference).
@@ -74,7 +75,12 @@ _OTHER_CONSTEXPRS = {
                           BLOCK_C=configs.ELEMENTWISE_GPU[1]),
     "bn_finalize": dict(HAS_WEIGHT=True, HAS_BIAS=True, UPDATE=True, HAS_NBT=True,
                         CUMULATIVE=True, BLOCK_C=1024),
+    "bn_backward": dict(BATCH_STATS=True, HAS_WEIGHT=True, HAS_BIAS=True,
+                        BLOCK_C=configs.REDUCE_GPU[1]),
 }
+
+
+_FLOAT_ARGS = {"count", "unbiased_count", "momentum", "eps"}  # the launchers pass floats
 
 
 def _signature(kind: str, dtype: str, constexprs: dict, divisible: set[str]):
@@ -87,6 +93,8 @@ def _signature(kind: str, dtype: str, constexprs: dict, divisible: set[str]):
             sig[name] = "*i64"
         elif name.endswith("_ptr"):
             sig[name] = _TYPES[dtype] if name in data_ptrs else "*fp32"
+        elif name in _FLOAT_ARGS:
+            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     # What the JIT would specialize at run time: 16-byte aligned pointers, and the
