@@ -259,10 +259,12 @@ def conv_dgrad_kernel(
     n_r = (KH - r0 + tap_step - 1) // tap_step
     n_s = (KW - s0 + tap_step - 1) // tap_step
 
-    # Tap r0 + i*tap_step reaches output row hq + h_off0 - i*tap_shift (exact divisions:
-    # r0 was chosen so, and tap_step*dilation is a multiple of stride).
-    h_off0 = (ph + padding - r0 * dilation) // stride
-    w_off0 = (pw + padding - s0 * dilation) // stride
+    # Tap r0 + i*tap_step reaches output row h_base - i*tap_shift (exact divisions: r0
+    # was chosen so, and tap_step*dilation is a multiple of stride). 32-bit coordinates
+    # (fewer registers live across the loop); addresses are 64-bit.
+    h_base = hq.to(tl.int32) + (ph + padding - r0 * dilation) // stride
+    w_base = wq.to(tl.int32) + (pw + padding - s0 * dilation) // stride
+    img = img.to(tl.int32)
     tap_shift = tap_step * dilation // stride
 
     k_total = KH * KW * C_in
@@ -276,10 +278,10 @@ def conv_dgrad_kernel(
         s = s0 + j * tap_step
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < C_out
-        h_o = hq + (h_off0 - i * tap_shift)
-        w_o = wq + (w_off0 - j * tap_shift)
+        h_o = h_base - i * tap_shift
+        w_o = w_base - j * tap_shift
         row_ok = m_mask & (h_o >= 0) & (h_o < H_out) & (w_o >= 0) & (w_o < W_out)
-        rows = ((img * H_out + h_o) * W_out + w_o) * C_out
+        rows = ((img.to(tl.int64) * H_out + h_o) * W_out + w_o) * C_out
         dy = _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
                                c_ptr)
         wt = tl.load(w_ptr + offs_k[:, None] * k_total + (r * KW + s) * C_in + offs_n[None, :],
@@ -334,14 +336,17 @@ def conv_wgrad_kernel(
     P = N * H_out * W_out
 
     # Pixels are decoded once; each step advances them by SPLIT_K*BLOCK_K pixels, as
-    # (images, rows, columns) with carries: no division in the K loop.
-    offs_p, p_mask, img, h_o, w_o = pixel_tile(pid_k, P, H_out, W_out, BLOCK_K)
+    # (images, rows, columns) with carries: no division in the K loop. 32-bit
+    # coordinates (fewer registers live across the loop); addresses are 64-bit.
+    _, _, img, h_o, w_o = pixel_tile(pid_k, P, H_out, W_out, BLOCK_K)
+    img, h_o, w_o = img.to(tl.int32), h_o.to(tl.int32), w_o.to(tl.int32)
     step = SPLIT_K * BLOCK_K
     step_w = step % W_out
     step_h = step // W_out % H_out
     step_img = step // (W_out * H_out)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for _ in range(pid_k, tl.cdiv(P, BLOCK_K), SPLIT_K):
+        offs_p = (img.to(tl.int64) * H_out + h_o) * W_out + w_o
         p_mask = offs_p < P
         # dy^T tile [C_out, pixels], loaded transposed: rows are channels here.
         dy = tl.trans(_load_output_grad(dz_ptr, y_ptr, offs_p * C_out, p_mask, offs_m,
@@ -349,21 +354,23 @@ def conv_wgrad_kernel(
         h_in = h_o * stride - padding + r * dilation
         w_in = w_o * stride - padding + s * dilation
         row_ok = p_mask & (h_in >= 0) & (h_in < H) & (w_in >= 0) & (w_in < W)
-        rows = ((img * H + h_in) * W + w_in) * C_in
+        rows = ((img.to(tl.int64) * H + h_in) * W + w_in) * C_in
         act = _load_activation(x_ptr, rows, row_ok, offs_n, n_mask, in_scale_ptr, in_shift_ptr,
                                HAS_IN_AFFINE, IN_RELU)
         acc = tl.dot(dy, act, acc, input_precision=DOT_PRECISION)
-        offs_p += step
         w_o, carry = _wrap(w_o + step_w, W_out)
         h_o, carry = _wrap(h_o + step_h + carry, H_out)
         img += step_img + carry
 
     taps = KH * KW
-    base = (pid_k * C_out + offs_m[:, None]).to(tl.int64) * (taps * C_in)
+    out_ptr += pid_k.to(tl.int64) * C_out * taps * C_in  # this split's slice
+    # 32-bit offsets inside one weight (the launcher checks its size): half the
+    # registers of a [BLOCK_M, BLOCK_N] tile of 64-bit ones.
+    row = offs_m[:, None] * (taps * C_in)
     if OUT_KCRS:
-        offs = base + offs_n[None, :] * taps + tap
+        offs = row + offs_n[None, :] * taps + tap
     else:
-        offs = base + tap * C_in + offs_n[None, :]
+        offs = row + tap * C_in + offs_n[None, :]
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty),
              mask=m_mask[:, None] & n_mask[None, :])
 
@@ -501,6 +508,9 @@ def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
     if dz.dtype != x.dtype:  # both feed one tl.dot
         raise NotImplementedError(f"fused_resnet triton conv_bwd_weight: x is {x.dtype} but "
                                   f"dz is {dz.dtype}")
+    if weight.numel() >= 2**31:
+        raise NotImplementedError("fused_resnet triton conv_bwd_weight: weights of 2**31 "
+                                  "or more elements are not supported")
     n, c_in, h, w = x.shape
     _, c_out, h_out, w_out = dz.shape
     kh, kw = weight.shape[2], weight.shape[3]
