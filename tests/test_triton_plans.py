@@ -1,7 +1,8 @@
 """Structure of the Triton launches at ResNet-50 shapes, from the launch plans the launchers
 execute (fused_resnet/triton/plans.py), without a GPU: reductions never walk more than
 MAX_SERIAL_STEPS dependent steps, wgrad fills an H100 with at least two waves, every op
-stays within its launch budget, and no config passes the family's shared memory."""
+stays within its launch budget, and no config passes the family's shared memory. And
+op_plan, what one op call sends to the device, against what the launchers really do."""
 
 from __future__ import annotations
 
