@@ -105,12 +105,27 @@ harness() {
 run_step sanitizer 20 $(min 80 $(( $(left) - 150 ))) "$OUT/sanitizer.log" harness
 
 # ---------------------------------------------------------------------------- 4. GPU tests
-# The CUDA conv ops and whole blocks first: the full GPU suite may not fit the budget.
-run_step gpu_tests 30 $(min 90 $(( $(left) - 110 ))) "$OUT/pytest_gpu.log" \
-  "$PY" -m pytest -m gpu tests/test_conv_igemm.py tests/test_gpu.py tests -q -rs \
-  --maxfail=20 -p no:cacheprovider
-rc=$?
-[ $rc -eq 5 ] && echo "gpu_tests: no test collected (pytest rc 5)" >> "$SUMMARY"
+# In groups, each under its own budget (seconds; never past what the benchmark needs):
+# the Triton backend's GPU checks first (batch-128 stage blocks, fp32 without TF32, CUDA
+# graph capture, a non-default stream and cuda:1, torch.compile, > 2^31 elements), then
+# the Triton ops and blocks at ResNet shapes, the CUDA backend, and the rest. The summary
+# gives each group's time and pytest's last line.
+GPU_GROUPS=()
+gpu_group() {  # NAME BUDGET_S PYTEST_ARGS...
+  local name=$1 budget=$2 rc
+  shift 2
+  GPU_GROUPS+=("$name")
+  run_step "$name" 20 $(min "$budget" $(( $(left) - 80 ))) "$OUT/pytest_$name.log" \
+    "$PY" -m pytest -q -rs -p no:cacheprovider --durations=5 --maxfail=20 "$@"
+  rc=$?
+  [ $rc -eq 5 ] && echo "$name: no test collected (pytest rc 5)" >> "$SUMMARY"
+}
+gpu_group gpu_triton 150 -m gpu tests/test_gpu.py -k "test_triton_ or (past_2 and triton)"
+gpu_group gpu_triton_ops 90 -m gpu tests/test_triton_ops.py tests/test_gpu.py \
+  -k "test_triton_ops or (stage_blocks_against and triton)"
+gpu_group gpu_cuda 90 -m gpu tests/test_conv_igemm.py tests/test_gpu.py -k "not triton"
+gpu_group gpu_other 60 -m gpu tests --ignore=tests/test_gpu.py \
+  --ignore=tests/test_triton_ops.py --ignore=tests/test_conv_igemm.py
 
 # ---------------------------------------------------------------------------- 5. benchmark
 # The benchmark stops starting rows at --budget-s and writes its outputs on SIGTERM too.
@@ -130,8 +145,11 @@ run_step bench 60 "$bench_t" "$OUT/bench.log" \
   echo
   echo "--- sanitizer"
   grep -E '^(FAIL|all ok|FAILED)|ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" 2>/dev/null
-  echo "--- gpu tests"
-  tail -n 3 "$OUT/pytest_gpu.log" 2>/dev/null
+  echo "--- gpu tests (group, seconds, pytest's last line)"
+  for g in "${GPU_GROUPS[@]}"; do
+    printf '%-16s %5s  %s\n' "$g" "$(grep -E "^$g " "$SUMMARY" | awk '{print $NF}' | head -1)" \
+      "$(tail -n 1 "$OUT/pytest_$g.log" 2>/dev/null)"
+  done
   echo "--- backends"
   cat "$OUT/backends.txt" 2>/dev/null
   echo "--- benchmark (16-block ResNet-50 ms, network img/s)"

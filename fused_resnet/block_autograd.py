@@ -297,14 +297,6 @@ def run_block(plan: BlockPlan, x: Tensor, tensors: tuple,
     return ResidualBlockFunction.apply(plan, x, branch_scale, *tensors)
 
 
-def _bn_grads(sum_dz: Tensor, sum_dz_xhat: Tensor, tensors: tuple, needs: tuple) -> tuple:
-    """``dgamma = sum(dz*xhat)``, ``dbeta = sum(dz)``, cast to the parameters' dtypes."""
-    _, gamma, beta, *_ = tensors
-    dgamma = sum_dz_xhat.to(gamma.dtype) if needs[1] and gamma is not None else None
-    dbeta = sum_dz.to(beta.dtype) if needs[2] and beta is not None else None
-    return dgamma, dbeta
-
-
 class ResidualBlockFunction(torch.autograd.Function):
     """Autograd of one fused residual block (bottleneck or basic), any backend; with
     ``plan.residual`` False, of a plain conv->BN->ReLU (the ResNet stem).
@@ -350,16 +342,27 @@ class ResidualBlockFunction(torch.autograd.Function):
         unit_tensors = [(weights[i], *ctx.bn_params[i]) for i in range(n_units)]
         grads: list = [None] * (k * n_units)
 
-        def coeffs(i: int, sum_dz: Tensor, sum_dz_xhat: Tensor):
+        def bn_backward(i: int, sum_dz: Tensor, sum_dz_xhat: Tensor):
+            """(a, b, c) of unit i's BN backward, and its parameters' gradients."""
             u, norm = outs[i], plan.units[i].norm
+            _, gamma, beta = unit_tensors[i]
             if norm.batch_stats and norm.sync:
+                # The parameters' gradients from this rank's own sums (DDP averages them);
+                # (a, b, c) from the group's, with a device-side count: plain torch.
+                grads = reference.bn_param_grads(sum_dz, sum_dz_xhat, gamma, beta)
                 sum_dz, sum_dz_xhat = distributed.all_reduce_sums(sum_dz, sum_dz_xhat, norm.group)
-            return reference.bn_bwd_coeffs(sum_dz, sum_dz_xhat, u.count, u.scale, u.mean,
-                                           u.invstd, norm.batch_stats)
+                abc = reference.bn_bwd_coeffs(sum_dz, sum_dz_xhat, u.count, u.scale, u.mean,
+                                              u.invstd, norm.batch_stats)
+                return abc, grads
+            *abc, dgamma, dbeta = ops.bn_backward(sum_dz, sum_dz_xhat, u.count, u.scale, u.mean,
+                                                  u.invstd, norm.batch_stats, gamma, beta)
+            return abc, (dgamma, dbeta)
 
-        def set_grads(i: int, dw, sum_dz, sum_dz_xhat):
-            dgamma, dbeta = _bn_grads(sum_dz, sum_dz_xhat, unit_tensors[i], unit_needs[i])
-            grads[i * k:i * k + 3] = [dw, dgamma, dbeta]
+        def set_grads(i: int, dw, param_grads):
+            needs_gamma, needs_beta = unit_needs[i][1:3]
+            dgamma, dbeta = param_grads
+            grads[i * k:i * k + 3] = [dw, dgamma if needs_gamma else None,
+                                      dbeta if needs_beta else None]
 
         def wgrad(i: int, inp: Tensor, prologue: _UnitOut | None, dz: Tensor, abc):
             if not unit_needs[i][0]:
@@ -400,9 +403,8 @@ class ResidualBlockFunction(torch.autograd.Function):
         d_shortcut = dz_shortcut if needs[1] and plan.residual else None
         if sc is not None:
             x_sc = plan.shortcut_input(x)
-            abc = coeffs(n_chain, sum_dz_shortcut, sum_dz_xhat_d)
-            set_grads(n_chain, wgrad(n_chain, x_sc, None, dz_shortcut, abc), sum_dz_shortcut,
-                      sum_dz_xhat_d)
+            abc, param_grads = bn_backward(n_chain, sum_dz_shortcut, sum_dz_xhat_d)
+            set_grads(n_chain, wgrad(n_chain, x_sc, None, dz_shortcut, abc), param_grads)
             d_shortcut = None
             if needs[1]:
                 d_shortcut = dgrad(n_chain, dz_shortcut, abc, x_sc.shape)[0]
@@ -412,10 +414,10 @@ class ResidualBlockFunction(torch.autograd.Function):
 
         # Chain, last unit first: dgrad of conv i yields dz of unit i-1 and its BN sums.
         for i in range(n_chain - 1, -1, -1):
-            abc = coeffs(i, sum_dz, sum_dz_xhat)
+            abc, param_grads = bn_backward(i, sum_dz, sum_dz_xhat)
             prev = outs[i - 1] if i > 0 else None
             inp = prev.y if prev else x
-            set_grads(i, wgrad(i, inp, prev, dz, abc), sum_dz, sum_dz_xhat)
+            set_grads(i, wgrad(i, inp, prev, dz, abc), param_grads)
             upstream = needs[1] or any(any(unit_needs[j][:3]) for j in range(i))
             if not upstream:
                 break

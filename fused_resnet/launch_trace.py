@@ -28,9 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
-from ._fakes import _FAKES, OP_NAMES
+from ._fakes import _FAKES, OP_NAMES, fake_bn_backward
 from .launch_plan import Launch, Target
-from .ops import Backend
+from .ops import BN_BACKWARD_KERNELS, Backend
 
 aten = torch.ops.aten
 
@@ -147,14 +147,17 @@ class LaunchRecorder(TorchDispatchMode):
         return out
 
 
-_SIGNATURES = {op: inspect.signature(_FAKES[op]) for op in OP_NAMES}
+_KERNELS = {**_FAKES, "bn_backward": fake_bn_backward}
+_SIGNATURES = {op: inspect.signature(fake) for op, fake in _KERNELS.items()}
 
 
 def planning_backend(name: str, op_plan: Callable, target: Target,
                      recorder: LaunchRecorder) -> Backend:
     """A :class:`~fused_resnet.ops.Backend` named ``name`` whose ops return fake outputs
     (meta tensors of the right shapes) and record ``op_plan(op, args, target)``, the
-    launches backend ``name``'s launcher would make for the same arguments."""
+    launches backend ``name``'s launcher would make for the same arguments. BN backward
+    is planned too where the backend has a kernel for it; elsewhere it runs in torch,
+    recorded as the ATen ops it is."""
 
     def serve(op: str) -> Callable:
         def call(*args, **kwargs):
@@ -162,10 +165,11 @@ def planning_backend(name: str, op_plan: Callable, target: Target,
             bound.apply_defaults()
             recorder.add(name, op, op_plan(op, bound.args, target))
             with recorder.paused():
-                return _FAKES[op](*bound.args)
+                return _KERNELS[op](*bound.args)
         return call
 
-    return Backend(name, **{op: serve(op) for op in OP_NAMES})
+    extra = {"bn_backward": serve("bn_backward")} if name in BN_BACKWARD_KERNELS else {}
+    return Backend(name, **{op: serve(op) for op in OP_NAMES}, **extra)
 
 
 @contextlib.contextmanager

@@ -73,9 +73,15 @@ if _EXTENSION_UNAVAILABLE is None:
 
 
 # --------------------------------------------------------------------------- backends
+# The backends with a kernel of their own for BN backward (the others run it in torch).
+BN_BACKWARD_KERNELS = {"triton": "bn_backward_triton"}
+
+
 @dataclass(frozen=True)
 class Backend:
-    """The six fused ops of one backend (see the module docstring)."""
+    """The six fused ops of one backend (see the module docstring), and ``bn_backward``
+    (:func:`fused_resnet.reference.bn_backward`: plain torch unless the backend has a
+    kernel for it)."""
 
     name: str
     conv_fwd: Callable
@@ -84,13 +90,14 @@ class Backend:
     block_end_bwd: Callable
     conv_bwd_data: Callable
     conv_bwd_weight: Callable
+    bn_backward: Callable = reference.bn_backward
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
 
 
-def _backend_from(name: str, ops: Callable[[str], Callable]) -> Backend:
-    return Backend(name, **{op: ops(op) for op in OP_NAMES})
+def _backend_from(name: str, ops: Callable[[str], Callable], **extra: Callable) -> Backend:
+    return Backend(name, **{op: ops(op) for op in OP_NAMES}, **extra)
 
 
 @functools.cache
@@ -105,7 +112,9 @@ def get_backend(name: str) -> Backend:
     if name == "reference":
         return _backend_from(name, lambda op: getattr(reference, op))
     if name == "triton":
-        return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"))
+        return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"),
+                             bn_backward=getattr(torch.ops.fused_resnet,
+                                                 BN_BACKWARD_KERNELS[name]))
     if name == "cuda" and cuda_emulated():
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet_cuda_emu, op))
     return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op))

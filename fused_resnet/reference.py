@@ -280,6 +280,31 @@ def bn_bwd_coeffs(
     return scale, b, c
 
 
+def bn_param_grads(sum_dz: Tensor, sum_dz_xhat: Tensor, weight: Tensor | None,
+                   bias: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """``dweight = sum(dz*xhat)``, ``dbias = sum(dz)`` in the parameters' dtypes (None for
+    an absent parameter)."""
+    return (sum_dz_xhat.to(weight.dtype) if weight is not None else None,
+            sum_dz.to(bias.dtype) if bias is not None else None)
+
+
+def bn_backward(
+    sum_dz: Tensor,
+    sum_dz_xhat: Tensor,
+    count: int | Tensor,
+    scale: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    batch_stats: bool,
+    weight: Tensor | None,
+    bias: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Everything BN backward needs from the sums: ``(a, b, c)`` of :func:`bn_bwd_coeffs`
+    and the gradients of ``weight`` and ``bias`` (:func:`bn_param_grads`)."""
+    return (*bn_bwd_coeffs(sum_dz, sum_dz_xhat, count, scale, mean, invstd, batch_stats),
+            *bn_param_grads(sum_dz, sum_dz_xhat, weight, bias))
+
+
 def _bn_bwd_apply(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """``a*dz + b*y + c`` per channel, in the statistics dtype."""
     return (dz.to(a.dtype) * _per_channel(a) + y.to(a.dtype) * _per_channel(b)

@@ -148,8 +148,10 @@ def test_tensors_past_2_to_the_31_elements(backend):
 # ------------------------------------------------------------------- Triton backend
 TRITON = pytest.mark.skipif("triton" not in GPU_BACKENDS,
                             reason="the triton backend does not serve CUDA here")
-# The ResNet-50 stage blocks at batch 128, as training runs them.
-B128_STAGES = [(64, 64, 1, True, 56), (256, 128, 2, True, 56), (512, 256, 2, True, 28),
+# The ResNet-50 stage blocks at batch 128, as training runs them: each stage's first
+# (projection) block and its repeating block.
+B128_STAGES = [(64, 64, 1, True, 56), (256, 64, 1, False, 56), (256, 128, 2, True, 56),
+               (512, 128, 1, False, 28), (512, 256, 2, True, 28), (1024, 256, 1, False, 14),
                (1024, 512, 2, True, 14), (2048, 512, 1, False, 7)]
 
 
@@ -183,12 +185,29 @@ def test_triton_batch128_stage_blocks(stage):
 
 
 @TRITON
-def test_triton_fp32_without_tf32_meets_the_fp32_tolerance():
-    tv, fused, x = _triton_pair((256, 64, 1, False, 14), torch.float32, 8)
+@pytest.mark.parametrize("stage", [(256, 64, 1, False, 14), (256, 128, 2, True, 28)],
+                         ids=["identity", "projection-s2"])
+def test_triton_fp32_without_tf32_meets_the_fp32_tolerance(stage):
+    """TF32 off: eval output, and a training step's output, input and parameter
+    gradients, within the fp32 tolerance of float64 (2x eager fp32's own error)."""
+    tv, fused, x = _triton_pair(stage, torch.float32, 8)
     oracle = copy.deepcopy(tv).double()
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         out = fused.eval()(x)
-    assert_close(out, oracle.eval()(x.double()), torch.float32)
+        assert_close(out, oracle.eval()(x.double()), torch.float32, what="eval out")
+        for block in (fused, tv, oracle):
+            block.train()
+        xs = [x.clone().requires_grad_() for _ in range(2)] + [x.double().requires_grad_()]
+        outs = [fused(xs[0]), tv(xs[1]), oracle(xs[2])]
+        g = torch.randn_like(outs[2])
+        for o in outs:
+            o.backward(g.to(o.dtype))
+    plain_params, ref_params = dict(tv.named_parameters()), dict(oracle.named_parameters())
+    pairs = [("out", outs[0], outs[1], outs[2]), ("x.grad", *(t.grad for t in xs))]
+    pairs += [(f"{name}.grad", p.grad, plain_params[name].grad, ref_params[name].grad)
+              for name, p in fused.named_parameters()]
+    for what, got, plain, want in pairs:
+        assert_close(got, want, torch.float32, rel_err(plain, want), what=what)
 
 
 @TRITON

@@ -64,7 +64,7 @@ def test_every_kernel_family_and_dtype_compiles():
     results = compiled()
     assert {r["kind"] for r in results} == {"fwd", "dgrad", "wgrad", "merge_stats",
                                             "column_sum", "block_end", "block_end_bwd",
-                                            "bn_finalize"}
+                                            "bn_finalize", "bn_backward"}
     assert {(r["target"], r["dtype"]) for r in results if r["kind"] == "fwd"} == \
         {(t, d) for t in aot.AOT_TARGETS for d in aot.DTYPES}
 
@@ -97,8 +97,8 @@ def test_every_table_config_and_fallback_is_a_job():
 
 
 def test_check_flags_each_fault():
-    """problems() fails a spill, shared memory past the target, and an undercounting
-    estimate, and passes a clean result."""
+    """problems() fails a spill, shared memory past the target, an undercounting
+    estimate and a division in a K loop, and passes a clean result."""
     from fused_resnet.triton import aot, configs
 
     ok = {"kind": "fwd", "target": "sm90", "stack": 0, "local": 0, "shared_bytes": 1000,
@@ -109,6 +109,7 @@ def test_check_flags_each_fault():
     assert any("> 232448 B" in p for p in aot.problems({**ok, "shared_bytes": over,
                                                         "smem_estimate": over}))
     assert "smem_estimate" in aot.problems({**ok, "shared_bytes": 2001})[0]
+    assert "in the K loop" in aot.problems({**ok, "k_loop_divisions": 2})[0]
 
 
 def test_cache_key_covers_sources_job_and_triton(monkeypatch):
@@ -121,3 +122,48 @@ def test_cache_key_covers_sources_job_and_triton(monkeypatch):
     monkeypatch.setattr(aot, "_sources_digest", lambda: "other sources or triton")
     assert path != aot._cache_path(job)
     assert str(path).startswith(str(aot.CACHE_DIR))
+
+
+def test_no_division_in_any_conv_k_loop():
+    """The K loops of conv forward, dgrad and wgrad carry their indices from step to step:
+    no integer division or remainder inside the loop around tl.dot (Triton IR of a 3x3
+    kernel of each flag set, for sm_80 and sm_90)."""
+    proc = _aot("--k-loops")
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, "\n".join(lines[-40:]) + proc.stderr[-2000:]
+    assert lines[-1].endswith(" 0 failing") and "conv kernels" in lines[-1], lines[-1]
+
+
+LOOP_IR = """\
+  tt.func public @k(%n: i32, %m: i32) {
+    %q0 = arith.divsi %n, %m : i32
+    %r = scf.for %i = %c0 to %n step %c1 iter_args(%acc = %z) -> (tensor<16x16xf32>) : i32 {
+      %q = arith.remsi %i, %m : i32
+      %v = scf.if %p -> (i32) {
+        %d = arith.divui %i, %m : i32
+        scf.yield %d : i32
+      } else {
+        scf.yield %i : i32
+      }
+      %acc2 = tt.dot %a, %b, %acc : tensor<16x16xf16> * tensor<16x16xf16> -> tensor<16x16xf32>
+      scf.yield %acc2 : tensor<16x16xf32>
+    }
+    %s = scf.for %j = %c0 to %n step %c1 iter_args(%t = %c0) -> (i32) : i32 {
+      %e = arith.remsi %j, %m : i32
+      scf.yield %e : i32
+    }
+    tt.return
+  }
+"""
+
+
+def test_k_loop_divisions_are_found_only_in_dot_loops():
+    """The IR scan finds divisions in a loop with tl.dot (nested regions included), not
+    before it nor in a loop without a dot."""
+    from fused_resnet.triton import aot
+
+    found = aot.k_loop_divisions(LOOP_IR)
+    assert [line.split(" = ")[0] for line in found] == ["%q", "%d"], found
+    clean = LOOP_IR.replace("%q = arith.remsi", "%q = arith.addi").replace("arith.divui",
+                                                                           "arith.muli")
+    assert aot.k_loop_divisions(clean) == []

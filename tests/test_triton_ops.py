@@ -264,6 +264,30 @@ def test_bn_finalize(momentum, affine, update):
             assert_close(o, r, torch.float32, what=name)
 
 
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_bn_backward(param_dtype, affine, batch_stats):
+    """One launch: (a, b, c) as reference.bn_bwd_coeffs and the parameter gradients in
+    the parameters' dtype, on an odd channel count (more than one channel block)."""
+    c, count = 75, 37
+    sums = (_vec(c) * count, _vec(c) * count)
+    stats = (_vec(c, 1.0), _vec(c, 0.5), _vec(c, 1.0).abs() + 0.1)  # scale, mean, invstd
+    weight, bias = (_vec(c).to(param_dtype) for _ in range(2)) if affine else (None, None)
+    a, b, cc, dweight, dbias = OPS.bn_backward_triton(*sums, count, *stats, batch_stats,
+                                                      weight, bias)
+    for got, want, name in zip((a, b, cc), reference.bn_bwd_coeffs(*sums, count, *stats,
+                                                                   batch_stats), "abc"):
+        assert got.dtype == torch.float32 and got.shape == (c,), name
+        assert_close(got, want, torch.float32, what=name)
+    if affine:
+        for got, want, name in ((dweight, sums[1], "dweight"), (dbias, sums[0], "dbias")):
+            assert got.dtype == param_dtype and got.shape == (c,), name
+            assert torch.equal(got, want.to(param_dtype)), name
+    else:
+        assert dweight.numel() == dbias.numel() == 0
+
+
 # ------------------------------------------------------------------ NaN propagation
 def test_nan_propagates_through_conv_fwd():
     kw = _conv_kwargs(CONV_CASES[0], torch.float32)
@@ -331,6 +355,9 @@ def test_opcheck_block_end_and_bn_finalize():
     torch.library.opcheck(OPS.bn_finalize_triton.default,
                           (_vec(5), torch.rand(5, device=DEVICE), 32, _vec(5), _vec(5), *state,
                            None, 1e-5, True))
+    torch.library.opcheck(OPS.bn_backward_triton.default,
+                          (_vec(5), _vec(5), 32, _vec(5), _vec(5), _vec(5).abs(), True,
+                           _vec(5), None))
 
 
 def test_torch_compile_fullgraph():

@@ -66,7 +66,7 @@ def channel_tile(pid, C, BLOCK: tl.constexpr):
 def column_sum_kernel(part_ptr, out_ptr, rows, cols, row_stride, chunk, BLOCK_R: tl.constexpr,
                       BLOCK_C: tl.constexpr):
     """out[g, c] = sum of part[r, c] (at part_ptr + r*row_stride + c) over the rows r of
-    group g, [g*chunk, (g+1)*chunk):
+    group g, [g*chunk, (g+1)*chunk), stored in out's dtype:
     [BLOCK_R, BLOCK_C] tiles summed with tl.sum, in row order. Deterministic, no atomics."""
     offs_c, c_mask = channel_tile(tl.program_id(0), cols, BLOCK_C)
     g = tl.program_id(1)
@@ -79,7 +79,8 @@ def column_sum_kernel(part_ptr, out_ptr, rows, cols, row_stride, chunk, BLOCK_R:
         acc += tl.sum(tl.load(part_ptr + offs_r[:, None] * row_stride + offs_c[None, :],
                               mask=mask,
                               other=0.0), axis=0)
-    tl.store(out_ptr + g.to(tl.int64) * cols + offs_c, acc, mask=c_mask)
+    tl.store(out_ptr + g.to(tl.int64) * cols + offs_c, acc.to(out_ptr.dtype.element_ty),
+             mask=c_mask)
 
 
 def launcher(kernel):
@@ -98,19 +99,25 @@ def device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def column_sum(part: torch.Tensor, target: Target) -> torch.Tensor:
+def column_sum(part: torch.Tensor, target: Target,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Deterministic sum over dim 0 of an fp32 ``[rows, cols]`` view with unit column
-    stride, in the levels of :func:`plans.column_sum_launches`; a fresh ``[cols]`` tensor."""
+    stride, in the levels of :func:`plans.column_sum_launches`: into ``out`` (any dtype,
+    ``cols`` dense elements, written by the last level), else a fresh fp32 ``[cols]``."""
     rows, cols = part.shape
-    for launch in plans.column_sum_launches(rows, cols, target):
+    levels = plans.column_sum_launches(rows, cols, target)
+    for launch in levels:
         groups = launch.grid[1]
-        out = torch.empty((groups, cols), dtype=torch.float32, device=part.device)
+        if launch is levels[-1] and out is not None:
+            dest = out
+        else:
+            dest = torch.empty((groups, cols), dtype=torch.float32, device=part.device)
         launcher(column_sum_kernel)[launch.grid](
-            part, out, launch.meta["rows"], cols, part.stride(0), launch.meta["chunk"],
+            part, dest, launch.meta["rows"], cols, part.stride(0), launch.meta["chunk"],
             BLOCK_R=launch.meta["BLOCK_R"], BLOCK_C=launch.meta["BLOCK_C"],
             **launch_options(launch.num_warps))
-        part = out
-    return part.view(cols)
+        part = dest
+    return part if out is not None else part.view(cols)
 
 
 def launch_options(num_warps: int, num_stages: int | None = None) -> dict:
@@ -149,7 +156,16 @@ def vec(t: torch.Tensor | None, absent: torch.Tensor) -> torch.Tensor:
     ``absent``, any tensor of the call (never read: a constexpr flag tells the kernel)."""
     if t is None:
         return absent
-    return t.contiguous().to(torch.float32)
+    return dense(t, torch.float32)
+
+
+def dense(t: torch.Tensor, dtype: torch.dtype,
+          memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``t`` dense in ``memory_format`` and ``dtype``: itself when it already is, else one
+    copy (``Tensor.to`` ignores the memory format when the dtype already matches)."""
+    if t.dtype == dtype:
+        return t.contiguous(memory_format=memory_format)
+    return t.to(dtype, memory_format=memory_format)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -9,6 +9,9 @@ shared memory past the family's limit or past the launcher's estimate) and a sum
 line, and exits 1 on any failure. Needs no GPU: ``triton.compile`` with a ``GPUTarget``,
 and the ``cuobjdump`` shipped in triton's wheel for resource usage. Results are cached
 under ``build/triton-aot`` keyed by the kernel sources, the job and the Triton version.
+``--check`` also fails an integer division or remainder inside a conv kernel's K loop
+(the loop around ``tt.dot`` in the Triton IR): ~20 instructions per step on a GPU.
+``--k-loops`` runs only that check, from the Triton IR of each conv kernel (seconds).
 Run it without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled).
 """
 
@@ -29,8 +32,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import triton
+from triton._C.libtriton import ir
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.compiler.compiler import make_backend
 
 from . import _common, configs, conv, elementwise
 from ._common import column_sum_kernel
@@ -48,6 +53,7 @@ KERNELS = {
     "block_end_bwd": (elementwise.block_end_bwd_kernel, {"d_out_ptr", "out_ptr", "y_ptr",
                                                          "y_d_ptr", "dz_ptr"}),
     "bn_finalize": (elementwise.bn_finalize_kernel, set()),
+    "bn_backward": (elementwise.bn_backward_kernel, set()),
 }
 
 # The heaviest flag combinations the blocks use (training forward/backward, inference).
@@ -57,7 +63,8 @@ _CONV_FLAGS = {
             dict(HAS_IN_AFFINE=False, IN_RELU=False, HAS_OUT_AFFINE=True, HAS_RES=True,
                  HAS_RES_AFFINE=True, OUT_RELU=True, STATS=False)],
     "dgrad": [dict(HAS_RES=True, HAS_PREV=True)],
-    "wgrad": [dict(HAS_IN_AFFINE=True, IN_RELU=True)],
+    "wgrad": [dict(HAS_IN_AFFINE=True, IN_RELU=True, OUT_KCRS=False),
+              dict(HAS_IN_AFFINE=True, IN_RELU=True, OUT_KCRS=True)],
 }
 _OTHER_CONSTEXPRS = {
     "merge_stats": dict(ROWS_PER_TILE=128, BLOCK_C=128, FIRST=True, FINAL=False),
@@ -68,7 +75,12 @@ _OTHER_CONSTEXPRS = {
                           BLOCK_C=configs.ELEMENTWISE_GPU[1]),
     "bn_finalize": dict(HAS_WEIGHT=True, HAS_BIAS=True, UPDATE=True, HAS_NBT=True,
                         CUMULATIVE=True, BLOCK_C=1024),
+    "bn_backward": dict(BATCH_STATS=True, HAS_WEIGHT=True, HAS_BIAS=True,
+                        BLOCK_C=configs.REDUCE_GPU[1]),
 }
+
+
+_FLOAT_ARGS = {"count", "unbiased_count", "momentum", "eps"}  # the launchers pass floats
 
 
 def _signature(kind: str, dtype: str, constexprs: dict, divisible: set[str]):
@@ -81,6 +93,8 @@ def _signature(kind: str, dtype: str, constexprs: dict, divisible: set[str]):
             sig[name] = "*i64"
         elif name.endswith("_ptr"):
             sig[name] = _TYPES[dtype] if name in data_ptrs else "*fp32"
+        elif name in _FLOAT_ARGS:
+            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     # What the JIT would specialize at run time: 16-byte aligned pointers, and the
@@ -102,18 +116,83 @@ def _resource_usage(cubin: bytes) -> dict:
     return {k.lower(): int(v) for k, v in fields.items()}
 
 
-def compile_one(job: dict) -> dict:
-    """Compile ``job`` (kind, arch, dtype, constexprs, num_warps, num_stages, divisible)."""
+def _source(job: dict) -> ASTSource:
     constexprs = dict(job["constexprs"])
     fn, sig, attrs = _signature(job["kind"], job["dtype"], constexprs, set(job["divisible"]))
-    kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs),
-                            target=GPUTarget("cuda", job["arch"], 32),
-                            options={"num_warps": job["num_warps"],
-                                     "num_stages": job["num_stages"]})
+    return ASTSource(fn, sig, constexprs, attrs)
+
+
+def _options(job: dict) -> dict:
+    return {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}
+
+
+def compile_one(job: dict) -> dict:
+    """Compile ``job`` (kind, arch, dtype, constexprs, num_warps, num_stages, divisible)."""
+    kernel = triton.compile(_source(job), target=GPUTarget("cuda", job["arch"], 32),
+                            options=_options(job))
     ptx = kernel.asm["ptx"]
     return {**job, **_resource_usage(kernel.asm["cubin"]),
             "shared_bytes": kernel.metadata.shared, "wgmma": "wgmma" in ptx,
-            "mma": "mma.sync" in ptx}
+            "mma": "mma.sync" in ptx,
+            "k_loop_divisions": len(k_loop_divisions(kernel.asm["ttir"]))}
+
+
+def ttir(job: dict) -> str:
+    """The Triton IR of ``job`` (the first compiler stage only: no PTX, no ptxas)."""
+    src, target = _source(job), GPUTarget("cuda", job["arch"], 32)
+    backend = make_backend(target)
+    options = backend.parse_options(_options(job))
+    stages: dict = {}
+    backend.add_stages(stages, options, src.language)
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    module = src.make_ir(target, options, backend.get_codegen_implementation(options),
+                         backend.get_module_map(), context)
+    return str(stages["ttir"](module, {}))
+
+
+_DIVISIONS = re.compile(r"= arith\.(div|rem|floordiv|ceildiv)[su]i ")
+
+
+def k_loop_divisions(ir_text: str) -> list[str]:
+    """The integer divisions and remainders inside a loop that contains a ``tt.dot`` (a
+    GEMM's K loop, nested loops included), as their IR lines."""
+    found: list[str] = []
+    frames: list[dict | None] = []  # one per open region: a loop's record, or None
+    for line in ir_text.splitlines():
+        text = line.strip()
+        if text.startswith("}"):
+            frame = frames.pop()
+            if frame is not None and frame["dot"]:
+                found += frame["divisions"]
+            if frames and frame is not None and frames[-1] is not None:
+                frames[-1]["dot"] |= frame["dot"]
+        loops = [f for f in frames if f is not None]
+        if "tt.dot " in text:
+            for f in loops:
+                f["dot"] = True
+        if _DIVISIONS.search(text) and loops:
+            loops[-1]["divisions"].append(text)
+        if text.endswith("{"):
+            frames.append({"dot": False, "divisions": []} if "scf.for " in text else None)
+    return found
+
+
+def k_loop_jobs() -> list[dict]:
+    """One 3x3 job per conv kernel and flag set, for sm_80 (mma) and sm_90 (wgmma)."""
+    seen, out = set(), []
+    for job in jobs(("sm80", "sm90")):
+        if job["kind"] not in _CONV_FLAGS:
+            continue
+        flags = [i for i, f in enumerate(_CONV_FLAGS[job["kind"]])
+                 if f.items() <= job["constexprs"].items()]
+        key = (job["kind"], job["target"], *flags)
+        if key not in seen:
+            seen.add(key)
+            out.append({**job, "constexprs": {**job["constexprs"], "KH": 3, "KW": 3},
+                        "shape": "3x3"})
+    return out
 
 
 AOT_TARGETS = ("sm80", "sm90", "sm100", "sm120")
@@ -176,6 +255,8 @@ def problems(result: dict) -> list[str]:
     limit = configs.TARGETS[result["target"]].shared_limit
     if result["shared_bytes"] > limit:
         out.append(f"shared memory {result['shared_bytes']} B > {limit} B")
+    if result.get("k_loop_divisions", 0):
+        out.append(f"{result['k_loop_divisions']} integer divisions in the K loop")
     estimate = result.get("smem_estimate")
     if estimate is not None and result["shared_bytes"] > estimate:
         out.append(f"shared memory {result['shared_bytes']} B > smem_estimate {estimate} B")
@@ -265,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma list from {','.join(AOT_TARGETS)} (default: all)")
     parser.add_argument("--dtypes", default=",".join(DTYPES),
                         help=f"comma list from {','.join(DTYPES)} (default: all)")
+    parser.add_argument("--k-loops", action="store_true",
+                        help="only check the conv kernels' K loops for integer divisions "
+                             "(Triton IR, no PTX: seconds); exit 1 on any")
     args = parser.parse_args(argv)
     targets, dtypes = args.targets.split(","), args.dtypes.split(",")
     for name, values, allowed in (("targets", targets, AOT_TARGETS), ("dtypes", dtypes, DTYPES)):
@@ -272,7 +356,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name}: choose from {','.join(allowed)}, got {values}")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    if args.k_loops:
+        return check_k_loops()
     return run(args.check, tuple(targets), tuple(dtypes))
+
+
+def check_k_loops() -> int:
+    failing = 0
+    for job in k_loop_jobs():
+        divisions = k_loop_divisions(ttir(job))
+        failing += bool(divisions)
+        print(f"{'FAIL' if divisions else 'ok  '} {describe(job)}: {len(divisions)} "
+              f"divisions in the K loop", *divisions, sep="\n    ", flush=True)
+    print(f"k-loop check: {len(k_loop_jobs())} conv kernels, {failing} failing")
+    return 1 if failing else 0
 
 
 if __name__ == "__main__":

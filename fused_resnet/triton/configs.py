@@ -128,8 +128,13 @@ def rule_config(kind: str, target: Target, dtype_class: str, c_in: int,
         warps = 8  # warps the 128-row tiles spill (AOT check)
     if target.name == "sm100" and dtype_class == "16bit":
         # The accumulator leaves tensor memory through registers: fewer warps spill
-        # (AOT check); wgrad's epilogue is a plain store.
-        warps = 16 if m * n >= 128 * 128 and kind != "wgrad" else 8
+        # (AOT check); wgrad's epilogue is a plain store, but with 8 warps on tiles below
+        # 128x128 the compiler holds 128 registers per thread and its K loop (dy and the
+        # activation rebuilt in registers) spills: 4 warps there (AOT check).
+        if kind == "wgrad":
+            warps = 8 if m * n >= 128 * 128 else 4
+        else:
+            warps = 16 if m * n >= 128 * 128 else 8
     return _fit_stages(kind, TileConfig(m, n, k, warps), dtype_class, target)
 
 

@@ -26,6 +26,7 @@ from ._common import (
     check_data,
     column_sum,
     conv_out_size,
+    dense,
     device_guard,
     dot_precision,
     dtype_class,
@@ -97,13 +98,14 @@ def conv_fwd_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # One flat loop over (tap, channel block): the software pipeliner only overlaps the
-    # loads of a single innermost loop.
-    c_blocks = tl.cdiv(C_in, BLOCK_K)
-    for kk in range(0, KH * KW * c_blocks):
-        tap = kk // c_blocks
-        r = tap // KW
-        s = tap - r * KW
-        offs_k = (kk - tap * c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+    # loads of a single innermost loop. The tap (r, s) and first channel c0 are carried
+    # from step to step (no division in the loop).
+    r = 0
+    s = 0
+    c0 = 0
+    for _ in range(0, KH * KW * tl.cdiv(C_in, BLOCK_K)):
+        tap = r * KW + s
+        offs_k = c0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < C_in
         h_in = h_o * stride - padding + r * dilation
         w_in = w_o * stride - padding + s * dilation
@@ -114,6 +116,7 @@ def conv_fwd_kernel(
         b = tl.load(w_ptr + offs_n[None, :] * k_total + (tap * C_in + offs_k)[:, None],
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        c0, s, r = _next_step(c0, s, r, BLOCK_K, C_in, KW)
 
     if STATS:
         # Per-tile (pivot, mean - pivot, M2) of the raw accumulator, the pivot being the
@@ -193,6 +196,28 @@ def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, count_ptr, out_mean_ptr, out
 
 
 @triton.jit
+def _next_step(k0, j, i, BLOCK: tl.constexpr, k_end, j_end):
+    """The step after (i, j, k0) of a flat loop over i, then j < j_end, then channel
+    blocks k0 = 0, BLOCK, ... < k_end: counters with carries instead of a division of
+    the flat index (an integer division is ~20 instructions on a GPU)."""
+    k0 += BLOCK
+    wrap = k0 >= k_end
+    k0 = tl.where(wrap, 0, k0)
+    j = tl.where(wrap, j + 1, j)
+    wrap = j >= j_end
+    j = tl.where(wrap, 0, j)
+    i = tl.where(wrap, i + 1, i)
+    return k0, j, i
+
+
+@triton.jit
+def _wrap(v, size):
+    """``v`` in [0, 2*size) brought into [0, size), and the carry (1 where it wrapped)."""
+    over = v >= size
+    return tl.where(over, v - size, v), over.to(v.dtype)
+
+
+@triton.jit
 def _first_tap(base, dilation, stride, K, step):
     """The first tap r of a dim whose output pixel (base - r*dilation) / stride is whole,
     or K when none is (the solutions repeat every ``step`` = stride / gcd taps)."""
@@ -234,25 +259,35 @@ def conv_dgrad_kernel(
     n_r = (KH - r0 + tap_step - 1) // tap_step
     n_s = (KW - s0 + tap_step - 1) // tap_step
 
+    # Tap r0 + i*tap_step reaches output row h_base - i*tap_shift (exact divisions: r0
+    # was chosen so, and tap_step*dilation is a multiple of stride). 32-bit coordinates
+    # (fewer registers live across the loop); addresses are 64-bit.
+    h_base = hq.to(tl.int32) + (ph + padding - r0 * dilation) // stride
+    w_base = wq.to(tl.int32) + (pw + padding - s0 * dilation) // stride
+    img = img.to(tl.int32)
+    tap_shift = tap_step * dilation // stride
+
     k_total = KH * KW * C_in
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    k_blocks = tl.cdiv(C_out, BLOCK_K)
-    for kk in range(0, n_r * n_s * k_blocks):  # flat (tap, C_out block) loop, see conv_fwd
-        t = kk // k_blocks
-        i = t // n_s
+    i = 0
+    j = 0
+    k0 = 0
+    # Flat (tap, C_out block) loop with carried counters, see conv_fwd.
+    for _ in range(0, n_r * n_s * tl.cdiv(C_out, BLOCK_K)):
         r = r0 + i * tap_step
-        s = s0 + (t - i * n_s) * tap_step
-        offs_k = (kk - t * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        s = s0 + j * tap_step
+        offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < C_out
-        h_o = hq + (ph + padding - r * dilation) // stride  # exact: r was chosen so
-        w_o = wq + (pw + padding - s * dilation) // stride
+        h_o = h_base - i * tap_shift
+        w_o = w_base - j * tap_shift
         row_ok = m_mask & (h_o >= 0) & (h_o < H_out) & (w_o >= 0) & (w_o < W_out)
-        rows = ((img * H_out + h_o) * W_out + w_o) * C_out
+        rows = ((img.to(tl.int64) * H_out + h_o) * W_out + w_o) * C_out
         dy = _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
                                c_ptr)
         wt = tl.load(w_ptr + offs_k[:, None] * k_total + (r * KW + s) * C_in + offs_n[None, :],
                      mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(dy, wt, acc, input_precision=DOT_PRECISION)
+        k0, j, i = _next_step(k0, j, i, BLOCK_K, C_out, n_s)
 
     out_offs = offs_m[:, None] * C_in + offs_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
@@ -278,15 +313,17 @@ def conv_dgrad_kernel(
 
 @triton.jit
 def conv_wgrad_kernel(
-    x_ptr, in_scale_ptr, in_shift_ptr, dz_ptr, y_ptr, a_ptr, b_ptr, c_ptr, part_ptr,
+    x_ptr, in_scale_ptr, in_shift_ptr, dz_ptr, y_ptr, a_ptr, b_ptr, c_ptr, out_ptr,
     N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
     KH: tl.constexpr, KW: tl.constexpr, HAS_IN_AFFINE: tl.constexpr, IN_RELU: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, SPLIT_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, SPLIT_K: tl.constexpr, OUT_KCRS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[k, tap, c] = sum_p dy[p, k] * act[input pixel of (p, tap), c]; program
     (k block, (tap, c block), split) sums the pixel blocks split, split + SPLIT_K, ...
-    and writes part[split, k, tap*C_in + c] (fp32; reduced in split order afterwards)."""
+    and writes out[split] in the weight's layout (OUT_KCRS: [C_out, C_in, KH, KW], else
+    [C_out, KH, KW, C_in]) and out's dtype: the weight gradient itself when SPLIT_K is 1,
+    else fp32 partials that a column sum reduces in split order."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -298,23 +335,44 @@ def conv_wgrad_kernel(
     offs_n, n_mask = channel_tile(pid_n % c_blocks, C_in, BLOCK_N)  # input channels
     P = N * H_out * W_out
 
+    # Pixels are decoded once; each step advances them by SPLIT_K*BLOCK_K pixels, as
+    # (images, rows, columns) with carries: no division in the K loop. 32-bit
+    # coordinates (fewer registers live across the loop); addresses are 64-bit.
+    _, _, img, h_o, w_o = pixel_tile(pid_k, P, H_out, W_out, BLOCK_K)
+    img, h_o, w_o = img.to(tl.int32), h_o.to(tl.int32), w_o.to(tl.int32)
+    step = SPLIT_K * BLOCK_K
+    step_w = step % W_out
+    step_h = step // W_out % H_out
+    step_img = step // (W_out * H_out)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for p_block in range(pid_k, tl.cdiv(P, BLOCK_K), SPLIT_K):
-        offs_p, p_mask, img, h_o, w_o = pixel_tile(p_block, P, H_out, W_out, BLOCK_K)
+    for _ in range(pid_k, tl.cdiv(P, BLOCK_K), SPLIT_K):
+        offs_p = (img.to(tl.int64) * H_out + h_o) * W_out + w_o
+        p_mask = offs_p < P
         # dy^T tile [C_out, pixels], loaded transposed: rows are channels here.
         dy = tl.trans(_load_output_grad(dz_ptr, y_ptr, offs_p * C_out, p_mask, offs_m,
                                         m_mask, a_ptr, b_ptr, c_ptr))
         h_in = h_o * stride - padding + r * dilation
         w_in = w_o * stride - padding + s * dilation
         row_ok = p_mask & (h_in >= 0) & (h_in < H) & (w_in >= 0) & (w_in < W)
-        rows = ((img * H + h_in) * W + w_in) * C_in
+        rows = ((img.to(tl.int64) * H + h_in) * W + w_in) * C_in
         act = _load_activation(x_ptr, rows, row_ok, offs_n, n_mask, in_scale_ptr, in_shift_ptr,
                                HAS_IN_AFFINE, IN_RELU)
         acc = tl.dot(dy, act, acc, input_precision=DOT_PRECISION)
+        w_o, carry = _wrap(w_o + step_w, W_out)
+        h_o, carry = _wrap(h_o + step_h + carry, H_out)
+        img += step_img + carry
 
-    cols = KH * KW * C_in
-    offs = (pid_k * C_out + offs_m[:, None]).to(tl.int64) * cols + tap * C_in + offs_n[None, :]
-    tl.store(part_ptr + offs, acc, mask=m_mask[:, None] & n_mask[None, :])
+    taps = KH * KW
+    out_ptr += pid_k.to(tl.int64) * C_out * taps * C_in  # this split's slice
+    # 32-bit offsets inside one weight (the launcher checks its size): half the
+    # registers of a [BLOCK_M, BLOCK_N] tile of 64-bit ones.
+    row = offs_m[:, None] * (taps * C_in)
+    if OUT_KCRS:
+        offs = row + offs_n[None, :] * taps + tap
+    else:
+        offs = row + tap * C_in + offs_n[None, :]
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & n_mask[None, :])
 
 
 # ---------------------------------------------------------------------------- launchers
@@ -330,9 +388,9 @@ def _run_gemm(launch, *args, **constexprs) -> None:
 
 
 def _krsc(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """The weight as [C_out, KH, KW, C_in] storage: no copy when it is already
-    channels_last in ``dtype``."""
-    return weight.to(dtype).permute(0, 2, 3, 1).contiguous()
+    """The weight as [C_out, KH, KW, C_in] storage in ``dtype``: no copy when it is
+    already channels_last in ``dtype``, else one."""
+    return dense(weight.permute(0, 2, 3, 1), dtype)
 
 
 def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, groups: int,
@@ -450,20 +508,29 @@ def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
     if dz.dtype != x.dtype:  # both feed one tl.dot
         raise NotImplementedError(f"fused_resnet triton conv_bwd_weight: x is {x.dtype} but "
                                   f"dz is {dz.dtype}")
+    if weight.numel() >= 2**31:
+        raise NotImplementedError("fused_resnet triton conv_bwd_weight: weights of 2**31 "
+                                  "or more elements are not supported")
     n, c_in, h, w = x.shape
     _, c_out, h_out, w_out = dz.shape
     kh, kw = weight.shape[2], weight.shape[3]
     target = target_of(x)
     gemm, *sum_levels = plans.conv_wgrad_plan(n, c_in, c_out, h_out, w_out, kh, stride,
                                               dtype_class(x.dtype), target).launches
+    # In the weight's own dtype and memory format, as the fake kernel says; written by the
+    # GEMM (no split) or the last column-sum level, in that layout.
+    dw = torch.empty_like(weight)
+    layout = plans.weight_grad_layout(weight)
+    out = dw if layout is not None else torch.empty_like(dw, memory_format=torch.channels_last)
     split = gemm.meta["SPLIT_K"]
-    part = torch.empty((split, c_out * kh * kw * c_in), dtype=torch.float32, device=x.device)
+    part = out if split == 1 else torch.empty((split, out.numel()), dtype=torch.float32,
+                                              device=x.device)
     with device_guard(x):
         _run_gemm(gemm, nhwc(x), vec(in_scale, x), vec(in_shift, x), nhwc(dz), nhwc(y),
                   vec(a, x), vec(b, x), vec(c, x), part,
                   n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
                   KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
-                  DOT_PRECISION=dot_precision(x.dtype))
-        dw = part[0] if split == 1 else column_sum(part, target)
-    # In the weight's own dtype and memory format, as the fake kernel says.
-    return torch.empty_like(weight).copy_(dw.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2))
+                  OUT_KCRS=layout == "kcrs", DOT_PRECISION=dot_precision(x.dtype))
+        if split > 1:
+            column_sum(part, target, out=out)
+    return dw if layout is not None else dw.copy_(out)

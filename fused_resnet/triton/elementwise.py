@@ -1,4 +1,5 @@
-"""Per-channel kernels: block_end, block_end_bwd (with BN-backward sums), bn_finalize.
+"""Per-channel kernels: block_end, block_end_bwd (with BN-backward sums), bn_finalize,
+bn_backward (BN backward's coefficients and parameter gradients).
 
 Tested under the Triton CPU interpreter and compiled ahead of time (see conv.py). Tensors
 are viewed as NHWC rows x channels; sums are per-tile partials reduced in tile order
@@ -147,6 +148,33 @@ def bn_finalize_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_
                      mask=mask)
 
 
+@triton.jit
+def bn_backward_kernel(sum_dz_ptr, sum_dz_xhat_ptr, scale_ptr, mean_ptr, invstd_ptr, a_ptr,
+                       b_ptr, c_ptr, dweight_ptr, dbias_ptr, C, count,
+                       BATCH_STATS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """BN backward as dy = a*dz + b*y + c (see reference.bn_bwd_coeffs) and the BN
+    parameters' gradients (dweight = sum(dz*xhat), dbias = sum(dz), in their dtypes)."""
+    offs, mask = channel_tile(tl.program_id(0), C, BLOCK_C)
+    scale = tl.load(scale_ptr + offs, mask=mask, other=0.0)
+    sum_dz = tl.load(sum_dz_ptr + offs, mask=mask, other=0.0)
+    sum_dz_xhat = tl.load(sum_dz_xhat_ptr + offs, mask=mask, other=0.0)
+    b = tl.zeros_like(scale)
+    c = tl.zeros_like(scale)
+    if BATCH_STATS:
+        invstd = tl.load(invstd_ptr + offs, mask=mask, other=0.0)
+        mean = tl.load(mean_ptr + offs, mask=mask, other=0.0)
+        b = -scale * invstd * sum_dz_xhat / count
+        c = -scale * sum_dz / count - b * mean
+    tl.store(a_ptr + offs, scale, mask=mask)
+    tl.store(b_ptr + offs, b, mask=mask)
+    tl.store(c_ptr + offs, c, mask=mask)
+    if HAS_WEIGHT:
+        tl.store(dweight_ptr + offs, sum_dz_xhat.to(dweight_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + offs, sum_dz.to(dbias_ptr.dtype.element_ty), mask=mask)
+
+
 def _like(out: Tensor, main: Tensor) -> Tensor:
     from ..reference import memory_format
     return out.contiguous(memory_format=memory_format(main))
@@ -234,3 +262,24 @@ def bn_finalize(mean: Tensor, m2: Tensor, count: int, weight: Tensor | None,
             UPDATE=update_running_stats, HAS_NBT=num_batches_tracked is not None,
             CUMULATIVE=momentum is None, **launch.meta, **launch_options(launch.num_warps))
     return scale, shift, invstd
+
+
+def bn_backward(sum_dz: Tensor, sum_dz_xhat: Tensor, count: int, scale: Tensor, mean: Tensor,
+                invstd: Tensor, batch_stats: bool, weight: Tensor | None,
+                bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """See :func:`fused_resnet.reference.bn_backward`, in one launch; an absent parameter's
+    gradient is an empty tensor."""
+    c = scale.shape[0]
+    a, b, cc = (torch.empty(c, dtype=torch.float32, device=scale.device) for _ in range(3))
+    dweight = (torch.empty_like(weight, memory_format=torch.contiguous_format)
+               if weight is not None else scale.new_empty(0))
+    dbias = (torch.empty_like(bias, memory_format=torch.contiguous_format)
+             if bias is not None else scale.new_empty(0))
+    (launch,) = plans.bn_backward_plan(c, target_of(scale))
+    with device_guard(scale):
+        launcher(bn_backward_kernel)[launch.grid](
+            vec(sum_dz, a), vec(sum_dz_xhat, a), vec(scale, a), vec(mean, a), vec(invstd, a),
+            a, b, cc, dweight if weight is not None else a, dbias if bias is not None else a,
+            c, float(count), BATCH_STATS=batch_stats, HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None, **launch.meta, **launch_options(launch.num_warps))
+    return a, b, cc, dweight, dbias

@@ -179,37 +179,88 @@ def bn_finalize_plan(channels: int, target: Target) -> OpPlan:
         flops=10 * channels, serial_steps=cdiv(channels, block_c)),))
 
 
-# ------------------------------------------------------------------ plans of op calls
-def _copy(what: str, numel: int, es_in: int, es_out: int) -> Launch:
-    """A staging copy the launcher makes with torch (a layout or dtype change)."""
-    return Launch(f"copy:{what}", (cdiv(numel, 4 * 128),), 4, bytes=numel * (es_in + es_out),
-                  serial_steps=1)
+def bn_backward_plan(channels: int, target: Target) -> OpPlan:
+    """One launch: BN backward's (a, b, c) and parameter gradients of every channel."""
+    _, block_c, warps = _reduce_tile(target)
+    return OpPlan("bn_backward", (Launch(
+        "bn_backward", (cdiv(channels, block_c),), warps, meta={"BLOCK_C": block_c},
+        bytes=4 * 10 * channels, flops=8 * channels),))
 
 
-def _is_nhwc(t) -> bool:
+def weight_grad_layout(weight) -> str | None:
+    """How the weight gradient (``torch.empty_like(weight)``, as the fake kernel makes it)
+    lies in memory: "kcrs" (contiguous), "krsc" (channels_last), None for any other
+    order (then it is computed channels_last and copied)."""
     import torch
 
-    return t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last)
+    dw = torch.empty_like(weight, device="meta")
+    if dw.is_contiguous():
+        return "kcrs"
+    if dw.is_contiguous(memory_format=torch.channels_last):
+        return "krsc"
+    return None
 
 
-def _layout_copies(dtype, named: dict) -> list[Launch]:
-    """Copies for the 4-D tensors that are not channels_last (``nhwc``/``_like``)."""
-    es = dtype.itemsize
-    return [_copy(name, t.numel(), es, es) for name, t in named.items()
-            if t is not None and not _is_nhwc(t)]
-
-
-def _out_copy(name: str, like, numel: int) -> list[Launch]:
-    """``_like``: the channels_last result copied into the main input's layout."""
-    es = like.dtype.itemsize
-    return [] if _is_nhwc(like) else [_copy(name, numel, es, es)]
-
-
-def _weight_copy(weight, dtype) -> list[Launch]:
-    """``_krsc``: none when the weight is already KRSC (channels_last) in the data dtype."""
-    if weight.dtype == dtype and _is_nhwc(weight):
+# ------------------------------------------------------------------ plans of op calls
+def _copy(what: str, numel: int, es_in: int, es_out: int) -> list[Launch]:
+    """A copy the launcher makes with torch (a layout or dtype change); none of nothing."""
+    if numel == 0:
         return []
-    return [_copy("weight", weight.numel(), weight.dtype.itemsize, dtype.itemsize)]
+    return [Launch(f"copy:{what}", (cdiv(numel, 4 * 128),), 4, meta={"numel": numel},
+                   bytes=numel * (es_in + es_out), serial_steps=1)]
+
+
+def _fill(what: str, numel: int) -> list[Launch]:
+    """A fill the launcher makes with torch (statistics of an empty batch)."""
+    if numel == 0:
+        return []
+    return [Launch(f"fill:{what}", (cdiv(numel, 4 * 128),), 4, meta={"numel": numel},
+                   bytes=4 * numel, serial_steps=1)]
+
+
+def _nhwc(name: str, t) -> list[Launch]:
+    """``_common.nhwc``: a copy unless the 4-D tensor is dense channels_last."""
+    import torch
+
+    if t is None or t.is_contiguous(memory_format=torch.channels_last):
+        return []
+    return _copy(name, t.numel(), t.dtype.itemsize, t.dtype.itemsize)
+
+
+def _vec(name: str, t) -> list[Launch]:
+    """``_common.vec``: a copy unless the vector is a contiguous fp32 one."""
+    import torch
+
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return []
+    return _copy(name, t.numel(), t.dtype.itemsize, 4)
+
+
+def _vecs(**named) -> list[Launch]:
+    return [copy for name, t in named.items() for copy in _vec(name, t)]
+
+
+def _krsc(weight, dtype) -> list[Launch]:
+    """``conv._krsc``: none when the weight is already KRSC (channels_last) in ``dtype``."""
+    import torch
+
+    if weight.dtype == dtype and weight.is_contiguous(memory_format=torch.channels_last):
+        return []
+    return _copy("weight", weight.numel(), weight.dtype.itemsize, dtype.itemsize)
+
+
+def _like(name: str, shape, like) -> list[Launch]:
+    """``_like``: the channels_last result copied into the memory format of the op's
+    main input (reference.memory_format)."""
+    import torch
+
+    from ..reference import memory_format
+
+    out = torch.empty(shape, dtype=like.dtype, device="meta",
+                      memory_format=torch.channels_last)
+    if out.is_contiguous(memory_format=memory_format(like)):
+        return []
+    return _copy(name, out.numel(), like.dtype.itemsize, like.dtype.itemsize)
 
 
 def _dtype_class(dtype) -> str:
@@ -221,57 +272,76 @@ def _dtype_class(dtype) -> str:
 def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
     """Everything the launcher of Triton op ``op`` sends to the device for these arguments
     (the op's own positional arguments; tensors may be fake or meta: only shapes, dtypes,
-    memory formats and presence are read): the plan's kernels plus the staging copies
+    memory formats and presence are read): the plan's kernels plus the copies and fills
     the launcher makes with torch, in launch order."""
     if op == "conv_fwd":
-        x, weight, stride, padding, dilation = args[:5]
-        residual = args[11]
+        (x, weight, stride, padding, dilation, _, in_scale, in_shift, _, out_scale, out_shift,
+         residual, res_scale, res_shift, _, stats) = args
         n, c_in, h, w = x.shape
         c_out, _, kh, _ = weight.shape
         size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
         plan = conv_fwd_plan(n, c_in, *size, c_out, kh, stride, _dtype_class(x.dtype), target,
-                             args[15], residual is not None)
-        stage = _layout_copies(x.dtype, {"x": x, "residual": residual})
-        stage += _weight_copy(weight, x.dtype)
-        out = _out_copy("y", x, n * c_out * size[0] * size[1])
+                             stats, residual is not None)
+        out = _like("y", (n, c_out, *size), x)
+        if not plan.launches:  # empty batch: the statistics of nothing, filled by torch
+            return OpPlan(op, (*(_fill("mean", c_out) + _fill("m2", c_out) if stats else []),
+                               *out))
+        stage = (_nhwc("x", x) + _krsc(weight, x.dtype)
+                 + _vecs(in_scale=in_scale, in_shift=in_shift, out_scale=out_scale,
+                         out_shift=out_shift)
+                 + _nhwc("residual", residual) + _vecs(res_scale=res_scale, res_shift=res_shift))
         return OpPlan(op, (*stage, *plan, *out))
     if op == "conv_bwd_data":
-        dz, y, weight, input_size, stride = args[0], args[1], args[5], args[6], args[7]
-        residual, prev_y = args[11], args[12]
+        (dz, y, a, b, c, weight, input_size, stride, _, _, _, residual, prev_y, prev_scale,
+         prev_shift, prev_mean, prev_invstd) = args
         n, c_in, h, w = input_size
+        has_prev = prev_y is not None
         plan = conv_dgrad_plan(n, c_in, h, w, dz.shape[1], weight.shape[2], stride,
-                               _dtype_class(dz.dtype), target, prev_y is not None,
+                               _dtype_class(dz.dtype), target, has_prev,
                                residual is not None)
-        stage = _layout_copies(dz.dtype, {"dz": dz, "y": y, "residual": residual,
-                                          "prev_y": prev_y})
-        stage += _weight_copy(weight, dz.dtype)
-        out = _out_copy("dx", dz, n * c_in * h * w)
+        out = _like("dx", (n, c_in, h, w), dz)
+        if not plan.launches:
+            sums = _fill("sum_dx", c_in) + _fill("sum_dx_xhat", c_in) if has_prev else []
+            return OpPlan(op, (*sums, *out))
+        stage = (_nhwc("dz", dz) + _nhwc("y", y) + _vecs(a=a, b=b, c=c)
+                 + _krsc(weight, dz.dtype) + _nhwc("residual", residual)
+                 + _nhwc("prev_y", prev_y)
+                 + _vecs(prev_scale=prev_scale, prev_shift=prev_shift, prev_mean=prev_mean,
+                         prev_invstd=prev_invstd))
         return OpPlan(op, (*stage, *plan, *out))
     if op == "conv_bwd_weight":
-        x, dz, y, weight, stride = args[0], args[4], args[5], args[9], args[10]
+        x, in_scale, in_shift, _, dz, y, a, b, c, weight, stride = args[:11]
         n, c_in, _, _ = x.shape
         _, c_out, h_out, w_out = dz.shape
         plan = conv_wgrad_plan(n, c_in, c_out, h_out, w_out, weight.shape[2], stride,
                                _dtype_class(x.dtype), target)
-        stage = _layout_copies(x.dtype, {"x": x, "dz": dz, "y": y})
-        # The fp32 KRSC result is copied into the weight's own dtype and layout.
-        out = _copy("dw", weight.numel(), 4, weight.dtype.itemsize)
-        return OpPlan(op, (*stage, *plan, out))
+        stage = (_nhwc("x", x) + _vecs(in_scale=in_scale, in_shift=in_shift) + _nhwc("dz", dz)
+                 + _nhwc("y", y) + _vecs(a=a, b=b, c=c))
+        # Written in the weight's own layout, unless that is neither KCRS nor KRSC.
+        es = weight.dtype.itemsize
+        out = [] if weight_grad_layout(weight) else _copy("dw", weight.numel(), es, es)
+        return OpPlan(op, (*stage, *plan, *out))
     if op == "block_end":
-        y, residual = args[0], args[3]
+        y, scale, shift, residual, res_scale, res_shift = args[:6]
         n, c, h, w = y.shape
-        stage = _layout_copies(y.dtype, {"y": y, "residual": residual})
-        out = _out_copy("out", y, y.numel())
-        return OpPlan(op, (*stage, *block_end_plan(n * h * w, c, _dtype_class(y.dtype), target),
-                           *out))
+        stage = (_nhwc("y", y) + _vecs(scale=scale, shift=shift) + _nhwc("residual", residual)
+                 + _vecs(res_scale=res_scale, res_shift=res_shift))
+        plan = block_end_plan(n * h * w, c, _dtype_class(y.dtype), target)
+        return OpPlan(op, (*stage, *plan, *_like("out", y.shape, y)))
     if op == "block_end_bwd":
-        d_out, out_t, y, y_d = args[0], args[1], args[2], args[5]
+        d_out, out_t, y, mean, invstd, y_d, mean_d, invstd_d = args[:8]
         n, c, h, w = d_out.shape
-        stage = _layout_copies(d_out.dtype, {"d_out": d_out, "out": out_t, "y": y, "y_d": y_d})
+        stage = (_nhwc("d_out", d_out) + _nhwc("out", out_t) + _nhwc("y", y)
+                 + _vecs(mean=mean, invstd=invstd) + _nhwc("y_d", y_d)
+                 + _vecs(mean_d=mean_d, invstd_d=invstd_d))
         plan = block_end_bwd_plan(n * h * w, c, _dtype_class(d_out.dtype), target,
                                   y_d is not None)
-        out = _out_copy("dz", d_out, d_out.numel())
-        return OpPlan(op, (*stage, *plan, *out))
+        return OpPlan(op, (*stage, *plan, *_like("dz", d_out.shape, d_out)))
     if op == "bn_finalize":
         return bn_finalize_plan(args[0].shape[0], target)
+    if op == "bn_backward":
+        sum_dz, sum_dz_xhat, _, scale, mean, invstd = args[:6]
+        stage = _vecs(sum_dz=sum_dz, sum_dz_xhat=sum_dz_xhat, scale=scale, mean=mean,
+                      invstd=invstd)
+        return OpPlan(op, (*stage, *bn_backward_plan(scale.shape[0], target)))
     raise ValueError(f"unknown op {op!r}")

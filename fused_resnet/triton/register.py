@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._fakes import register_fakes
+from .._fakes import fake_bn_backward, register_fakes
 from . import conv, elementwise
 from ._common import INTERPRET
 
@@ -40,6 +40,13 @@ SCHEMAS = {
                        "Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
                        "int stride, int padding, int dilation, int groups) -> Tensor",
 }
+# Triton only: BN backward's coefficients and parameter gradients in one launch (the other
+# backends run reference.bn_backward, a few torch ops).
+EXTRA_SCHEMAS = {
+    "bn_backward": "(Tensor sum_dz, Tensor sum_dz_xhat, int count, Tensor scale, Tensor mean, "
+                   "Tensor invstd, bool batch_stats, Tensor? weight, Tensor? bias) "
+                   "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+}
 
 IMPLS = {
     "conv_fwd": conv.conv_fwd,
@@ -48,6 +55,7 @@ IMPLS = {
     "block_end_bwd": elementwise.block_end_bwd,
     "conv_bwd_data": conv.conv_bwd_data,
     "conv_bwd_weight": conv.conv_bwd_weight,
+    "bn_backward": elementwise.bn_backward,
 }
 MUTATES = {"bn_finalize": ("running_mean", "running_var", "num_batches_tracked")}
 
@@ -56,14 +64,16 @@ def _define(name: str):
     qualname = f"fused_resnet::{name}{SUFFIX}"
     make = torch.library.custom_op if INTERPRET else torch.library.triton_op
     return make(qualname, IMPLS[name], mutates_args=MUTATES.get(name, ()),
-                schema=SCHEMAS[name])
+                schema={**SCHEMAS, **EXTRA_SCHEMAS}[name])
 
 
 def register_all() -> dict:
-    """Define the six ops (once per process) and their fake kernels; returns the defs."""
+    """Define the six ops and bn_backward (once per process) and their fake kernels;
+    returns the defs."""
     if hasattr(torch.ops.fused_resnet, "conv_fwd" + SUFFIX):
         return {}
     defs = {name: _define(name) for name in IMPLS}
     # Overrides a triton_op's own fake (its implementation): one set of fakes for all.
     register_fakes(SUFFIX)
+    torch.library.register_fake(f"fused_resnet::bn_backward{SUFFIX}")(fake_bn_backward)
     return defs
