@@ -130,7 +130,7 @@ def _triton_occupancy(resources: dict | None, gpu: GpuModel) -> Callable[[Launch
     return occupancy
 
 
-def _cuda_planner(gpu: GpuModel):
+def _cuda_planner(gpu: GpuModel, progress: Callable[[str], None]):
     """(op_plan, occupancy) of the cuda backend, or the reason there is none. Occupancy
     from ptxas (needs nvcc); without it, from threads alone."""
     try:
@@ -139,8 +139,9 @@ def _cuda_planner(gpu: GpuModel):
         return f"the cuda backend's launch plans are not available ({e})"
     try:
         resources = cuda_plans.kernel_resources(gpu.target.arch)
-    except Exception:  # noqa: BLE001 - no nvcc here
+    except Exception as e:  # noqa: BLE001 - no nvcc here: say so in the report
         resources = None
+        progress(f"fused_cuda occupancy from threads only: no ptxas resources ({e})")
 
     def occupancy(launch: Launch) -> int:
         if resources is None:
@@ -273,7 +274,7 @@ class Tracer:
                                "cached: run with --compile-resources)")
         self.planners: dict[str, tuple | str] = {
             "fused_triton": (triton_plans.op_plan, _triton_occupancy(resources, gpu)),
-            "fused_cuda": _cuda_planner(gpu)}
+            "fused_cuda": _cuda_planner(gpu, progress)}
 
     def unavailable(self, provider: str) -> str | None:
         planner = self.planners.get(provider)
