@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -151,10 +152,14 @@ def _cuda_planner(gpu: GpuModel, progress: Callable[[str], None]):
 
 
 # --------------------------------------------------------------------------- tracing
+_GEMM = re.compile(r"conv_(fwd|dgrad|wgrad)(_(tc|simt)\w*)?(\.\w+)?$")
+
+
 def _is_gemm(t: lt.TracedLaunch) -> bool:
-    """A conv GEMM: its K loop is software-pipelined (loads of later steps overlap the
-    MMAs of earlier ones), so its length is throughput, not latency."""
-    return not t.is_aten and t.launch.kernel.startswith("conv_")
+    """A conv GEMM (Triton ``conv_fwd``, CUDA ``conv_fwd_tc.bf16``, ...; not their merges and
+    reductions): its K loop is software-pipelined (loads of later steps overlap the MMAs of
+    earlier ones), so its length is throughput, not latency."""
+    return not t.is_aten and _GEMM.match(t.launch.kernel) is not None
 
 
 @dataclass
