@@ -135,6 +135,7 @@ def write_plot(data: dict, path: str) -> None:
         ax.set_title(f"{title}, training fwd+bwd")
         ax.legend(fontsize=8)
     axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[1].set_yscale("log")  # the 16-block total next to single blocks
     fig.suptitle(f"structure profile, {data['target']['name']} {data['target']['dtype']} "
                  f"batch {data['target']['batch']} (modeled, no GPU run)")
     fig.tight_layout()
