@@ -19,6 +19,33 @@ namespace {
 #define FR_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// One row (cpu_utils.h for_each_row) of the prologue [relu](x*scale + shift), rounded to the
+// data dtype, stored in the accumulate dtype; restrict-qualified and branch-free so that it
+// vectorises.
+template <bool kPerElem, bool kAffine, bool kRelu, class scalar_t, class acc_t>
+FR_ROW_KERNEL void prologue_row(
+    int64_t n, const scalar_t* __restrict__ x, acc_t* __restrict__ a,
+    const acc_t* __restrict__ scale, const acc_t* __restrict__ shift) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = kPerElem ? i : 0;
+    a[i] = acc_t(static_cast<scalar_t>(prologue<acc_t>(
+        acc_t(x[i]), kAffine ? scale : nullptr, kAffine ? shift : nullptr, kRelu, k)));
+  }
+}
+
+// One row of the BN-backward map dy = a*dz + b*y + c, rounded to dz's dtype.
+template <bool kPerElem, class scalar_t, class acc_t>
+FR_ROW_KERNEL void bn_bwd_dy_row(
+    int64_t n, const scalar_t* __restrict__ dz, const scalar_t* __restrict__ y,
+    acc_t* __restrict__ dy, const acc_t* __restrict__ a, const acc_t* __restrict__ b,
+    const acc_t* __restrict__ c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = kPerElem ? i : 0;
+    dy[i] = acc_t(static_cast<scalar_t>(
+        bn_bwd_apply<acc_t>(acc_t(dz[i]), acc_t(y[i]), a[k], b[k], c[k])));
+  }
+}
+
 // The forward prologue [relu](x*scale + shift), rounded to x's dtype (the GEMM operand is
 // stored in the data dtype) and returned in the accumulate dtype, in x's memory format.
 Tensor prologue_act(const Tensor& x_in, const OptTensor& scale_in, const OptTensor& shift_in,
@@ -35,10 +62,15 @@ Tensor prologue_act(const Tensor& x_in, const OptTensor& scale_in, const OptTens
     acc_t* ap = a.data_ptr<acc_t>();
     const acc_t* sp = opt_ptr<acc_t>(scale);
     const acc_t* hp = opt_ptr<acc_t>(shift);
-    for_each_run(layout_of(x.sizes(), fmt), [&](int64_t c, int64_t off, int64_t len) {
-      for (int64_t i = off; i < off + len; ++i)
-        ap[i] = acc_t(static_cast<scalar_t>(prologue<acc_t>(acc_t(xp[i]), sp, hp, do_relu, c)));
-    });
+    static_flags(
+        [&](auto kAffine, auto kRelu) {
+          for_each_row(layout_of(x.sizes(), fmt), [&](auto per_elem, int64_t off, int64_t len,
+                                                      int64_t c) {
+            prologue_row<per_elem, kAffine, kRelu>(len, xp + off, ap + off, offset(sp, c),
+                                                   offset(hp, c));
+          });
+        },
+        sp != nullptr, do_relu);
   });
   return a;
 }
@@ -59,10 +91,9 @@ Tensor bn_bwd_dy(const Tensor& dz_in, const Tensor& y_in, const Tensor& a_in,
     const acc_t* bp = b.const_data_ptr<acc_t>();
     const acc_t* cp = c.const_data_ptr<acc_t>();
     acc_t* out = dy.data_ptr<acc_t>();
-    for_each_run(layout_of(dz.sizes(), fmt), [&](int64_t ch, int64_t off, int64_t len) {
-      for (int64_t i = off; i < off + len; ++i)
-        out[i] = acc_t(static_cast<scalar_t>(
-            bn_bwd_apply<acc_t>(acc_t(gp[i]), acc_t(yp[i]), ap[ch], bp[ch], cp[ch])));
+    for_each_row(layout_of(dz.sizes(), fmt), [&](auto per_elem, int64_t off, int64_t len,
+                                                 int64_t ch) {
+      bn_bwd_dy_row<per_elem>(len, gp + off, yp + off, out + off, ap + ch, bp + ch, cp + ch);
     });
   });
   return dy;
@@ -85,11 +116,6 @@ void epilogue_run(int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict
                                                  res, kRs ? rs : nullptr, kRs ? rb : nullptr,
                                                  kRelu, kPerElem ? i : 0));
   }
-}
-
-template <class T>
-T* offset(T* p, int64_t k) {
-  return p ? p + k : nullptr;
 }
 
 // y = [relu](c*scale + shift + [res*res_scale + res_shift]) over the [outer, C, inner] view,
@@ -122,22 +148,56 @@ void epilogue_loop(const Layout& L, const acc_t* cp, scalar_t* yp, const acc_t* 
       in_place, osp != nullptr, rp != nullptr, rsp != nullptr, out_relu);
 }
 
-// Per-channel mean and m2 of the raw conv output, in double: Welford per element for
-// channels-last runs, two-pass per H*W run for NCHW, Chan merges across runs and chunks.
+// Channels-last statistics of rows [o_begin, o_end) (pixels of C channels): two passes over
+// the chunk (in cache for the second), each vectorised across channels, in double.
+template <class acc_t>
+FR_ROW_KERNEL void chunk_stats(
+    const acc_t* __restrict__ cp, int64_t C, int64_t o_begin, int64_t o_end,
+    double* __restrict__ mean, double* __restrict__ m2) {
+  for (int64_t c = 0; c < C; ++c) mean[c] = m2[c] = 0.0;
+  for (int64_t o = o_begin; o < o_end; ++o)
+    for (int64_t c = 0; c < C; ++c) mean[c] += double(cp[o * C + c]);
+  const double n = double(o_end - o_begin);
+  for (int64_t c = 0; c < C; ++c) mean[c] /= n;
+  for (int64_t o = o_begin; o < o_end; ++o)
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = double(cp[o * C + c]) - mean[c];
+      m2[c] += d * d;
+    }
+}
+
+// Per-channel mean and m2 of the raw conv output, in double: per chunk of rows (fixed by the
+// shape, never by the thread count) two passes for channels-last, two passes per H*W run for
+// NCHW; chunks and runs merged in order by Chan's formula.
 template <class acc_t>
 std::pair<Tensor, Tensor> conv_stats(const Layout& L, const acc_t* cp,
                                      const at::TensorOptions& options) {
   using W = Welford<double>;
-  auto total = reduce_runs<W>(
-      L,
-      [&](W& acc, int64_t, int64_t off, int64_t len) {
-        if (len == 1)
-          welford_add(acc, double(cp[off]));
-        else
+  std::vector<W> total;
+  if (L.inner == 1) {
+    const int64_t grain = outer_grain(L), C = L.C;
+    const int64_t nchunk = (L.outer + grain - 1) / grain;
+    std::vector<double> part(nchunk * 2 * C);
+    at::parallel_for(0, nchunk, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch)
+        chunk_stats(cp, C, ch * grain, std::min(L.outer, (ch + 1) * grain),
+                    part.data() + ch * 2 * C, part.data() + ch * 2 * C + C);
+    });
+    total.resize(C);
+    for (int64_t ch = 0; ch < nchunk; ++ch) {
+      const double n = double(std::min(L.outer, (ch + 1) * grain) - ch * grain);
+      for (int64_t c = 0; c < C; ++c)
+        total[c] = welford_merge(total[c], W{n, part[ch * 2 * C + c], part[ch * 2 * C + C + c]});
+    }
+  } else {
+    total = reduce_runs<W>(
+        L,
+        [&](W& acc, int64_t, int64_t off, int64_t len) {
           acc = welford_merge(
               acc, welford_run<double>([&](int64_t i) { return double(cp[off + i]); }, len));
-      },
-      [](W& t, const W& p) { t = welford_merge(t, p); });
+        },
+        [](W& t, const W& p) { t = welford_merge(t, p); });
+  }
   Tensor mean = at::empty({L.C}, options), m2 = at::empty({L.C}, options);
   for (int64_t c = 0; c < L.C; ++c) {
     mean.data_ptr<acc_t>()[c] = acc_t(total[c].mean);
@@ -223,6 +283,49 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   return {y, mean, m2};
 }
 
+// One row of the dgrad output without a previous BN: dx = dgrad [+ residual].
+template <bool kRes, class scalar_t, class acc_t>
+FR_ROW_KERNEL void dgrad_out_row(
+    int64_t n, const acc_t* __restrict__ g, const scalar_t* __restrict__ r,
+    scalar_t* __restrict__ dx) {
+  for (int64_t i = 0; i < n; ++i)
+    dx[i] = static_cast<scalar_t>(kRes ? g[i] + acc_t(r[i]) : g[i]);
+}
+
+// One row of the dgrad output behind relu(prev_y*prev_scale + prev_shift): the masked
+// gradient and its two sums for the previous BN's backward (s0: dx, s1: dx*(prev_y - mean)),
+// of the gradient before its rounding to the data dtype. Where that rounding is none (fp32,
+// fp64) the sums read dx back in a second loop, which vectorises (block_end_bwd_row).
+template <bool kPerElem, bool kRes, bool kAffine, class scalar_t, class acc_t>
+FR_ROW_KERNEL void dgrad_prev_row(
+    int64_t n, const acc_t* __restrict__ g, const scalar_t* __restrict__ r,
+    const scalar_t* __restrict__ prev_y, scalar_t* __restrict__ dx,
+    const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+    const acc_t* __restrict__ mean, double* __restrict__ s0, double* __restrict__ s1) {
+  auto masked = [&](int64_t i) {
+    const int64_t k = kPerElem ? i : 0;
+    return relu_bwd<acc_t, acc_t>(
+        kRes ? g[i] + acc_t(r[i]) : g[i],
+        maybe_affine<acc_t>(acc_t(prev_y[i]), kAffine ? scale : nullptr,
+                            kAffine ? shift : nullptr, k));
+  };
+  auto add = [&](int64_t i, acc_t v) {
+    const int64_t k = kPerElem ? i : 0;
+    s0[k] += double(v);
+    s1[k] += double(v) * double(acc_t(prev_y[i]) - mean[k]);
+  };
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = masked(i);
+    for (int64_t i = 0; i < n; ++i) add(i, dx[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t v = masked(i);
+      dx[i] = static_cast<scalar_t>(v);
+      add(i, v);
+    }
+  }
+}
+
 // dz (data), y and the coefficients, in the statistics dtype.
 void check_bwd_common(const char* op, const Tensor& dz, const Tensor& y, const Tensor& a,
                       const Tensor& b, const Tensor& c) {
@@ -280,33 +383,34 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
     const acc_t* pmp = opt_ptr<acc_t>(pm);
     scalar_t* out = dx.data_ptr<scalar_t>();
     if (!has_prev) {
-      for_each_run(L, [&](int64_t, int64_t off, int64_t len) {
-        for (int64_t i = off; i < off + len; ++i)
-          out[i] = static_cast<scalar_t>(has_res ? gp[i] + acc_t(rp[i]) : gp[i]);
-      });
+      static_flags(
+          [&](auto kRes) {
+            for_each_row(L, [&](auto, int64_t off, int64_t len, int64_t) {
+              dgrad_out_row<kRes>(len, gp + off, offset(rp, off), out + off);
+            });
+          },
+          has_res);
       return;
     }
     // The input was relu(prev_y*prev_scale + prev_shift): mask, then the sums of the previous
     // BN's backward over the masked gradient.
-    auto total = reduce_runs<Sums<2>>(
-        L,
-        [&](Sums<2>& acc, int64_t ch, int64_t off, int64_t len) {
-          for (int64_t i = off; i < off + len; ++i) {
-            acc_t g = has_res ? gp[i] + acc_t(rp[i]) : gp[i];
-            const acc_t py = acc_t(pyp[i]);
-            g = relu_bwd<acc_t, acc_t>(g, maybe_affine<acc_t>(py, psp, pbp, ch));
-            out[i] = static_cast<scalar_t>(g);
-            acc.v[0] += double(g);
-            acc.v[1] += double(g) * double(py - pmp[ch]);
-          }
+    std::vector<double> total;
+    static_flags(
+        [&](auto kRes, auto kAffine) {
+          total = reduce_rows<2>(L, [&](auto per_elem, double* acc, int64_t off, int64_t len,
+                                       int64_t ch) {
+            dgrad_prev_row<per_elem, kRes, kAffine>(len, gp + off, offset(rp, off), pyp + off,
+                                                    out + off, offset(psp, ch), offset(pbp, ch),
+                                                    pmp + ch, acc + ch, acc + C + ch);
+          });
         },
-        add_sums<2>);
+        has_res, psp != nullptr);
     const acc_t* pip = pi->const_data_ptr<acc_t>();
     sum_dx = at::empty({C}, pm->options());
     sum_dx_xhat = at::empty({C}, pm->options());
     for (int64_t ch = 0; ch < C; ++ch) {
-      sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
-      sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(pip[ch]));
+      sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch]);
+      sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[C + ch] * double(pip[ch]));
     }
   });
   return {dx, sum_dx, sum_dx_xhat};
