@@ -102,14 +102,15 @@ Tensor bn_bwd_dy(const Tensor& dz_in, const Tensor& y_in, const Tensor& a_in,
 
 // One contiguous run of the epilogue. The channel advances with i (kPerElem: a channels-last
 // pixel) or stays (an NCHW plane; the coefficient pointers then point at its channel).
-// Restrict-qualified so that it vectorises with no runtime alias check, which an in-place
-// call would fail: in place, y is both read and written and src is unused.
+// Restrict-qualified (and a row kernel, cpu_utils.h) so that it vectorises with no runtime
+// alias check, which an in-place call would fail: in place, y is both read and written and
+// src is unused.
 template <bool kPerElem, bool kInPlace, bool kOs, bool kRes, bool kRs, bool kRelu,
           class scalar_t, class acc_t>
-void epilogue_run(int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict__ y,
-                  const acc_t* __restrict__ os, const acc_t* __restrict__ ob,
-                  const scalar_t* __restrict__ r, const acc_t* __restrict__ rs,
-                  const acc_t* __restrict__ rb) {
+FR_ROW_KERNEL void epilogue_run(
+    int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict__ y,
+    const acc_t* __restrict__ os, const acc_t* __restrict__ ob, const scalar_t* __restrict__ r,
+    const acc_t* __restrict__ rs, const acc_t* __restrict__ rb) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t v = kInPlace ? acc_t(y[i]) : src[i];
     const acc_t res = kRes ? acc_t(r[i]) : acc_t(0);

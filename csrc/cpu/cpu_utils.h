@@ -33,16 +33,6 @@ T* offset(T* p, int64_t k) {
   return p ? p + k : nullptr;
 }
 
-// f(c, offset, len) for each contiguous run of `len` elements of channel c (len = H*W for
-// NCHW, 1 for channels-last), in parallel over `outer`.
-template <class F>
-void for_each_run(const Layout& L, const F& f) {
-  at::parallel_for(0, L.outer, outer_grain(L), [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o)
-      for (int64_t c = 0; c < L.C; ++c) f(c, (o * L.C + c) * L.inner, L.inner);
-  });
-}
-
 // f(per_elem, offset, len, c) for each contiguous row, in parallel over `outer`: channels-last
 // rows are one pixel's C channels (per_elem is std::true_type: element i is channel i, c is 0),
 // NCHW rows one channel's H*W plane (std::false_type: every element is channel c). Row loops
