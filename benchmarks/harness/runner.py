@@ -105,40 +105,38 @@ def run_group(w: Workload, providers, mode: str) -> list[dict]:
     """Gate, then time, ``providers`` on one workload and mode; never raises. On a GPU one
     provider after the other (CUDA events); on a CPU all that passed interleaved, round by
     round, each speedup the median of per-round ratios (a shared CPU's load cancels)."""
-    args = w.args
-    if args.device.type == "cuda":
-        rows = []
-        for provider in providers:
-            row, step = gated_step(w, provider, mode)
-            try:
-                if step is not None:
-                    timed(row, w, *time_cuda(step, args.quick))
-                    row["peak_mem_mb"] = peak_mem_mb(step, args.device)
-            except Exception as e:  # noqa: BLE001
-                failed(row, e)
-            finally:
-                del step
-                torch.cuda.empty_cache()
-            rows.append(row)
-        return rows
+    if w.args.device.type == "cuda":
+        return [run_cuda(w, p, mode) for p in providers]
     gated = [gated_step(w, p, mode) for p in providers]
+    rows = {row["provider"]: row for row, _ in gated}
     steps = {row["provider"]: step for row, step in gated if step is not None}
     try:
-        times = time_interleaved(steps, args.rounds, CPU_BLOCK_S, args.min_time_s) if steps else {}
+        times = time_interleaved(steps, w.args.rounds, CPU_BLOCK_S, w.args.min_time_s) \
+            if steps else {}
     except Exception as e:  # noqa: BLE001 - a step that crashes while timed fails the row
         times = {}
-        for row, step in gated:
-            if step is not None:
-                failed(row, e)
-    for base in SPEEDUP_BASES:
-        if base not in times:
-            continue
-        for name, ratio in round_ratios(times, base).items():
-            next(r for r, _ in gated if r["provider"] == name)[f"speedup_vs_{base}"] = ratio
-    for row, _ in gated:
-        if row["provider"] in times:
-            timed(row, w, *summary_ms(times[row["provider"]]))
-    return [row for row, _ in gated]
+        for name in steps:
+            failed(rows[name], e)
+    for name, t in times.items():
+        timed(rows[name], w, *summary_ms(t))
+        for base in SPEEDUP_BASES:
+            if base in times:
+                rows[name][f"speedup_vs_{base}"] = round_ratios(times, base)[name]
+    return list(rows.values())
+
+
+def run_cuda(w: Workload, provider: str, mode: str) -> dict:
+    row, step = gated_step(w, provider, mode)
+    try:
+        if step is not None:
+            timed(row, w, *time_cuda(step, w.args.quick))
+            row["peak_mem_mb"] = peak_mem_mb(step, w.args.device)
+    except Exception as e:  # noqa: BLE001 - a crashing provider is a failed row, not a dead run
+        failed(row, e)
+    finally:
+        del step
+        torch.cuda.empty_cache()
+    return row
 
 
 def run_row(w: Workload, provider: str, mode: str) -> dict:
