@@ -67,11 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at full size; tens of minutes); a GPU run is always full")
     p.add_argument("--budget-s", type=float,
                    help="stop starting new rows after this many seconds (default: none; with "
-                        "--quick 150 on CUDA, 180 on CPU); torch.compile rows run last; "
+                        "--quick 150 on CUDA, 180 on CPU); on CUDA torch.compile rows run last; "
                         "SIGTERM also stops the run and still writes the outputs")
     p.add_argument("--min-time-s", type=float,
                    help="CPU: least timed seconds per row (default 0.3 with --quick, 0.5 in "
                         "the CPU default run, else 2)")
+    p.add_argument("--rounds", type=int,
+                   help="CPU: least interleaved timing rounds per row (default 7 with --quick "
+                        "and in the CPU default run, else 15)")
     p.add_argument("--threads", type=int,
                    help="CPU threads (default: torch's; 1 with --quick: on a machine shared "
                         "with a compiler, OpenMP barriers make 2 threads up to 50x slower)")
@@ -116,6 +119,7 @@ def resolve_defaults(args: argparse.Namespace, p: argparse.ArgumentParser) -> ar
     args.cases = resolve_cases(args.cases or cpu.get("cases"), args.quick, cuda, p)
     if args.budget_s is None and args.quick:
         args.budget_s = 150.0 if cuda else 180.0
+    args.rounds = args.rounds or (7 if args.quick or args.cpu_default else 15)
     args.min_time_s = args.min_time_s or (0.3 if args.quick else cpu.get("min_time_s", 2.0))
     args.compile_mode = "default" if args.quick else "max-autotune-no-cudagraphs"
     return args
@@ -148,8 +152,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device.type == "cpu":
         print(f"note: CPU run at batch {args.batch}, spatial / {args.hw_div}, dtype "
-              f"{dtype_name(args.dtype)}, {torch.get_num_threads()} thread(s); roofline floors "
-              "use H100 figures", file=sys.stderr)
+              f"{dtype_name(args.dtype)}, {torch.get_num_threads()} thread(s); providers timed "
+              "interleaved; roofline floors from this CPU's measured peaks", file=sys.stderr)
     if args.cpu_default:
         print(f"note: the CPU-sized default run; {FULL_HINT}", file=sys.stderr)
     if FUSED_IMPORT_ERROR:

@@ -24,10 +24,15 @@ training backward (BN-backward of bn_i recomputed in the prologue of its consume
   dgrad / wgrad of cd: read d_out, out, yd (and x for wgrad), write dx_d / dw_d.
 FLOPs: 2*M*K per conv GEMM (M = output pixels * C_out, K = C_in*k*k); backward = dgrad +
 wgrad = 2x forward. Elementwise FLOPs are not counted.
+
+The peaks the floor divides by (:func:`peaks`): on a GPU the H100 figures below; on a CPU
+this CPU's own, measured once per process, dtype and thread count (:func:`cpu_peaks`).
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +47,75 @@ PEAK_FLOPS = {
 }
 PEAK_NOTE = ("H100 roofline: 790 TFLOP/s bf16/fp16, 395 TFLOP/s fp32 (TF32), "
              "3.0 TB/s; floor = max(flops/peak, bytes/bandwidth) per row")
+# CPU calibration: a square GEMM large enough to run at the BLAS's full rate (smaller where
+# one call already takes CPU_GEMM_CALL_S: a dtype without fast kernels), a copy of 4x a large
+# L3 (both operands), each repeated for CPU_CALIBRATION_S; the best call is the peak.
+CPU_GEMM_N = 1536
+CPU_GEMM_CALL_S = 0.05
+CPU_COPY_BYTES = 128 * 2**20
+CPU_CALIBRATION_S = 0.5
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """What a floor divides by: FLOP/s in the run's dtype and copy bandwidth (bytes/s)."""
+
+    flops: float
+    bw: float
+    note: str
+
+
+def h100_peaks(dtype: torch.dtype) -> Peaks:
+    return Peaks(PEAK_FLOPS[dtype], PEAK_BW, PEAK_NOTE)
+
+
+def _best_s(fn, seconds: float) -> float:
+    """Shortest of repeated calls of ``fn`` (at least 3) over about ``seconds``."""
+    fn()  # warm-up: first-touch page faults, BLAS buffers
+    best, n, end = float("inf"), 0, time.perf_counter() + seconds
+    while n < 3 or time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        best, n = min(best, time.perf_counter() - t), n + 1
+    return best
+
+
+@functools.cache
+def cpu_peaks(dtype: torch.dtype, threads: int) -> Peaks:
+    """This CPU's peaks at ``threads`` threads: ``torch.mm`` of two square matrices in
+    ``dtype``, CPU_GEMM_N wide or as wide as one CPU_GEMM_CALL_S call allows (FLOP/s), and
+    a copy of CPU_COPY_BYTES (bytes read + written per second), each the best call of
+    CPU_CALIBRATION_S seconds. Measured once per process, dtype and thread count."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = 256
+        while True:
+            a, c = torch.randn(n, n).to(dtype), torch.empty(n, n, dtype=dtype)
+            t = time.perf_counter()
+            torch.mm(a, a, out=c)
+            if n >= CPU_GEMM_N or time.perf_counter() - t > CPU_GEMM_CALL_S:
+                break
+            n = min(2 * n, CPU_GEMM_N)
+        flops = 2 * n ** 3 / _best_s(lambda: torch.mm(a, a, out=c), CPU_CALIBRATION_S)
+        src = torch.empty(CPU_COPY_BYTES, dtype=torch.uint8).random_()
+        dst = torch.empty_like(src)
+        bw = 2 * CPU_COPY_BYTES / _best_s(lambda: dst.copy_(src), CPU_CALIBRATION_S)
+    finally:
+        torch.set_num_threads(saved)
+    name = str(dtype).replace("torch.", "")
+    note = (f"CPU roofline, measured on this CPU at {threads} thread(s): "
+            f"{flops / 1e9:.1f} GFLOP/s {name} (torch.mm, {n}x{n}), {bw / 1e9:.1f} GB/s "
+            "(copy, read + write); floor = max(flops/peak, bytes/bandwidth) per row")
+    return Peaks(flops, bw, note)
+
+
+def peaks(device: torch.device, dtype: torch.dtype) -> Peaks:
+    """The floor's peaks: this CPU's own, measured at the current thread count, on a CPU;
+    the H100's on a GPU."""
+    if device.type == "cpu":
+        return cpu_peaks(dtype, torch.get_num_threads())
+    return h100_peaks(dtype)
 
 
 @dataclass(frozen=True)
@@ -134,9 +208,9 @@ def block_model(chain: list[Conv], proj: Conv | None, n: int, elem_bytes: int,
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def floor_ms(flops: int, nbytes: int, dtype: torch.dtype) -> float:
-    """Roofline floor in ms on the H100 figures above."""
-    return 1e3 * max(flops / PEAK_FLOPS[dtype], nbytes / PEAK_BW)
+def floor_ms(flops: int, nbytes: int, peak: Peaks) -> float:
+    """Roofline floor in ms at the peaks ``peak`` (:func:`peaks`)."""
+    return 1e3 * max(flops / peak.flops, nbytes / peak.bw)
 
 
 STEM = Conv(3, 64, 7, 2, 224)  # ResNet stem conv; then BN, ReLU and a 3x3/2 max pool

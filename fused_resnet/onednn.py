@@ -194,14 +194,15 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 # eager/variant time ratios (docs: benchmarks/README.md, "CPU paths"):
 #   eval, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
 #       1.09-1.18x (batch 8); the cpp kernels 0.89x;
-#   training fwd+bwd, bottlenecks 256->64 at 28x28, batch 2: cpp 0.77x, reference 0.73x.
+#   training fwd+bwd, 16 bottlenecks, batch 2, 1 thread: cpp 0.96x (spatial sizes / 4),
+#       0.98x (224x224 sizes; per block 0.95-1.04x), reference 0.73x (256->64 at 28x28).
 # Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run,
 # else ATen's own ops (the block's torchvision forward), never the slower fused kernels.
 ONEDNN, ATEN = "onednn", "aten"
 _WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
                "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
 _WHY_ATEN = ("on the CPU ATen's convolutions and BatchNorm run faster than the cpp kernels "
-             "(training fwd+bwd 0.77x eager with cpp)")
+             "(training fwd+bwd 0.96-0.98x eager with cpp)")
 
 
 def choose_path(requested: str, plan, x: Tensor, tensors: tuple,

@@ -1,4 +1,5 @@
-"""CI smoke test of benchmarks/bench_blocks.py on the CPU, and the roofline model's numbers.
+"""CI smoke test of benchmarks/bench_blocks.py on the CPU, its interleaved CPU timing, and
+the roofline model's numbers and CPU peaks.
 
 The benchmark runs as a subprocess, as a user runs it, at a tiny size (batch 2, spatial
 sizes / 4: smaller leaves conv5_x at 1x1, whose training BN over 2 values is ill-conditioned
@@ -23,10 +24,11 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import roofline  # noqa: E402
 
 TOP_KEYS = {"device", "torch", "triton", "cuda", "commit", "date", "dtype", "batch", "summary",
-            "network", "rows"}
+            "summary_vs_eager", "network", "rows", "peaks"}
 SUMMARY_KEYS = {"eager", "compile", "fused_cuda", "fused_triton", "fused_cpp", "fused_floor"}
 ROW_KEYS = {"case", "provider", "mode", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
-            "floor_ms", "peak_mem_mb", "max_rel_err"}
+            "floor_ms", "peak_mem_mb", "max_rel_err", "speedup_vs_eager", "speedup_vs_compile",
+            "speedup_vs_compile_freezing"}
 R50_WEIGHTS = {"r50_conv2_first": 1, "r50_conv2_rep": 2, "r50_conv3_first": 1,
                "r50_conv3_rep": 3, "r50_conv4_first": 1, "r50_conv4_rep": 5,
                "r50_conv5_first": 1, "r50_conv5_rep": 2}
@@ -49,6 +51,8 @@ def check_common(res: dict, providers: list[str]) -> None:
     assert TOP_KEYS <= res.keys()
     assert res["dtype"] == "float32" and res["batch"] == 2
     assert res["device"].startswith("cpu: ")
+    assert res["peaks"]["source"] == "measured on this CPU" and res["peaks"]["flops"] > 0
+    assert "measured on this CPU" in res["notes"][0]
     for mode in ("inference", "training"):
         assert SUMMARY_KEYS <= res["summary"][mode].keys()
         for v in res["summary"][mode].values():
@@ -87,6 +91,8 @@ def test_bench_blocks_quick(tmp_path):
                    for c, w in R50_WEIGHTS.items())
         assert res["summary"][key]["eager"] == pytest.approx(want)
         assert res["summary"][key]["compile"] is None  # not asked for
+        assert res["summary_vs_eager"][key]["eager"] == pytest.approx(1.0)
+        assert res["summary_vs_eager"][key]["fused_reference"] > 0
     assert os.path.getsize(tmp_path / "blocks.csv") > 0
 
 
@@ -144,6 +150,88 @@ def test_gate_fails_a_wrong_provider(monkeypatch):
         bad = run_row(work, "fused_reference", mode)
         assert bad["status"] == "failed" and bad["median_ms"] is None, bad
         assert bad["max_rel_err"] > bad["tol"] >= 1e-5
+
+
+def test_gate_allows_what_rounding_explains(monkeypatch):
+    """A provider's tensor is held to 2x the larger of eager's error and the rounding-emulated
+    run's (eager may round a ReLU input near zero the float64 way by luck, a provider not)."""
+    from harness.cases import ALL_CASES
+    from harness.runner import run_row
+    from harness.workload import Workload
+
+    work = Workload(ALL_CASES["r50_conv5_rep"], quick_args())
+
+    def damage(module):
+        with torch.no_grad():
+            module.conv2.weight.mul_(1.001)
+
+    wrong_build(monkeypatch, damage)
+    assert run_row(work, "fused_reference", "inference")["status"] == "failed"
+    monkeypatch.setattr(work, "rounding_errors", lambda mode: {"out": 1e-2})
+    ok = run_row(work, "fused_reference", "inference")
+    assert ok["status"] == "ok" and ok["tol"] == pytest.approx(2e-2), ok
+
+
+def _runs(log: list[str]) -> list[str]:
+    """The log with repeats collapsed: which provider ran, block by block."""
+    return [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+
+
+def test_cpu_row_times_its_providers_interleaved(monkeypatch):
+    """On a CPU a row's providers are timed in rounds of one block each, in turn (ABAB)."""
+    from harness import providers, runner
+    from harness.cases import ALL_CASES
+    from harness.workload import Workload
+
+    work, log = Workload(ALL_CASES["r50_conv5_rep"], quick_args("--rounds", "5")), []
+    real_build = providers.build
+
+    def build(provider, master, case, args, training):  # eager, logging who runs
+        module = real_build("eager", master, case, args, training)
+        module.register_forward_hook(lambda *_: log.append(provider))
+        return module
+
+    monkeypatch.setattr(runner, "build", build)
+    rows = runner.run_group(work, ("eager", "fused_reference"), "inference")
+    assert [r["status"] for r in rows] == ["ok", "ok"], rows
+    assert _runs(log)[-10:] == ["eager", "fused_reference"] * 5  # 5 rounds, not 1 block each
+    assert rows[0]["speedup_vs_eager"] == 1.0 and rows[1]["speedup_vs_eager"] > 0
+
+
+def test_cpu_speedups_are_medians_of_round_ratios(monkeypatch):
+    """A row's speedup is the median of per-round ratios (2.0 here), not the ratio of the
+    medians (1.0): a slow round slows every provider of that round alike."""
+    from harness import runner
+    from harness.cases import ALL_CASES
+    from harness.workload import Workload
+
+    work = Workload(ALL_CASES["r50_conv5_rep"], quick_args())
+    canned = {"eager": [2.0, 6.0, 2.0], "fused_reference": [1.0, 3.0, 2.0]}
+    monkeypatch.setattr(runner, "time_interleaved", lambda steps, *a: canned)
+    eager, fused = runner.run_group(work, ("eager", "fused_reference"), "inference")
+    assert fused["median_ms"] == 2.0 and eager["median_ms"] == 2.0
+    assert fused["speedup_vs_eager"] == pytest.approx(2.0)
+    assert fused["speedup_vs_compile"] is None  # not in the row
+
+
+def test_cpu_floor_from_measured_peaks():
+    """On a CPU the floor divides by this CPU's measured GEMM rate and copy bandwidth (once
+    per process and thread count), and the report names them."""
+    from harness.cases import ALL_CASES
+    from harness.report import notes
+    from harness.runner import block_roofline
+
+    args = quick_args()
+    cpu = roofline.peaks(torch.device("cpu"), torch.float32)
+    assert cpu is roofline.peaks(torch.device("cpu"), torch.float32)  # cached
+    assert cpu == roofline.cpu_peaks(torch.float32, torch.get_num_threads())
+    assert 1e8 < cpu.flops < 1e14 and 1e8 < cpu.bw < 1e13, cpu
+    flops, nbytes, floor = block_roofline(ALL_CASES["r50_conv4_rep"], args, "inference")
+    assert floor == pytest.approx(1e3 * max(flops / cpu.flops, nbytes / cpu.bw))
+    assert floor > 100 * roofline.floor_ms(flops, nbytes, roofline.h100_peaks(torch.float32))
+    note = notes(args)[0]
+    assert "measured on this CPU" in note and f"{cpu.flops / 1e9:.1f} GFLOP/s" in note
+    assert f"{cpu.bw / 1e9:.1f} GB/s" in note
 
 
 def ill_conditioned_block(case):
@@ -246,7 +334,7 @@ def test_roofline_bottleneck_by_hand():
     assert roofline.block_model(chain, proj, n, 2, "train_fwd") == (flops, fwd_bytes)
     f, b = roofline.block_model(chain, proj, n, 2, "train_fwd_bwd")
     assert f == 3 * flops and b > 2 * fwd_bytes
-    floor = roofline.floor_ms(flops, inf_bytes, torch.bfloat16)
+    floor = roofline.floor_ms(flops, inf_bytes, roofline.h100_peaks(torch.bfloat16))
     assert floor == pytest.approx(1e3 * max(flops / 790e12, inf_bytes / 3.0e12))
 
 
@@ -263,7 +351,7 @@ def test_roofline_resnet50_totals_near_design():
         for cin, planes, stride, proj, hw, weight in stages:
             chain, pj = roofline.block_convs("bottleneck", cin, planes, stride, hw, proj)
             t += weight * roofline.floor_ms(*roofline.block_model(chain, pj, 128, 2, mode),
-                                            torch.bfloat16)
+                                            roofline.h100_peaks(torch.bfloat16))
         return t
 
     assert math.isclose(total("inference"), 2.30, rel_tol=0.05)

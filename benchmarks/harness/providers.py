@@ -18,7 +18,7 @@ except Exception as e:  # noqa: BLE001 - any import failure just skips the fused
     FUSED_IMPORT_ERROR = f"import fused_resnet failed: {type(e).__name__}: {e}"
 
 PROVIDERS = ("eager", "compile", "compile_freezing", "fused_cuda", "fused_triton", "fused_cpp",
-             "fused_reference")
+             "fused_reference", "fused_auto")
 SUMMARY_PROVIDERS = ("eager", "compile", "fused_cuda", "fused_triton", "fused_cpp")
 
 
@@ -30,6 +30,8 @@ def fused_reason(backend: str, device: torch.device, dtype: torch.dtype) -> str 
     """Why the fused ``backend`` cannot run on ``device`` in ``dtype``, or None."""
     if fused_resnet is None:
         return FUSED_IMPORT_ERROR
+    if backend == "auto":
+        return None  # auto serves every device and dtype (per call, the fastest path)
     try:
         return fused_resnet.backend_status(device, dtype).get(backend, f"unknown backend {backend}")
     except Exception as e:  # noqa: BLE001 - an API still in flux: report, do not crash

@@ -23,17 +23,42 @@ from .runner import block_roofline, ok_times
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+SUMMARY_MODES = (("inference", "inference"), ("training", "train_fwd_bwd"))
+
+
 def summarize(rows: list[dict], args) -> dict:
     """Weighted 16-block ResNet-50 totals (ms) per provider; null unless all 8 cases ran."""
     ok = ok_times(rows)
     out = {}
-    for key, mode in (("inference", "inference"), ("training", "train_fwd_bwd")):
+    for key, mode in SUMMARY_MODES:
         s = {}
-        for p in SUMMARY_PROVIDERS + ("fused_reference",):
+        always = SUMMARY_PROVIDERS + ("fused_reference",)
+        for p in always + tuple(q for q in args.providers if q not in always):
             times = [ok.get((c.name, p, mode)) for c in R50_CASES]
             s[p] = (sum(c.weight * t for c, t in zip(R50_CASES, times, strict=True))
                     if all(times) else None)
         s["fused_floor"] = sum(c.weight * block_roofline(c, args, mode)[2] for c in R50_CASES)
+        out[key] = s
+    return out
+
+
+def summarize_vs_eager(rows: list[dict]) -> dict:
+    """The 16 blocks' speedup over eager per provider: eager's weighted total over the
+    provider's, each row's time taken as eager's median / the row's speedup (on a CPU the
+    median of per-round ratios, so the total inherits the interleaved measurement); null
+    unless all 8 cases have both."""
+    out = {}
+    for key, mode in SUMMARY_MODES:
+        got = {(r["case"], r["provider"]): r for r in rows
+               if r["mode"] == mode and r["status"] == "ok"}
+        s = {}
+        for p in PROVIDERS:
+            pairs = [(got.get((c.name, "eager")), got.get((c.name, p)), c.weight)
+                     for c in R50_CASES]
+            if all(e and r and r["speedup_vs_eager"] for e, r, _ in pairs):
+                eager = sum(w * e["median_ms"] for e, _, w in pairs)
+                s[p] = eager / sum(w * e["median_ms"] / r["speedup_vs_eager"]
+                                   for e, r, w in pairs)
         out[key] = s
     return out
 
@@ -70,12 +95,13 @@ def device_name(device: torch.device) -> str:
 
 
 def notes(args) -> list[str]:
-    n = [roofline.PEAK_NOTE + "; FLOPs and bytes per benchmarks/roofline.py"]
+    peak = roofline.peaks(args.device, args.dtype)
+    n = [peak.note + "; FLOPs and bytes per benchmarks/roofline.py"]
     if args.device.type == "cpu":
         n.append(f"CPU run: batch {args.batch}, spatial sizes divided by {args.hw_div} "
-                 f"(rounded up), dtype {dtype_name(args.dtype)} (bf16 CPU convs are slow), "
-                 f"{torch.get_num_threads()} thread(s); the floor still uses the H100 figures "
-                 "(a GPU yardstick, not a CPU bound)")
+                 f"(rounded up), dtype {dtype_name(args.dtype)}, {torch.get_num_threads()} "
+                 f"thread(s); each row's providers timed interleaved in at least {args.rounds} "
+                 "rounds, speedups are medians of per-round ratios")
     if args.dtype == torch.float32 and args.device.type == "cuda":
         n.append(f"fp32 with cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}")
     n.append("peak_mem_mb: CUDA memory one call needs above what was allocated before it")
@@ -106,16 +132,20 @@ def report(rows: list[dict], args, wall_s: float) -> dict:
         triton_version = None
     skipped = {p: fused_reason(p[len("fused_"):], args.device, args.dtype)
                for p in args.providers if p.startswith("fused_")}
+    peak = roofline.peaks(args.device, args.dtype)
     return clean({
         "device": device_name(args.device), "torch": torch.__version__,
         "triton": triton_version, "cuda": torch.version.cuda, "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dtype": dtype_name(args.dtype), "batch": args.batch,
-        "summary": summarize(rows, args), "network": network_summary(rows), "rows": rows,
+        "summary": summarize(rows, args), "summary_vs_eager": summarize_vs_eager(rows),
+        "network": network_summary(rows), "rows": rows,
         "hw_div": args.hw_div, "quick": args.quick, "cpu_default": args.cpu_default,
         "wall_s": wall_s,
         "providers": args.providers, "modes": args.modes,
         "unavailable": {p: r for p, r in skipped.items() if r}, "notes": notes(args),
+        "peaks": {"flops": peak.flops, "bytes_per_s": peak.bw,
+                  "source": "measured on this CPU" if args.device.type == "cpu" else "H100"},
     })
 
 
@@ -130,8 +160,8 @@ def print_table(res: dict) -> None:
     for note in res["notes"]:
         print(f"note: {note}")
     head = (f"{'case':<18} {'provider':<15} {'mode':<13} {'median':>9} {'p20':>9} {'p80':>9} "
-            f"{'x eager':>7} {'x comp':>7} {'TFLOP/s':>8} {'GB/s':>7} {'floor':>8} {'/floor':>7} "
-            f"{'mem MB':>8} {'rel err':>8}  status")
+            f"{'x eager':>7} {'x comp':>7} {'x frz':>7} {'TFLOP/s':>8} {'GB/s':>7} {'floor':>8} "
+            f"{'/floor':>7} {'mem MB':>8} {'rel err':>8}  status")
     print(head)
     print("-" * len(head))
     for r in res["rows"]:
@@ -139,12 +169,16 @@ def print_table(res: dict) -> None:
         print(f"{r['case']:<18} {r['provider']:<15} {r['mode']:<13} {fmt(r['median_ms'], '9.3f')} "
               f"{fmt(r['p20_ms'], '9.3f')} {fmt(r['p80_ms'], '9.3f')} "
               f"{fmt(r['speedup_vs_eager'], '7.2f')} {fmt(r['speedup_vs_compile'], '7.2f')} "
+              f"{fmt(r['speedup_vs_compile_freezing'], '7.2f')} "
               f"{fmt(r['tflops'], '8.2f')} {fmt(r['gbps'], '7.1f')} {fmt(r['floor_ms'], '8.3f')} "
               f"{fmt(r['floor_ratio'], '7.1f')} {fmt(r['peak_mem_mb'], '8.1f')} "
               f"{fmt(r['max_rel_err'], '8.1e')}  {status}")
     print("\nResNet-50, 16 bottlenecks weighted (ms):")
     for key, s in res["summary"].items():
         print(f"  {key:<10} " + "  ".join(f"{p}={fmt(v, '.3f')}" for p, v in s.items()))
+    for key, s in res["summary_vs_eager"].items():
+        if s:
+            print(f"  {key:<10} x eager: " + "  ".join(f"{p}={v:.2f}" for p, v in s.items()))
     for key, s in res["network"].items():
         print(f"  network {key}: " + ("  ".join(f"{p}={v:.1f}" for p, v in s.items()) or "-"))
 
@@ -187,7 +221,7 @@ def write_plot(res: dict, path: str) -> None:
                 ax.bar(np.arange(len(cases)) + j * width, vals, width, label=p)
             ax.axhline(1.0, color="k", lw=0.8)
             if key == "floor_ratio":
-                ax.set_yscale("log")  # ratios span orders of magnitude (CPU vs H100 floor)
+                ax.set_yscale("log")  # ratios span orders of magnitude
             ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
             ax.set_xticklabels(cases, rotation=30, ha="right", fontsize=7)
             ax.set_title(f"{mode}: {title}", fontsize=9)

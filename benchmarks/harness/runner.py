@@ -1,5 +1,6 @@
-"""The run loop: which rows run in which order, gate then time each one, and progress lines
-with the elapsed time and an estimate of the time left."""
+"""The run loop: which rows run in which order, gate then time them (on a CPU a row's
+providers interleaved), and progress lines with the elapsed time and an estimate of the
+time left."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import torch
 
 from .cases import R50_CASES, Case, scaled
 from .providers import Skipped, build
-from .timing import block_step, network_step, peak_mem_mb, time_ms
+from .timing import (
+    block_step,
+    network_step,
+    peak_mem_mb,
+    round_ratios,
+    summary_ms,
+    time_cuda,
+    time_interleaved,
+)
 from .workload import Workload
 
 # Relative cost of a row for the time-left estimate: torch.compile rows spend most of their
@@ -19,15 +28,22 @@ from .workload import Workload
 COMPILE_COST_FACTOR = 6.0
 ROW_OVERHEAD_GFLOP = 2.0
 NETWORK_COST_FACTOR = 5.0
+CPU_BLOCK_S = 0.02  # one provider's block of calls in a CPU round: timer resolution is moot
+
+
+# Speedups every row reports: each base's time / the row's (>1: faster than the base).
+SPEEDUP_BASES = ("eager", "compile", "compile_freezing")
+# A row's providers (case, mode, providers); on a CPU they are timed interleaved.
+Group = tuple  # (Case | None, str, tuple[str, ...])
 
 
 def new_row(w: Workload | None, provider: str, mode: str, case: Case | None = None) -> dict:
     name = w.name if w else case.name if case else "resnet50"
     return {"case": name, "provider": provider, "mode": mode, "status": None, "reason": None,
             "median_ms": None, "p20_ms": None, "p80_ms": None, "tflops": None, "gbps": None,
-            "floor_ms": None, "floor_ratio": None, "speedup_vs_eager": None,
-            "speedup_vs_compile": None, "peak_mem_mb": None, "max_rel_err": None, "tol": None,
-            "worst": None}
+            "floor_ms": None, "floor_ratio": None,
+            **{f"speedup_vs_{b}": None for b in SPEEDUP_BASES},
+            "peak_mem_mb": None, "max_rel_err": None, "tol": None, "worst": None}
 
 
 def block_roofline(case: Case, args, mode: str) -> tuple[int, int, float]:
@@ -37,11 +53,19 @@ def block_roofline(case: Case, args, mode: str) -> tuple[int, int, float]:
     elem = torch.tensor([], dtype=args.dtype).element_size()
     model_mode = "train_fwd_bwd" if mode == "train_step" else mode
     flops, nbytes = roofline.block_model(chain, proj, args.batch, elem, model_mode)
-    return flops, nbytes, roofline.floor_ms(flops, nbytes, args.dtype)
+    return flops, nbytes, roofline.floor_ms(flops, nbytes,
+                                            roofline.peaks(args.device, args.dtype))
 
 
-def run_row(w: Workload, provider: str, mode: str) -> dict:
-    """Gate, then time, one (workload, provider, mode); never raises."""
+def failed(row: dict, e: Exception) -> dict:
+    first_line = (str(e).splitlines() or [""])[0][:300]
+    row.update(status="failed", reason=f"{type(e).__name__}: {first_line}")
+    return row
+
+
+def gated_step(w: Workload, provider: str, mode: str):
+    """(row, step): ``provider``'s module built and gated, and its timed step (run once, so
+    a crash shows here), or None with the row failed or skipped; never raises."""
     args, row = w.args, new_row(w, provider, mode)
     try:
         module = build(provider, w.master, w.case, args, mode != "inference")
@@ -53,40 +77,88 @@ def run_row(w: Workload, provider: str, mode: str) -> dict:
                 hint = f"; eager's error: {w.eager_errs[mode][worst]:.3g}"
             row.update(status="failed",
                        reason=f"rel err {err:.3g} > tol {tol:.3g} ({worst}){hint}")
-            return row
+            return row, None
         step = (network_step(module, w.xs, w.labels, mode) if w.case is None
                 else block_step(module, w.xs, w.gs, mode))
-        med, p20, p80 = time_ms(step, args.device, args.quick or args.cpu_default,
-                                args.min_time_s)
-        row.update(status="ok", median_ms=med, p20_ms=p20, p80_ms=p80,
-                   peak_mem_mb=peak_mem_mb(step, args.device))
-        if w.case is None:
-            row["img_s"] = args.batch / (med / 1e3)
-        else:
-            flops, nbytes, floor = block_roofline(w.case, args, mode)
-            row.update(tflops=flops / med / 1e9, gbps=nbytes / med / 1e6, floor_ms=floor,
-                       floor_ratio=med / floor)
+        step()
+        return row, step
     except Skipped as e:
         row.update(status="skipped", reason=str(e))
     except Exception as e:  # noqa: BLE001 - a crashing provider is a failed row, not a dead run
-        first_line = (str(e).splitlines() or [""])[0][:300]
-        row.update(status="failed", reason=f"{type(e).__name__}: {first_line}")
+        failed(row, e)
+    return row, None
+
+
+def timed(row: dict, w: Workload, med: float, p20: float, p80: float) -> None:
+    """Fill ``row`` with its times and what follows from them."""
+    args, mode = w.args, row["mode"]
+    row.update(status="ok", median_ms=med, p20_ms=p20, p80_ms=p80)
+    if w.case is None:
+        row["img_s"] = args.batch / (med / 1e3)
+    else:
+        flops, nbytes, floor = block_roofline(w.case, args, mode)
+        row.update(tflops=flops / med / 1e9, gbps=nbytes / med / 1e6, floor_ms=floor,
+                   floor_ratio=med / floor)
+
+
+def run_group(w: Workload, providers, mode: str) -> list[dict]:
+    """Gate, then time, ``providers`` on one workload and mode; never raises. On a GPU one
+    provider after the other (CUDA events); on a CPU all that passed interleaved, round by
+    round, each speedup the median of per-round ratios (a shared CPU's load cancels)."""
+    if w.args.device.type == "cuda":
+        return [run_cuda(w, p, mode) for p in providers]
+    gated = [gated_step(w, p, mode) for p in providers]
+    rows = {row["provider"]: row for row, _ in gated}
+    steps = {row["provider"]: step for row, step in gated if step is not None}
+    try:
+        times = time_interleaved(steps, w.args.rounds, CPU_BLOCK_S, w.args.min_time_s) \
+            if steps else {}
+    except Exception as e:  # noqa: BLE001 - a step that crashes while timed fails the row
+        times = {}
+        for name in steps:
+            failed(rows[name], e)
+    for name, t in times.items():
+        timed(rows[name], w, *summary_ms(t))
+        for base in SPEEDUP_BASES:
+            if base in times:
+                rows[name][f"speedup_vs_{base}"] = round_ratios(times, base)[name]
+    return list(rows.values())
+
+
+def run_cuda(w: Workload, provider: str, mode: str) -> dict:
+    row, step = gated_step(w, provider, mode)
+    try:
+        if step is not None:
+            timed(row, w, *time_cuda(step, w.args.quick))
+            row["peak_mem_mb"] = peak_mem_mb(step, w.args.device)
+    except Exception as e:  # noqa: BLE001 - a crashing provider is a failed row, not a dead run
+        failed(row, e)
     finally:
-        if args.device.type == "cuda":
-            torch.cuda.empty_cache()
+        del step
+        torch.cuda.empty_cache()
     return row
 
 
-def plan(args) -> list[tuple[Case | None, str, str]]:
-    """(case or None for the network, provider, mode); torch.compile rows last, so a time
+def run_row(w: Workload, provider: str, mode: str) -> dict:
+    """Gate, then time, one (workload, provider, mode); never raises."""
+    return run_group(w, (provider,), mode)[0]
+
+
+def plan(args) -> list[Group]:
+    """The rows, grouped as they are timed. CPU: every provider of a (case, mode) in one
+    group, timed interleaved. GPU: one provider per group, torch.compile rows last, so a time
     budget cuts the slow compiles first."""
+    if args.device.type == "cpu":
+        cases = list(args.cases) + ([None] if not args.no_network else [])
+        return [(c, m, tuple(args.providers)) for c in cases
+                for m in (args.modes if c else network_modes(args))]
     items = []
     for compiled in (False, True):
         provs = [p for p in args.providers if p.startswith("compile") == compiled]
         for mode in args.modes:
-            items += [(c, p, mode) for c in args.cases for p in provs]
+            items += [(c, mode, (p,)) for c in args.cases for p in provs]
         if not args.no_network:
-            items += [(None, p, m) for m in network_modes(args) for p in provs]
+            items += [(None, m, (p,)) for m in network_modes(args) for p in provs]
     return items
 
 
@@ -100,9 +172,8 @@ def network_modes(args) -> list[str]:
     return modes
 
 
-def row_cost(item: tuple[Case | None, str, str], args) -> float:
+def row_cost(case: Case | None, provider: str, mode: str, args) -> float:
     """Relative cost of a planned row, for the time-left estimate only."""
-    case, provider, mode = item
     if case is None:  # the network: ~the 16 bottlenecks and a stem, gated on a larger batch
         gflop = NETWORK_COST_FACTOR * sum(c.weight * block_roofline(c, args, mode)[0]
                                           for c in R50_CASES) / 1e9
@@ -119,30 +190,37 @@ def not_in_quick(case: Case | None, provider: str, args) -> str | None:
     return None
 
 
+def skipped_row(case: Case | None, provider: str, mode: str, reason: str) -> dict:
+    row = new_row(None, provider, mode, case)
+    row.update(status="skipped", reason=reason)
+    return row
+
+
 def run_all(args) -> list[dict]:
-    items, rows = plan(args), []
-    costs = [row_cost(item, args) for item in items]
+    groups, rows = plan(args), []
+    costs = [sum(row_cost(case, p, mode, args) for p in provs) for case, mode, provs in groups]
+    n_rows = sum(len(provs) for _, _, provs in groups)
     start, current, stop = time.monotonic(), None, None
-    for i, (case, provider, mode) in enumerate(items, 1):
+    for i, (case, mode, provs) in enumerate(groups):
         if args.budget_s is not None and time.monotonic() - start > args.budget_s:
             stop = stop or f"time budget of {args.budget_s:.0f} s used up"
-        reason = stop or not_in_quick(case, provider, args)
-        if reason:
-            row = new_row(None, provider, mode, case)
-            row.update(status="skipped", reason=reason)
-        else:
+        skips = {p: stop or not_in_quick(case, p, args) for p in provs}
+        run = [p for p in provs if not skips[p]]
+        by_provider = {p: skipped_row(case, p, mode, skips[p]) for p in provs if skips[p]}
+        if run:
             try:
                 if current is None or current.case != case:
                     current = None  # free the previous workload's buffers first
                     current = Workload(case, args)
-                row = run_row(current, provider, mode)
+                by_provider.update((r["provider"], r) for r in run_group(current, run, mode))
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what ran, write it out
                 stop = "interrupted"
-                row = new_row(None, provider, mode, case)
-                row.update(status="skipped", reason=stop)
-        rows.append(row)
+                by_provider.update((p, skipped_row(case, p, mode, stop)) for p in run)
         elapsed = time.monotonic() - start
-        progress(i, len(items), elapsed, time_left(elapsed, costs, i, stop), row)
+        left = time_left(elapsed, costs, i + 1, stop)
+        for p in provs:
+            rows.append(by_provider[p])
+            progress(len(rows), n_rows, elapsed, left, by_provider[p])
     add_speedups(rows)
     return rows
 
@@ -175,10 +253,12 @@ def ok_times(rows: list[dict]) -> dict[tuple, float]:
 
 
 def add_speedups(rows: list[dict]) -> None:
+    """Speedups not measured interleaved (GPU rows, timed one by one): ratios of medians."""
     ok = ok_times(rows)
     for r in rows:
         if r["status"] != "ok":
             continue
-        for base in ("eager", "compile"):
+        for base in SPEEDUP_BASES:
             b = ok.get((r["case"], base, r["mode"]))
-            r[f"speedup_vs_{base}"] = b / r["median_ms"] if b else None
+            if r[f"speedup_vs_{base}"] is None and b:
+                r[f"speedup_vs_{base}"] = b / r["median_ms"]

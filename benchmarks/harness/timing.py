@@ -1,6 +1,7 @@
-"""Timing of one step: CUDA events with L2 flushed (triton.testing.do_bench) on a GPU,
-torch.utils.benchmark blocks on a CPU, several steps interleaved round by round on a shared
-CPU (:func:`time_interleaved`); the timed steps rotate over input buffers."""
+"""Timing: on a GPU one step at a time by CUDA events with L2 flushed
+(triton.testing.do_bench, :func:`time_cuda`); on a CPU every provider of a row interleaved
+round by round (:func:`time_interleaved`), ratios as medians of per-round ratios
+(:func:`round_ratios`). The timed steps rotate over input buffers."""
 
 from __future__ import annotations
 
@@ -15,27 +16,11 @@ from torch import nn
 from .providers import params_of
 
 
-def time_ms(step, device: torch.device, quick: bool,
-            min_time_s: float) -> tuple[float, float, float]:
-    """(median, p20, p80) of one call, in ms; ``quick``: fewer samples."""
-    if device.type == "cuda":
-        return time_cuda(step, quick)
-    from torch.utils import benchmark
-    step()  # warm-up (first calls allocate, compile, pick algorithms)
-    timer = benchmark.Timer(stmt="step()", globals={"step": step},
-                            num_threads=torch.get_num_threads())
-    once = timer.timeit(1).mean
-    number = max(1, int(0.02 / max(once, 1e-6)))  # blocks of ~20 ms: timer resolution is moot
-    blocks, times = (7 if quick else 15), []
-    while len(times) < blocks or sum(times) * number < min_time_s:
-        times.append(timer.timeit(number).mean)
-    t = np.array(times) * 1e3
-    return float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80))
-
-
-def time_interleaved(steps: dict, rounds: int, block_s: float = 0.05) -> dict[str, list[float]]:
-    """Milliseconds per call of each of ``steps`` (CPU), measured in ``rounds`` rounds of
-    one block of calls per step, in turn (ABAB...): load that comes and goes on a shared
+def time_interleaved(steps: dict, rounds: int, block_s: float = 0.05,
+                     min_time_s: float = 0.0) -> dict[str, list[float]]:
+    """Milliseconds per call of each of ``steps`` (CPU), measured in at least ``rounds``
+    rounds (more until every step has ``min_time_s`` timed seconds) of one ~``block_s``
+    block of calls per step, in turn (ABAB...): load that comes and goes on a shared
     machine falls on every step alike, and per-round ratios cancel it."""
     from torch.utils import benchmark
     timers, numbers = {}, {}
@@ -45,10 +30,19 @@ def time_interleaved(steps: dict, rounds: int, block_s: float = 0.05) -> dict[st
                                        num_threads=torch.get_num_threads())
         numbers[name] = max(1, int(block_s / max(timers[name].timeit(1).mean, 1e-6)))
     times = {name: [] for name in steps}
-    for _ in range(rounds):
+
+    def timed_s(name: str) -> float:
+        return sum(times[name]) * numbers[name] / 1e3
+    while len(times[next(iter(times))]) < rounds or min(map(timed_s, times)) < min_time_s:
         for name, timer in timers.items():
             times[name].append(timer.timeit(numbers[name]).mean * 1e3)
     return times
+
+
+def summary_ms(times: list[float]) -> tuple[float, float, float]:
+    """(median, p20, p80) of per-call milliseconds."""
+    t = np.array(times)
+    return float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80))
 
 
 def round_ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
@@ -58,6 +52,7 @@ def round_ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
 
 
 def time_cuda(step, quick: bool) -> tuple[float, float, float]:
+    """(median, p20, p80) of one call, in ms; ``quick``: fewer samples."""
     warmup, rep, least = (10, 60, 5) if quick else (25, 300, 20)
     times = cuda_event_times(step, 3)  # warm-up and estimate
     rep = max(rep, least * float(np.median(times)))  # slow steps still get `least` samples
@@ -68,8 +63,7 @@ def time_cuda(step, quick: bool) -> tuple[float, float, float]:
     if do_bench is not None:  # flushes L2 before each call, CUDA events around it
         q = do_bench(step, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
         return float(q[0]), float(q[1]), float(q[2])
-    t = np.array(cuda_event_times(step, max(least, int(rep / max(np.median(times), 1e-3)))))
-    return float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80))
+    return summary_ms(cuda_event_times(step, max(least, int(rep / max(np.median(times), 1e-3)))))
 
 
 def cuda_event_times(step, n: int) -> list[float]:

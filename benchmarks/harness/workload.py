@@ -123,5 +123,8 @@ class Workload:
             self.eager_errs.setdefault(mode, errs)
             plain = self.rounding_errors(mode)
         else:
-            plain = self.eager_errors(mode)
+            # Eager's own error, or what the dtype's rounding explains where eager happened to
+            # round a ReLU input near zero the float64 way and the provider did not.
+            eager, rounding = self.eager_errors(mode), self.rounding_errors(mode)
+            plain = {k: max(eager[k], rounding.get(k, 0.0)) for k in eager}
         return gate.judge(errs, plain, self.args.dtype, self.tf32)

@@ -6,10 +6,11 @@
 
 namespace fr {
 
-// ReLU as torch.relu: NaN propagates (fmaxf(NaN, 0) would return 0).
+// ReLU as torch.relu: NaN propagates (fmaxf(NaN, 0) would return 0; NaN <= 0 is false).
+// One comparison and a select: branch-free, so CPU loops vectorise.
 template <class T>
 FR_HOST_DEVICE T relu(T v) {
-  return (v > T(0) || v != v) ? v : T(0);
+  return v <= T(0) ? T(0) : v;
 }
 
 // ReLU backward as torch's threshold_backward: zero where pre <= 0; a NaN pre-activation

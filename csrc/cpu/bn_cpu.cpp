@@ -11,6 +11,40 @@
 namespace fr::cpu {
 namespace {
 
+// One row of block_end (cpu_utils.h for_each_row: per-channel vectors indexed by
+// `kPerElem ? i : 0`), restrict-qualified and branch-free so that it vectorises.
+template <bool kPerElem, bool kRs, class scalar_t, class acc_t>
+FR_ROW_KERNEL void block_end_row(
+    int64_t n, const scalar_t* __restrict__ y, const scalar_t* __restrict__ r,
+    scalar_t* __restrict__ out, const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+    acc_t branch, const acc_t* __restrict__ rs, const acc_t* __restrict__ rb) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = kPerElem ? i : 0;
+    out[i] = static_cast<scalar_t>(block_end_value<acc_t>(
+        acc_t(y[i]), scale, shift, branch, acc_t(r[i]), kRs ? rs : nullptr, kRs ? rb : nullptr,
+        k));
+  }
+}
+
+// One row of block_end_bwd: dz = relu_bwd(d_out, out) and its three sums (sum k of the row's
+// channel in s_k[kPerElem ? i : 0]). The sums read dz back in a second loop: GCC vectorises
+// a select that is stored, not one that only feeds a conversion to double.
+template <bool kPerElem, bool kD, class scalar_t, class acc_t>
+FR_ROW_KERNEL void block_end_bwd_row(
+    int64_t n, const scalar_t* __restrict__ d_out, const scalar_t* __restrict__ out,
+    const scalar_t* __restrict__ y, const scalar_t* __restrict__ y_d, scalar_t* __restrict__ dz,
+    const acc_t* __restrict__ mean, const acc_t* __restrict__ mean_d, double branch,
+    double* __restrict__ s0, double* __restrict__ s1, double* __restrict__ s2) {
+  for (int64_t i = 0; i < n; ++i) dz[i] = relu_bwd<acc_t, scalar_t>(d_out[i], acc_t(out[i]));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = kPerElem ? i : 0;
+    const double gd = double(acc_t(dz[i]));
+    s0[k] += gd * branch;
+    s1[k] += gd * branch * double(acc_t(y[i]) - mean[k]);
+    if (kD) s2[k] += gd * double(acc_t(y_d[i]) - mean_d[k]);
+  }
+}
+
 std::tuple<Tensor, Tensor, Tensor> bn_finalize(
     const Tensor& mean_in, const Tensor& m2_in, int64_t count, const OptTensor& weight,
     const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,
@@ -84,12 +118,15 @@ Tensor block_end(const Tensor& y_in, const Tensor& scale_in, const Tensor& shift
     const acc_t* rsp = opt_ptr<acc_t>(rs);
     const acc_t* rbp = opt_ptr<acc_t>(rb);
     const acc_t* bsp = opt_ptr<acc_t>(bs);
-    for_each_run(L, [&](int64_t c, int64_t off, int64_t len) {
-      const acc_t branch = branch_factor(bsp, off, per_sample);  // a run is in one sample
-      for (int64_t i = off; i < off + len; ++i)
-        op[i] = static_cast<scalar_t>(block_end_value<acc_t>(acc_t(yp[i]), sp, hp, branch,
-                                                             acc_t(rp[i]), rsp, rbp, c));
-    });
+    static_flags(
+        [&](auto kRs) {
+          for_each_row(L, [&](auto per_elem, int64_t off, int64_t len, int64_t c) {
+            const acc_t branch = branch_factor(bsp, off, per_sample);  // a row is in one sample
+            block_end_row<per_elem, kRs>(len, yp + off, rp + off, op + off, sp + c, hp + c,
+                                            branch, offset(rsp, c), offset(rbp, c));
+          });
+        },
+        rsp != nullptr);
   });
   return out;
 }
@@ -124,29 +161,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
     const acc_t* mp = mean.const_data_ptr<acc_t>();
     const acc_t* mdp = has_d ? mean_d.const_data_ptr<acc_t>() : nullptr;
     const acc_t* bsp = opt_ptr<acc_t>(bs);
-    auto total = reduce_runs<Sums<3>>(
-        L,
-        [&](Sums<3>& acc, int64_t c, int64_t off, int64_t len) {
-          // The branch's gradient is dz * branch (sums 0 and 1); the shortcut's is dz.
-          const double branch = double(branch_factor(bsp, off, per_sample));
-          for (int64_t i = off; i < off + len; ++i) {
-            const scalar_t g = relu_bwd<acc_t, scalar_t>(gp[i], acc_t(op[i]));
-            dzp[i] = g;
-            const double gd = double(acc_t(g));
-            acc.v[0] += gd * branch;
-            acc.v[1] += gd * branch * double(acc_t(yp[i]) - mp[c]);
-            if (ydp) acc.v[2] += gd * double(acc_t(ydp[i]) - mdp[c]);
-          }
+    const int64_t C = L.C;
+    std::vector<double> total;
+    static_flags(
+        [&](auto kD) {
+          total = reduce_rows<3>(L, [&](auto per_elem, double* acc, int64_t off, int64_t len,
+                                       int64_t c) {
+            // The branch's gradient is dz * branch (sums 0 and 1); the shortcut's is dz.
+            const double branch = double(branch_factor(bsp, off, per_sample));
+            block_end_bwd_row<per_elem, kD>(len, gp + off, op + off, yp + off,
+                                               offset(ydp, off), dzp + off, mp + c,
+                                               offset(mdp, c), branch, acc + c, acc + C + c,
+                                               acc + 2 * C + c);
+          });
         },
-        add_sums<3>);
+        has_d);
     const acc_t* ip = invstd.const_data_ptr<acc_t>();
     const acc_t* idp = has_d ? invstd_d.const_data_ptr<acc_t>() : nullptr;
     acc_t* s0 = sum_dz.data_ptr<acc_t>();
     acc_t* s1 = sum_dz_xhat.data_ptr<acc_t>();
-    for (int64_t c = 0; c < L.C; ++c) {
-      s0[c] = acc_t(total[c].v[0]);
-      s1[c] = acc_t(total[c].v[1] * double(ip[c]));
-      if (has_d) sum_dz_xhat_d.data_ptr<acc_t>()[c] = acc_t(total[c].v[2] * double(idp[c]));
+    for (int64_t c = 0; c < C; ++c) {
+      s0[c] = acc_t(total[c]);
+      s1[c] = acc_t(total[C + c] * double(ip[c]));
+      if (has_d) sum_dz_xhat_d.data_ptr<acc_t>()[c] = acc_t(total[2 * C + c] * double(idp[c]));
     }
   });
   return {dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d};

@@ -5,6 +5,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include "common/fusion.h"
@@ -17,6 +18,33 @@ namespace {
 
 #define FR_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// One row (cpu_utils.h for_each_row) of the prologue [relu](x*scale + shift), rounded to the
+// data dtype, stored in the accumulate dtype; restrict-qualified and branch-free so that it
+// vectorises.
+template <bool kPerElem, bool kAffine, bool kRelu, class scalar_t, class acc_t>
+FR_ROW_KERNEL void prologue_row(
+    int64_t n, const scalar_t* __restrict__ x, acc_t* __restrict__ a,
+    const acc_t* __restrict__ scale, const acc_t* __restrict__ shift) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = kPerElem ? i : 0;
+    a[i] = acc_t(static_cast<scalar_t>(prologue<acc_t>(
+        acc_t(x[i]), kAffine ? scale : nullptr, kAffine ? shift : nullptr, kRelu, k)));
+  }
+}
+
+// One row of the BN-backward map dy = a*dz + b*y + c, rounded to dz's dtype.
+template <bool kPerElem, class scalar_t, class acc_t>
+FR_ROW_KERNEL void bn_bwd_dy_row(
+    int64_t n, const scalar_t* __restrict__ dz, const scalar_t* __restrict__ y,
+    acc_t* __restrict__ dy, const acc_t* __restrict__ a, const acc_t* __restrict__ b,
+    const acc_t* __restrict__ c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = kPerElem ? i : 0;
+    dy[i] = acc_t(static_cast<scalar_t>(
+        bn_bwd_apply<acc_t>(acc_t(dz[i]), acc_t(y[i]), a[k], b[k], c[k])));
+  }
+}
 
 // The forward prologue [relu](x*scale + shift), rounded to x's dtype (the GEMM operand is
 // stored in the data dtype) and returned in the accumulate dtype, in x's memory format.
@@ -34,10 +62,15 @@ Tensor prologue_act(const Tensor& x_in, const OptTensor& scale_in, const OptTens
     acc_t* ap = a.data_ptr<acc_t>();
     const acc_t* sp = opt_ptr<acc_t>(scale);
     const acc_t* hp = opt_ptr<acc_t>(shift);
-    for_each_run(layout_of(x.sizes(), fmt), [&](int64_t c, int64_t off, int64_t len) {
-      for (int64_t i = off; i < off + len; ++i)
-        ap[i] = acc_t(static_cast<scalar_t>(prologue<acc_t>(acc_t(xp[i]), sp, hp, do_relu, c)));
-    });
+    static_flags(
+        [&](auto kAffine, auto kRelu) {
+          for_each_row(layout_of(x.sizes(), fmt), [&](auto per_elem, int64_t off, int64_t len,
+                                                      int64_t c) {
+            prologue_row<per_elem, kAffine, kRelu>(len, xp + off, ap + off, offset(sp, c),
+                                                   offset(hp, c));
+          });
+        },
+        sp != nullptr, do_relu);
   });
   return a;
 }
@@ -55,10 +88,9 @@ Tensor bn_bwd_dy(const DyOperands& op, at::MemoryFormat fmt) {
     const acc_t* bp = op.b.const_data_ptr<acc_t>();
     const acc_t* cp = op.c.const_data_ptr<acc_t>();
     acc_t* out = dy.data_ptr<acc_t>();
-    for_each_run(layout_of(dz.sizes(), fmt), [&](int64_t ch, int64_t off, int64_t len) {
-      for (int64_t i = off; i < off + len; ++i)
-        out[i] = acc_t(static_cast<scalar_t>(
-            bn_bwd_apply<acc_t>(acc_t(gp[i]), acc_t(yp[i]), ap[ch], bp[ch], cp[ch])));
+    for_each_row(layout_of(dz.sizes(), fmt), [&](auto per_elem, int64_t off, int64_t len,
+                                                 int64_t ch) {
+      bn_bwd_dy_row<per_elem>(len, gp + off, yp + off, out + off, ap + ch, bp + ch, cp + ch);
     });
   });
   return dy;
@@ -66,14 +98,15 @@ Tensor bn_bwd_dy(const DyOperands& op, at::MemoryFormat fmt) {
 
 // One contiguous run of the epilogue. The channel advances with i (kPerElem: a channels-last
 // pixel) or stays (an NCHW plane; the coefficient pointers then point at its channel).
-// Restrict-qualified so that it vectorises with no runtime alias check, which an in-place
-// call would fail: in place, y is both read and written and src is unused.
+// Restrict-qualified (and a row kernel, cpu_utils.h) so that it vectorises with no runtime
+// alias check, which an in-place call would fail: in place, y is both read and written and
+// src is unused.
 template <bool kPerElem, bool kInPlace, bool kOs, bool kRes, bool kRs, bool kRelu,
           class scalar_t, class acc_t>
-void epilogue_run(int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict__ y,
-                  const acc_t* __restrict__ os, const acc_t* __restrict__ ob,
-                  const scalar_t* __restrict__ r, const acc_t* __restrict__ rs,
-                  const acc_t* __restrict__ rb) {
+FR_ROW_KERNEL void epilogue_run(
+    int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict__ y,
+    const acc_t* __restrict__ os, const acc_t* __restrict__ ob, const scalar_t* __restrict__ r,
+    const acc_t* __restrict__ rs, const acc_t* __restrict__ rb) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t v = kInPlace ? acc_t(y[i]) : src[i];
     const acc_t res = kRes ? acc_t(r[i]) : acc_t(0);
@@ -81,11 +114,6 @@ void epilogue_run(int64_t n, const acc_t* __restrict__ src, scalar_t* __restrict
                                                  res, kRs ? rs : nullptr, kRs ? rb : nullptr,
                                                  kRelu, kPerElem ? i : 0));
   }
-}
-
-template <class T>
-T* offset(T* p, int64_t k) {
-  return p ? p + k : nullptr;
 }
 
 // y = [relu](c*scale + shift + [res*res_scale + res_shift]) over the [outer, C, inner] view,
@@ -118,21 +146,55 @@ void epilogue_loop(const Layout& L, const acc_t* cp, scalar_t* yp, const acc_t* 
       in_place, osp != nullptr, rp != nullptr, rsp != nullptr, out_relu);
 }
 
-// Per-channel mean and m2 of the raw conv output, in double: Welford per element for
-// channels-last runs, two-pass per H*W run for NCHW, Chan merges across runs and chunks.
+// Channels-last statistics of rows [o_begin, o_end) (pixels of C channels): two passes over
+// the chunk (in cache for the second), each vectorised across channels, in double.
+template <class acc_t>
+FR_ROW_KERNEL void chunk_stats(
+    const acc_t* __restrict__ cp, int64_t C, int64_t o_begin, int64_t o_end,
+    double* __restrict__ mean, double* __restrict__ m2) {
+  for (int64_t c = 0; c < C; ++c) mean[c] = m2[c] = 0.0;
+  for (int64_t o = o_begin; o < o_end; ++o)
+    for (int64_t c = 0; c < C; ++c) mean[c] += double(cp[o * C + c]);
+  const double n = double(o_end - o_begin);
+  for (int64_t c = 0; c < C; ++c) mean[c] /= n;
+  for (int64_t o = o_begin; o < o_end; ++o)
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = double(cp[o * C + c]) - mean[c];
+      m2[c] += d * d;
+    }
+}
+
+// Per-channel mean and m2 of the raw conv output, in double: per chunk of rows (fixed by the
+// shape, never by the thread count) two passes for channels-last, two passes per H*W run for
+// NCHW; chunks and runs merged in order by Chan's formula.
 template <class acc_t>
 void conv_stats(const Layout& L, const acc_t* cp, acc_t* mean, acc_t* m2) {
   using W = Welford<double>;
-  auto total = reduce_runs<W>(
-      L,
-      [&](W& acc, int64_t, int64_t off, int64_t len) {
-        if (len == 1)
-          welford_add(acc, double(cp[off]));
-        else
+  std::vector<W> total;
+  if (L.inner == 1) {
+    const int64_t grain = outer_grain(L), C = L.C;
+    const int64_t nchunk = (L.outer + grain - 1) / grain;
+    std::vector<double> part(nchunk * 2 * C);
+    at::parallel_for(0, nchunk, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch)
+        chunk_stats(cp, C, ch * grain, std::min(L.outer, (ch + 1) * grain),
+                    part.data() + ch * 2 * C, part.data() + ch * 2 * C + C);
+    });
+    total.resize(C);
+    for (int64_t ch = 0; ch < nchunk; ++ch) {
+      const double n = double(std::min(L.outer, (ch + 1) * grain) - ch * grain);
+      for (int64_t c = 0; c < C; ++c)
+        total[c] = welford_merge(total[c], W{n, part[ch * 2 * C + c], part[ch * 2 * C + C + c]});
+    }
+  } else {
+    total = reduce_runs<W>(
+        L,
+        [&](W& acc, int64_t, int64_t off, int64_t len) {
           acc = welford_merge(
               acc, welford_run<double>([&](int64_t i) { return double(cp[off + i]); }, len));
-      },
-      [](W& t, const W& p) { t = welford_merge(t, p); });
+        },
+        [](W& t, const W& p) { t = welford_merge(t, p); });
+  }
   for (int64_t c = 0; c < L.C; ++c) {
     mean[c] = acc_t(total[c].mean);
     m2[c] = acc_t(total[c].m2);
@@ -140,6 +202,62 @@ void conv_stats(const Layout& L, const acc_t* cp, acc_t* mean, acc_t* m2) {
 }
 
 constexpr ConvBackend kAten{false, true, "the cpp backend"};
+
+// The GEMMs of the three ops, in the accumulate dtype. A 1x1, stride-1, unpadded, ungrouped
+// conv over channels-last tensors is one GEMM over pixels, [N*H*W, C] x [C, K]: at::mm runs
+// it without the zero fills and layout handling of ATen's 1x1 convolution path (measured
+// 5-15% faster for ResNet-50's 1x1 convs); anything else goes through ATen's convolution.
+bool pixel_gemm(const Tensor& weight, int64_t stride, int64_t padding, int64_t groups,
+                at::MemoryFormat fmt) {
+  return fmt == at::MemoryFormat::ChannelsLast && weight.size(2) == 1 && weight.size(3) == 1 &&
+         stride == 1 && padding == 0 && groups == 1;
+}
+
+// [N, C, H, W] channels-last <-> [N*H*W, C] (views, no copy).
+Tensor as_pixels(const Tensor& t) {
+  return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+}
+Tensor from_pixels(const Tensor& m, at::IntArrayRef nchw) {
+  return m.view({nchw[0], nchw[2], nchw[3], nchw[1]}).permute({0, 3, 1, 2});
+}
+
+Tensor gemm_fwd(const Tensor& a, const Tensor& w, int64_t stride, int64_t padding,
+                int64_t dilation, int64_t groups, at::MemoryFormat fmt) {
+  if (pixel_gemm(w, stride, padding, groups, fmt)) {
+    const int64_t K = w.size(0);
+    return from_pixels(at::mm(as_pixels(a), w.reshape({K, -1}).t()),
+                       {a.size(0), K, a.size(2), a.size(3)});
+  }
+  return at::convolution(a, w, std::nullopt, {stride, stride}, {padding, padding},
+                         {dilation, dilation}, false, {0, 0}, groups)
+      .contiguous(fmt);
+}
+
+Tensor gemm_dgrad(const Tensor& dy, const Tensor& w, at::IntArrayRef input_size, int64_t stride,
+                  int64_t padding, int64_t dilation, int64_t groups, at::MemoryFormat fmt) {
+  if (pixel_gemm(w, stride, padding, groups, fmt))
+    return from_pixels(at::mm(as_pixels(dy), w.reshape({w.size(0), -1})), input_size);
+  // Only the shape and memory format of the input matter; an expanded (stride-0) stand-in
+  // reads as NCHW, and ATen then picks slower algorithms and returns dx in NCHW. at::empty
+  // touches no page.
+  const Tensor input_like = at::empty(input_size, dy.options().memory_format(fmt));
+  return std::get<0>(at::convolution_backward(dy, input_like, w, std::nullopt, {stride, stride},
+                                              {padding, padding}, {dilation, dilation}, false,
+                                              {0, 0}, groups, {true, false, false}))
+      .contiguous(fmt);
+}
+
+// `w`: the weight in the accumulate dtype; its values are not read, its memory format picks
+// the algorithm (a stride-0 stand-in makes oneDNN's 3x3 weight gradient up to 4x slower).
+Tensor gemm_wgrad(const Tensor& dy, const Tensor& act, const Tensor& w, int64_t stride,
+                  int64_t padding, int64_t dilation, int64_t groups) {
+  if (pixel_gemm(w, stride, padding, groups, memory_format(act)) &&
+      memory_format(dy) == at::MemoryFormat::ChannelsLast)
+    return at::mm(as_pixels(dy).t(), as_pixels(act)).view(w.sizes());
+  return std::get<1>(at::convolution_backward(dy, act, w, std::nullopt, {stride, stride},
+                                              {padding, padding}, {dilation, dilation}, false,
+                                              {0, 0}, groups, {false, true, false}));
+}
 
 std::tuple<Tensor, Tensor, Tensor> conv_fwd(
     const Tensor& x_in, const Tensor& weight, int64_t stride, int64_t padding, int64_t dilation,
@@ -152,10 +270,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   const auto sd = stat_dtype(x_in.scalar_type());
   const bool has_res = st.residual.defined();
   const Tensor a = prologue_act(st.x, st.in_scale, st.in_shift, in_relu);
-  const Tensor conv =
-      at::convolution(a, st.w.to(sd), std::nullopt, {stride, stride}, {padding, padding},
-                      {dilation, dilation}, false, {0, 0}, groups)
-          .contiguous(st.fmt);
+  const Tensor conv = gemm_fwd(a, st.w.to(sd), stride, padding, dilation, groups, st.fmt);
   // fp32/fp64: the epilogue overwrites the conv output, which this op owns. A fresh output
   // costs a first touch of every page (on small layers as much as the GEMM) and a stream.
   const bool in_place = conv.scalar_type() == x_in.scalar_type();
@@ -177,6 +292,49 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   return {y, st.mean, st.m2};
 }
 
+// One row of the dgrad output without a previous BN: dx = dgrad [+ residual].
+template <bool kRes, class scalar_t, class acc_t>
+FR_ROW_KERNEL void dgrad_out_row(
+    int64_t n, const acc_t* __restrict__ g, const scalar_t* __restrict__ r,
+    scalar_t* __restrict__ dx) {
+  for (int64_t i = 0; i < n; ++i)
+    dx[i] = static_cast<scalar_t>(kRes ? g[i] + acc_t(r[i]) : g[i]);
+}
+
+// One row of the dgrad output behind relu(prev_y*prev_scale + prev_shift): the masked
+// gradient and its two sums for the previous BN's backward (s0: dx, s1: dx*(prev_y - mean)),
+// of the gradient before its rounding to the data dtype. Where that rounding is none (fp32,
+// fp64) the sums read dx back in a second loop, which vectorises (block_end_bwd_row).
+template <bool kPerElem, bool kRes, bool kAffine, class scalar_t, class acc_t>
+FR_ROW_KERNEL void dgrad_prev_row(
+    int64_t n, const acc_t* __restrict__ g, const scalar_t* __restrict__ r,
+    const scalar_t* __restrict__ prev_y, scalar_t* __restrict__ dx,
+    const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+    const acc_t* __restrict__ mean, double* __restrict__ s0, double* __restrict__ s1) {
+  auto masked = [&](int64_t i) {
+    const int64_t k = kPerElem ? i : 0;
+    return relu_bwd<acc_t, acc_t>(
+        kRes ? g[i] + acc_t(r[i]) : g[i],
+        maybe_affine<acc_t>(acc_t(prev_y[i]), kAffine ? scale : nullptr,
+                            kAffine ? shift : nullptr, k));
+  };
+  auto add = [&](int64_t i, acc_t v) {
+    const int64_t k = kPerElem ? i : 0;
+    s0[k] += double(v);
+    s1[k] += double(v) * double(acc_t(prev_y[i]) - mean[k]);
+  };
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = masked(i);
+    for (int64_t i = 0; i < n; ++i) add(i, dx[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t v = masked(i);
+      dx[i] = static_cast<scalar_t>(v);
+      add(i, v);
+    }
+  }
+}
+
 std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
     const Tensor& dz, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
     const Tensor& weight, at::IntArrayRef input_size, int64_t stride, int64_t padding,
@@ -188,14 +346,10 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
       groups, residual, prev_y, prev_scale, prev_shift, prev_mean, prev_invstd);
   const auto sd = stat_dtype(dz.scalar_type());
   const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
-  const Tensor input_like = at::empty({1}, dy.options()).expand(input_size);
   const Tensor dx_acc =
-      std::get<0>(at::convolution_backward(dy, input_like, st.w.to(sd), std::nullopt,
-                                           {stride, stride}, {padding, padding},
-                                           {dilation, dilation}, false, {0, 0}, groups,
-                                           {true, false, false}))
-          .contiguous(st.fmt);
+      gemm_dgrad(dy, st.w.to(sd), input_size, stride, padding, dilation, groups, st.fmt);
   const bool has_res = st.residual.defined(), has_prev = st.prev_y.defined();
+  const int64_t C = input_size[1];
   const Layout L = layout_of(input_size, st.fmt);
 
   FR_DISPATCH(dz.scalar_type(), "conv_bwd_data_epilogue_cpu", [&] {
@@ -208,31 +362,32 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
     const acc_t* pmp = opt_ptr<acc_t>(st.prev_mean);
     scalar_t* out = st.dx.data_ptr<scalar_t>();
     if (!has_prev) {
-      for_each_run(L, [&](int64_t, int64_t off, int64_t len) {
-        for (int64_t i = off; i < off + len; ++i)
-          out[i] = static_cast<scalar_t>(has_res ? gp[i] + acc_t(rp[i]) : gp[i]);
-      });
+      static_flags(
+          [&](auto kRes) {
+            for_each_row(L, [&](auto, int64_t off, int64_t len, int64_t) {
+              dgrad_out_row<kRes>(len, gp + off, offset(rp, off), out + off);
+            });
+          },
+          has_res);
       return;
     }
     // The input was relu(prev_y*prev_scale + prev_shift): mask, then the sums of the previous
     // BN's backward over the masked gradient.
-    auto total = reduce_runs<Sums<2>>(
-        L,
-        [&](Sums<2>& acc, int64_t ch, int64_t off, int64_t len) {
-          for (int64_t i = off; i < off + len; ++i) {
-            acc_t g = has_res ? gp[i] + acc_t(rp[i]) : gp[i];
-            const acc_t py = acc_t(pyp[i]);
-            g = relu_bwd<acc_t, acc_t>(g, maybe_affine<acc_t>(py, psp, pbp, ch));
-            out[i] = static_cast<scalar_t>(g);
-            acc.v[0] += double(g);
-            acc.v[1] += double(g) * double(py - pmp[ch]);
-          }
+    std::vector<double> total;
+    static_flags(
+        [&](auto kRes, auto kAffine) {
+          total = reduce_rows<2>(L, [&](auto per_elem, double* acc, int64_t off, int64_t len,
+                                       int64_t ch) {
+            dgrad_prev_row<per_elem, kRes, kAffine>(len, gp + off, offset(rp, off), pyp + off,
+                                                    out + off, offset(psp, ch), offset(pbp, ch),
+                                                    pmp + ch, acc + ch, acc + C + ch);
+          });
         },
-        add_sums<2>);
+        has_res, psp != nullptr);
     const acc_t* pip = st.prev_invstd->const_data_ptr<acc_t>();
-    for (int64_t ch = 0; ch < st.s.C; ++ch) {
-      st.sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[0]);
-      st.sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[ch].v[1] * double(pip[ch]));
+    for (int64_t ch = 0; ch < C; ++ch) {
+      st.sum_dx.data_ptr<acc_t>()[ch] = acc_t(total[ch]);
+      st.sum_dx_xhat.data_ptr<acc_t>()[ch] = acc_t(total[C + ch] * double(pip[ch]));
     }
   });
   return {st.dx, st.sum_dx, st.sum_dx_xhat};
@@ -256,10 +411,8 @@ Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTens
     gemm_stride = 1;
   }
   const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
-  const Tensor weight_like = at::empty({1}, dy.options()).expand(weight.sizes());
-  const Tensor dw = std::get<1>(at::convolution_backward(
-      dy, act, weight_like, std::nullopt, {gemm_stride, gemm_stride}, {padding, padding},
-      {dilation, dilation}, false, {0, 0}, groups, {false, true, false}));
+  const Tensor dw = gemm_wgrad(dy, act, weight.to(stat_dtype(dz.scalar_type())),
+                               gemm_stride, padding, dilation, groups);
   return dw.to(weight.scalar_type()).contiguous(st.w_fmt);
 }
 
