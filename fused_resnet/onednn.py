@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
+from .derived_cache import DerivedCache
 
 Tensor = torch.Tensor
 CL = torch.channels_last
@@ -124,12 +125,9 @@ def _fold(plan, tensors: tuple) -> list[_Unit]:
     return out
 
 
-def _stamp(t: Tensor) -> tuple:
-    return (t._version, t.data_ptr(), t.dtype, t.device, t.shape)
-
-
 class PackCache:
-    """A block's folded weights and their prepacked forms, by (threads, input shape)."""
+    """A block's folded weights (a :class:`DerivedCache` of its tensors and BN eps) and
+    their prepacked forms, by (threads, input shape)."""
 
     MAX_SHAPES = 4  # packed forms kept per block (input shapes seen, most recent last)
 
@@ -137,23 +135,20 @@ class PackCache:
         self.clear()
 
     def clear(self) -> None:
-        self.sources: tuple = ()  # the block's tensors the folds were made from (kept alive)
-        self.stamps: tuple = ()
-        self.folded: list[_Unit] = []
-        self.packed: dict[tuple, list[_Unit]] = {}
+        self.folds = DerivedCache()
+        self.packed: dict[tuple, tuple[list[_Unit], list[_Unit]]] = {}  # -> (packed, folds)
 
     def units(self, plan, tensors: tuple, input_shape: list[int]) -> list[_Unit]:
-        sources = tuple(t for t in tensors if t is not None)
-        stamps = tuple(_stamp(t) for t in sources)
-        if stamps != self.stamps or any(a is not b for a, b in zip(sources, self.sources)):
-            self.clear()
-            self.folded, self.sources, self.stamps = _fold(plan, tensors), sources, stamps
+        eps = tuple(u.norm.eps for u in plan.units)
+        folded = self.folds.get(tensors, eps, lambda: _fold(plan, tensors))
+        if any(source is not folded for _, source in self.packed.values()):
+            self.packed = {}  # packed from folds that are gone
         key = (torch.get_num_threads(), tuple(input_shape))
         if key not in self.packed:
             if len(self.packed) >= self.MAX_SHAPES:
                 del self.packed[next(iter(self.packed))]
-            self.packed[key] = _pack(self.folded, len(plan.chain), input_shape)
-        return self.packed[key]
+            self.packed[key] = (_pack(folded, len(plan.chain), input_shape), folded)
+        return self.packed[key][0]
 
     # Packed oneDNN tensors neither pickle nor need to: a copy starts empty.
     def __getstate__(self) -> dict:

@@ -1,5 +1,7 @@
-"""Eval-mode BN folds are cached per block and never stale: after every kind of change to
-the BN state or parameters, the fused eval output still matches torchvision's."""
+"""Eval-mode BN folds (and, on oneDNN, prepacked weights) are cached per block and never
+stale: after every kind of change to the BN state or parameters, the fused eval output still
+matches torchvision's. float64 runs the fused kernels' own eval path, float32 on the cpp
+backend the oneDNN one."""
 
 from __future__ import annotations
 
@@ -9,18 +11,21 @@ import pytest
 import torch
 from conftest import CPU_BACKENDS, assert_close, make_blocks
 
-DT = torch.float64  # the cpp and reference paths (oneDNN serves float32 eval)
+DT = torch.float64
+# (backend, dtype): the fused eval path of each CPU backend, and oneDNN's (cpp, float32).
+PATHS = [(b, torch.float64) for b in CPU_BACKENDS] + (
+    [("cpp", torch.float32)] if "cpp" in CPU_BACKENDS else [])
 
 
-def eval_pair(backend):
+def eval_pair(backend, dtype=DT):
     tv, fused = make_blocks("bottleneck", 12, 5, 2, True, backend=backend)
-    tv, fused = tv.to(DT).eval(), fused.to(DT).eval()
+    tv, fused = tv.to(dtype).eval(), fused.to(dtype).eval()
     return tv, fused
 
 
 def check(tv, fused, x):
     with torch.no_grad():
-        assert_close(fused(x), tv(x), DT)
+        assert_close(fused(x), tv(x), x.dtype)
 
 
 def bns(m):
@@ -39,21 +44,21 @@ CHANGES = {
 }
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend, dtype", PATHS, ids=lambda v: str(v).removeprefix("torch."))
 @pytest.mark.parametrize("change", list(CHANGES))
-def test_folds_follow_every_change(backend, change):
-    tv, fused = eval_pair(backend)
-    x = torch.randn(2, 12, 9, 9, dtype=DT)
+def test_folds_follow_every_change(backend, dtype, change):
+    tv, fused = eval_pair(backend, dtype)
+    x = torch.randn(2, 12, 9, 9, dtype=dtype)
     check(tv, fused, x)  # the folds are now cached
     if change == "training_step":
-        batch = torch.randn(3, 12, 9, 9, dtype=DT) * 3 + 1
+        batch = torch.randn(3, 12, 9, 9, dtype=dtype) * 3 + 1
         for m in (tv, fused):
             m.train()
             with torch.no_grad():
                 m(batch)
             m.eval()
     elif change == "load_state_dict":
-        other, _ = eval_pair(backend)
+        other, _ = eval_pair(backend, dtype)
         for b in bns(other):
             b.running_mean.uniform_(-1, 1)
         tv.load_state_dict(other.state_dict())
