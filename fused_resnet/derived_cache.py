@@ -5,7 +5,7 @@ An entry is dropped as soon as any source tensor changes: its version counter (i
 edits, optimizer steps, ``load_state_dict``), its storage, dtype, device or shape
 (``.to()``), or the extra key (eps, compute dtype). The cache keeps its source tensors
 alive, so a stale entry can never match a new tensor at a recycled address. It is not
-used while torch.compile or torch.fx traces (there, the derivation is part of the graph).
+used while torch.compile or torch.export traces (there, the derivation is part of the graph).
 
 Not seen: in-place edits through ``tensor.data`` (a ``.data`` view has a version counter
 of its own, which PyTorch does not share with the parameter). Edit parameters and buffers
@@ -53,5 +53,6 @@ class DerivedCache:
 
 
 def usable() -> bool:
-    """Whether a cache may serve this call (not while a compiler or fx traces it)."""
-    return not torch.compiler.is_compiling() and not torch.fx._symbolic_trace.is_fx_tracing()
+    """Whether a cache may serve this call: not while torch.compile or torch.export traces
+    it (torch.fx symbolic tracing never reaches a block's kernels)."""
+    return not torch.compiler.is_compiling()
