@@ -5,16 +5,19 @@ Every case is traced on meta tensors (:mod:`fused_resnet.launch_trace`): eager a
 ATen ops it dispatches, the fused providers as the launches of their backends' launch
 plans plus the ATen glue around them. Each launch then gets a modeled time::
 
-    t = max(FLOPs / peak, bytes / bandwidth) * ceil(waves) / waves
-    t = max(t, serial steps * STEP_S) + LAUNCH_S
+    t = max(FLOPs / peak, bytes / bandwidth) * stretch
+    t = max(t, serial steps * step_s)     (reductions: their steps wait on loads)
+    t = t + launch_s
 
-with waves = CTAs / (SMs * CTAs per SM), CTAs per SM from the kernel's compiled
-registers and shared memory (ATen launches: cuDNN and PyTorch kernels are assumed to
-fill the GPU). The constants are in :data:`H100` and printed with every report.
+with stretch = ceil(waves) / waves, waves = CTAs / (SMs * CTAs per SM), or SMs / CTAs for
+a grid smaller than the GPU; CTAs per SM from the kernel's compiled registers and shared
+memory (ATen launches: cuDNN and PyTorch kernels are assumed to fill the GPU). The
+constants are in :data:`H100` and printed with every report.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -28,6 +31,7 @@ import roofline
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fused_resnet import FusedBasicBlock, FusedBottleneck, convert
 from fused_resnet import launch_trace as lt
@@ -247,21 +251,14 @@ def _run(model: nn.Module, x: torch.Tensor, train: bool, recorder: lt.LaunchReco
             (step or model)(x)
 
 
-def _fused_twin(case: Case) -> nn.Module:
-    cls = FusedBottleneck if case.kind == "bottleneck" else FusedBasicBlock
+def _block(case: Case, bottleneck: type, basic: type, **kwargs) -> nn.Module:
+    """The block of ``case`` as class ``bottleneck`` or ``basic`` (torchvision's or the
+    fused twins), with its projection shortcut."""
+    cls = bottleneck if case.kind == "bottleneck" else basic
     out_c = case.planes * cls.expansion
     ds = nn.Sequential(nn.Conv2d(case.inplanes, out_c, 1, case.stride, bias=False),
                        nn.BatchNorm2d(out_c)) if case.proj else None
-    return cls(case.inplanes, case.planes, case.stride, ds, backend="reference")
-
-
-def _eager_block(case: Case) -> nn.Module:
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-    cls = Bottleneck if case.kind == "bottleneck" else BasicBlock
-    out_c = case.planes * cls.expansion
-    ds = nn.Sequential(nn.Conv2d(case.inplanes, out_c, 1, case.stride, bias=False),
-                       nn.BatchNorm2d(out_c)) if case.proj else None
-    return cls(case.inplanes, case.planes, case.stride, ds)
+    return cls(case.inplanes, case.planes, case.stride, ds, **kwargs)
 
 
 class Tracer:
@@ -303,10 +300,11 @@ class Tracer:
     def block(self, case: Case, provider: str, mode: str) -> Profile:
         es = torch.tensor([], dtype=self.dtype).element_size()
         with torch.device("meta"):
-            eager = _eager_block(case)
+            eager = _block(case, Bottleneck, BasicBlock)
             x = _meta(self.batch, case.inplanes, case.hw, case.hw, dtype=self.dtype)
-            trace, occupancy = self._trace(provider, eager, lambda: _fused_twin(case), x,
-                                           mode != "inference")
+            fused = functools.partial(_block, case, FusedBottleneck, FusedBasicBlock,
+                                      backend="reference")
+            trace, occupancy = self._trace(provider, eager, fused, x, mode != "inference")
         chain, proj = roofline.block_convs(case.kind, case.inplanes, case.planes, case.stride,
                                            case.hw, case.proj)
         flops, nbytes = roofline.block_model(chain, proj, self.batch, es, mode)
