@@ -376,7 +376,9 @@ class _FusedUnits:
             for i in range(0, len(tensors), len(UNIT_TENSORS)):
                 tensors[i] = tensors[i].to(autocast)
         branch_scale = self._branch_scale(inp)
-        folds = self.__dict__.setdefault("_fold_cache", DerivedCache())
+        folds = self.__dict__.get("_fold_cache")
+        if folds is None:
+            folds = self.__dict__["_fold_cache"] = DerivedCache()
         if autocast is None:
             return run_block(plan, inp, tuple(tensors), branch_scale, folds)
         with torch.autocast(x.device.type, enabled=False):

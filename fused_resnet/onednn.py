@@ -170,7 +170,9 @@ def _pack(folded: list[_Unit], n_chain: int, input_shape: list[int]) -> list[_Un
 def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
     """The eval forward through oneDNN of the block whose ``__dict__`` is ``owner`` (which
     holds its :class:`PackCache`); only where :func:`choose_path` says ``onednn``."""
-    cache = owner.setdefault("_onednn_cache", PackCache())
+    cache = owner.get("_onednn_cache")
+    if cache is None:
+        cache = owner["_onednn_cache"] = PackCache()
     units = cache.units(plan, tensors, list(x.shape))
     chain, shortcut = units[:len(plan.chain)], units[len(plan.chain):]
     h = x.contiguous(memory_format=CL)

@@ -164,13 +164,10 @@ def _triton_pair(stage, dtype, batch):
     return tv, fused, x.contiguous(memory_format=torch.channels_last)
 
 
-@TRITON
-@pytest.mark.parametrize("stage", B128_STAGES, ids=[f"{s[0]}x{s[1]}-s{s[2]}" for s in B128_STAGES])
-def test_triton_batch128_stage_blocks(stage):
-    """bf16 training step at batch 128 against float64: output, input and parameter
-    gradients within 2x the error of eager PyTorch in bf16."""
-    tv, fused, x = _triton_pair(stage, torch.bfloat16, 128)
-    oracle = copy.deepcopy(tv).double()
+def _training_step(fused, tv, oracle, x) -> list[tuple]:
+    """One training step of the fused block, its torchvision twin and the float64 oracle on
+    the same input and output gradient: (what, fused, plain, oracle) for the output, the
+    input gradient and every parameter gradient."""
     xs = [x.clone().requires_grad_() for _ in range(2)] + [x.double().requires_grad_()]
     outs = [fused(xs[0]), tv(xs[1]), oracle(xs[2])]
     g = torch.randn_like(outs[2])
@@ -178,9 +175,17 @@ def test_triton_batch128_stage_blocks(stage):
         o.backward(g.to(o.dtype))
     plain_params, ref_params = dict(tv.named_parameters()), dict(oracle.named_parameters())
     pairs = [("out", outs[0], outs[1], outs[2]), ("x.grad", *(t.grad for t in xs))]
-    pairs += [(f"{name}.grad", p.grad, plain_params[name].grad, ref_params[name].grad)
-              for name, p in fused.named_parameters()]
-    for what, got, plain, want in pairs:
+    return pairs + [(f"{name}.grad", p.grad, plain_params[name].grad, ref_params[name].grad)
+                    for name, p in fused.named_parameters()]
+
+
+@TRITON
+@pytest.mark.parametrize("stage", B128_STAGES, ids=[f"{s[0]}x{s[1]}-s{s[2]}" for s in B128_STAGES])
+def test_triton_batch128_stage_blocks(stage):
+    """bf16 training step at batch 128 against float64: output, input and parameter
+    gradients within 2x the error of eager PyTorch in bf16."""
+    tv, fused, x = _triton_pair(stage, torch.bfloat16, 128)
+    for what, got, plain, want in _training_step(fused, tv, copy.deepcopy(tv).double(), x):
         assert_close(got, want, torch.bfloat16, rel_err(plain, want), what=what)
 
 
@@ -197,15 +202,7 @@ def test_triton_fp32_without_tf32_meets_the_fp32_tolerance(stage):
         assert_close(out, oracle.eval()(x.double()), torch.float32, what="eval out")
         for block in (fused, tv, oracle):
             block.train()
-        xs = [x.clone().requires_grad_() for _ in range(2)] + [x.double().requires_grad_()]
-        outs = [fused(xs[0]), tv(xs[1]), oracle(xs[2])]
-        g = torch.randn_like(outs[2])
-        for o in outs:
-            o.backward(g.to(o.dtype))
-    plain_params, ref_params = dict(tv.named_parameters()), dict(oracle.named_parameters())
-    pairs = [("out", outs[0], outs[1], outs[2]), ("x.grad", *(t.grad for t in xs))]
-    pairs += [(f"{name}.grad", p.grad, plain_params[name].grad, ref_params[name].grad)
-              for name, p in fused.named_parameters()]
+        pairs = _training_step(fused, tv, oracle, x)
     for what, got, plain, want in pairs:
         assert_close(got, want, torch.float32, rel_err(plain, want), what=what)
 
