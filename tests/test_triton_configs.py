@@ -143,24 +143,30 @@ def test_elementwise_gpu_tiles(dtype):
 
 
 def test_reductions_at_gpu_tiles_in_several_levels():
-    """The column sum and the statistics merge at the GPU's reduce tile, with enough rows
-    for more than one level (each program walks at most MAX_SERIAL_STEPS steps)."""
+    """The column sums (three at once, as block_end_bwd runs them) and the statistics merge
+    at the GPU's reduce tile, with enough rows for more than one level (each program walks
+    at most MAX_SERIAL_STEPS steps), and the merge in two levels of a narrow tile."""
     from fused_resnet.triton import _common, plans
 
     block_r = configs.REDUCE_GPU[0]
     rows = configs.MAX_SERIAL_STEPS * block_r * 3 + 5
-    part = torch.randn(rows, 70, device=DEVICE, dtype=torch.float32)
+    part = torch.randn(3, rows, 70, device=DEVICE, dtype=torch.float32)
     with configs.forced("reduce", configs.REDUCE_GPU):
-        levels = plans.column_sum_launches(rows, 70, _common.target_of(part))
-        got = _common.column_sum(part, _common.target_of(part))
-    assert len(levels) >= 2
-    assert torch.allclose(got.double(), part.double().sum(0), rtol=1e-5, atol=1e-4)
-    # Statistics: 9,216 rows in 64-row tiles = 144 tiles: a two-level merge.
+        levels = plans.column_sum_launches(rows, 70, _common.target_of(part), 3)
+        got = _common.column_sums(part, _common.target_of(part))
+    assert len(levels) >= 2 and len(got) == 3
+    for g, p in zip(got, part):
+        assert torch.allclose(g.double(), p.double().sum(0), rtol=1e-5, atol=1e-4)
+    # Statistics: 9,216 rows in 64-row tiles = 144 tiles: one level of 64-tile blocks (the
+    # last one partial), and two levels of 2-tile blocks.
     x = _data(1, 3, 96, 96, dtype=torch.float32, offset=2.0)
     kw = dict(x=x, weight=torch.randn(70, 3, 1, 1, device=DEVICE), stride=1, padding=0,
               dilation=1, groups=1, in_scale=None, in_shift=None, in_relu=False,
               out_scale=None, out_shift=None, residual=None, res_scale=None, res_shift=None,
               out_relu=False, stats=True)
-    with configs.forced("reduce", configs.REDUCE_GPU), \
-            configs.forced("fwd", configs.FALLBACKS["fwd"][0]):
-        check_op("conv_fwd", "x", **kw)
+    fwd = configs.FALLBACKS["fwd"][0]
+    target = _common.target_of(x)
+    for tile, n_levels in ((configs.REDUCE_GPU, 1), ((2, 32, 8), 2)):
+        with configs.forced("reduce", tile), configs.forced("fwd", fwd):
+            assert len(plans.merge_stats_launches(9216 // fwd.block_m, 70, target)) == n_levels
+            check_op("conv_fwd", "x", **kw)

@@ -63,13 +63,21 @@ def channel_tile(pid, C, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def column_sum_kernel(part_ptr, out_ptr, rows, cols, row_stride, chunk, BLOCK_R: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
-    """out[g, c] = sum of part[r, c] (at part_ptr + r*row_stride + c) over the rows r of
-    group g, [g*chunk, (g+1)*chunk), stored in out's dtype:
-    [BLOCK_R, BLOCK_C] tiles summed with tl.sum, in row order. Deterministic, no atomics."""
+def column_sum_kernel(part_ptr, out0_ptr, out1_ptr, out2_ptr, rows, cols, row_stride,
+                      batch_stride, chunk, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out_b[g, c] = sum of part[b, r, c] (at part_ptr + b*batch_stride + r*row_stride + c)
+    over the rows r of group g, [g*chunk, (g+1)*chunk), stored in out_b's dtype, for the
+    up to three sums b = program_id(2) of one launch: [BLOCK_R, BLOCK_C] tiles summed with
+    tl.sum, in row order. Deterministic, no atomics."""
     offs_c, c_mask = channel_tile(tl.program_id(0), cols, BLOCK_C)
     g = tl.program_id(1)
+    b = tl.program_id(2)
+    out_ptr = out0_ptr
+    if b == 1:
+        out_ptr = out1_ptr
+    if b == 2:
+        out_ptr = out2_ptr
+    part_ptr += b.to(tl.int64) * batch_stride
     start = g * chunk
     end = tl.minimum(rows, start + chunk)
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -99,25 +107,33 @@ def device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def column_sum(part: torch.Tensor, target: Target,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """Deterministic sum over dim 0 of an fp32 ``[rows, cols]`` view with unit column
-    stride, in the levels of :func:`plans.column_sum_launches`: into ``out`` (any dtype,
-    ``cols`` dense elements, written by the last level), else a fresh fp32 ``[cols]``."""
-    rows, cols = part.shape
-    levels = plans.column_sum_launches(rows, cols, target)
+def column_sums(part: torch.Tensor, target: Target,
+                outs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Deterministic sums over dim 1 of an fp32 ``[batch, rows, cols]`` view (batch <= 3,
+    unit column stride), all of them in each launch of :func:`plans.column_sum_launches`:
+    into ``outs`` (any dtype, ``cols`` dense elements each, written by the last level),
+    else into fresh fp32 ``[cols]`` tensors (distinct: op outputs must not alias)."""
+    batch, rows, cols = part.shape
+    levels = plans.column_sum_launches(rows, cols, target, batch)
     for launch in levels:
         groups = launch.grid[1]
-        if launch is levels[-1] and out is not None:
-            dest = out
+        last = launch is levels[-1]
+        if last:
+            dest = outs if outs is not None else [
+                torch.empty(cols, dtype=torch.float32, device=part.device)
+                for _ in range(batch)]
         else:
-            dest = torch.empty((groups, cols), dtype=torch.float32, device=part.device)
+            scratch = torch.empty((batch, groups, cols), dtype=torch.float32,
+                                  device=part.device)
+            dest = list(scratch)
         launcher(column_sum_kernel)[launch.grid](
-            part, dest, launch.meta["rows"], cols, part.stride(0), launch.meta["chunk"],
+            part, *(dest + dest[-1:] * 2)[:3],  # pointers past ``batch`` are never written
+            launch.meta["rows"], cols, part.stride(1), part.stride(0), launch.meta["chunk"],
             BLOCK_R=launch.meta["BLOCK_R"], BLOCK_C=launch.meta["BLOCK_C"],
             **launch_options(launch.num_warps))
-        part = dest
-    return part if out is not None else part.view(cols)
+        if not last:
+            part = scratch
+    return dest
 
 
 def launch_options(num_warps: int, num_stages: int | None = None) -> dict:

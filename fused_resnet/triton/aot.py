@@ -66,18 +66,25 @@ _CONV_FLAGS = {
     "wgrad": [dict(HAS_IN_AFFINE=True, IN_RELU=True, OUT_KCRS=False),
               dict(HAS_IN_AFFINE=True, IN_RELU=True, OUT_KCRS=True)],
 }
-_OTHER_CONSTEXPRS = {
-    "merge_stats": dict(ROWS_PER_TILE=128, BLOCK_C=128, FIRST=True, FINAL=False),
-    "column_sum": dict(BLOCK_R=configs.REDUCE_GPU[0], BLOCK_C=configs.REDUCE_GPU[1]),
-    "block_end": dict(HAS_RES_AFFINE=True, HAS_BRANCH=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
-                      BLOCK_C=configs.ELEMENTWISE_GPU[1]),
-    "block_end_bwd": dict(HAS_D=True, HAS_BRANCH=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
-                          BLOCK_C=configs.ELEMENTWISE_GPU[1]),
-    "bn_finalize": dict(HAS_WEIGHT=True, HAS_BIAS=True, UPDATE=True, HAS_NBT=True,
-                        CUMULATIVE=True, BLOCK_C=1024),
-    "bn_backward": dict(BATCH_STATS=True, HAS_WEIGHT=True, HAS_BIAS=True,
-                        BLOCK_C=configs.REDUCE_GPU[1]),
-}
+_REDUCE_WARPS = configs.REDUCE_GPU[2]
+_ELEMENTWISE_WARPS = configs.ELEMENTWISE_GPU[2]
+# (kind, constexprs, warps) of every per-channel and reduction kernel a GPU launch can take.
+_OTHER_KERNELS = [
+    ("merge_stats", dict(ROWS_PER_TILE=128, BLOCK_R=configs.REDUCE_GPU[0],
+                         BLOCK_C=configs.REDUCE_GPU[1], FIRST=True, FINAL=False),
+     _REDUCE_WARPS),
+    *(("column_sum", dict(BLOCK_R=r, BLOCK_C=c), _REDUCE_WARPS)
+      for r, c in (configs.REDUCE_GPU[:2], *configs.REDUCE_NARROW_GPU)),
+    ("block_end", dict(HAS_RES_AFFINE=True, HAS_BRANCH=True,
+                       BLOCK_R=configs.ELEMENTWISE_GPU[0], BLOCK_C=configs.ELEMENTWISE_GPU[1]),
+     _ELEMENTWISE_WARPS),
+    ("block_end_bwd", dict(HAS_D=True, HAS_BRANCH=True, BLOCK_R=configs.ELEMENTWISE_GPU[0],
+                           BLOCK_C=configs.ELEMENTWISE_GPU[1]), _ELEMENTWISE_WARPS),
+    ("bn_finalize", dict(HAS_WEIGHT=True, HAS_BIAS=True, UPDATE=True, HAS_NBT=True,
+                         CUMULATIVE=True, BLOCK_C=1024), 4),
+    ("bn_backward", dict(BATCH_STATS=True, HAS_WEIGHT=True, HAS_BIAS=True,
+                         BLOCK_C=configs.REDUCE_GPU[1]), _REDUCE_WARPS),
+]
 
 
 _FLOAT_ARGS = {"count", "unbiased_count", "momentum", "eps"}  # the launchers pass floats
@@ -238,11 +245,10 @@ def jobs(targets=AOT_TARGETS) -> list[dict]:
                         seen.add(key)
                         out.append(_conv_job(kind, cfg, k, target, dtype, flags, divisible,
                                              shape))
-        for kind, constexprs in _OTHER_CONSTEXPRS.items():
+        for kind, constexprs, warps in _OTHER_KERNELS:
             out.append({"kind": kind, "target": target, "arch": configs.TARGETS[target].arch,
-                        "dtype": "bf16", "constexprs": constexprs,
-                        "num_warps": configs.ELEMENTWISE_GPU[2], "num_stages": 1,
-                        "shape": "any", "divisible": ["C"]})
+                        "dtype": "bf16", "constexprs": constexprs, "num_warps": warps,
+                        "num_stages": 1, "shape": "any", "divisible": ["C"]})
     return out
 
 

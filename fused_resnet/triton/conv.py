@@ -24,7 +24,7 @@ from . import plans
 from ._common import (
     channel_tile,
     check_data,
-    column_sum,
+    column_sums,
     conv_out_size,
     dense,
     device_guard,
@@ -152,47 +152,55 @@ def conv_fwd_kernel(
 @triton.jit
 def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, count_ptr, out_mean_ptr, out_m2_ptr,
                        out_count_ptr, parts, chunk, rows, C, ROWS_PER_TILE: tl.constexpr,
-                       BLOCK_C: tl.constexpr, FIRST: tl.constexpr, FINAL: tl.constexpr):
-    """Chan's merge of per-part (count, mean, M2): program (channel block, g) merges parts
-    [g*chunk, min(parts, (g+1)*chunk)) in order. Means are kept relative to tile 0's pivot
-    (pivot differences are exact or tiny), so the merge works on numbers of the size of the
-    spread, not of the mean. FIRST: the parts are the conv tiles (pivot + mean; counts from
-    ``rows``); else a first launch's groups (count, relative mean). FINAL: store mean and
-    M2; else this group's (count, relative mean, M2) at ``out_*[g, c]``."""
-    offs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = offs < C
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, FIRST: tl.constexpr,
+                       FINAL: tl.constexpr):
+    """Merge of per-part (count, mean, M2): program (channel block, g) merges parts
+    [g*chunk, min(parts, (g+1)*chunk)) in blocks of BLOCK_R, in order: a block's count,
+    mean and M2 (sum of the parts' M2 plus their spread about the block mean) by tl.sum,
+    then Chan's update of the running totals. Means are kept relative to tile 0's pivot
+    (pivot differences are exact or tiny), so the merge works on numbers of the size of
+    the spread, not of the mean. FIRST: the parts are the conv tiles (pivot + mean; counts
+    from ``rows``); else a first launch's groups (count, relative mean). FINAL: store mean
+    and M2; else this group's (count, relative mean, M2) at ``out_*[g, c]``."""
+    offs_c, c_mask = channel_tile(tl.program_id(0), C, BLOCK_C)
     g = tl.program_id(1)
-    base = tl.load(pivot_ptr + offs, mask=mask, other=0.0)
+    base = tl.load(pivot_ptr + offs_c, mask=c_mask, other=0.0)
     n_a = tl.zeros([BLOCK_C], dtype=tl.float32)
     mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)  # relative to base
     m2_a = tl.zeros([BLOCK_C], dtype=tl.float32)
     start = g * chunk
     end = tl.minimum(parts, start + chunk)
-    part = offs.to(tl.int64) + start.to(tl.int64) * C  # advanced by C per part: 64-bit
-    for t in range(start, end):
+    for t0 in range(start, end, BLOCK_R):
+        offs_t = t0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        mask = (offs_t < end)[:, None] & c_mask[None, :]
+        at = offs_t[:, None] * C + offs_c[None, :]
         if FIRST:
-            n_b = tl.minimum(rows - t * ROWS_PER_TILE, ROWS_PER_TILE).to(tl.float32)
-            pivot_b = tl.load(pivot_ptr + part, mask=mask, other=0.0)
-            mean_b = (pivot_b - base) + tl.load(mean_ptr + part, mask=mask, other=0.0)
+            tile_rows = tl.minimum(rows - offs_t * ROWS_PER_TILE, ROWS_PER_TILE)
+            n_b = tl.where(mask, tile_rows.to(tl.float32)[:, None], 0.0)
+            mean_b = (tl.load(pivot_ptr + at, mask=mask, other=0.0) - base[None, :]) \
+                + tl.load(mean_ptr + at, mask=mask, other=0.0)
         else:
-            n_b = tl.load(count_ptr + part, mask=mask, other=0.0)
-            mean_b = tl.load(mean_ptr + part, mask=mask, other=0.0)
-        m2_b = tl.load(m2_ptr + part, mask=mask, other=0.0)
-        n = n_a + n_b
-        w_b = n_b / tl.maximum(n, 1.0)  # counts are whole: n = 0 only for an empty group
-        delta = mean_b - mean_a
+            n_b = tl.load(count_ptr + at, mask=mask, other=0.0)
+            mean_b = tl.load(mean_ptr + at, mask=mask, other=0.0)
+        n_blk = tl.sum(n_b, axis=0)
+        mean_blk = tl.sum(n_b * mean_b, axis=0) / tl.maximum(n_blk, 1.0)
+        spread = tl.where(mask, mean_b - mean_blk[None, :], 0.0)
+        m2_blk = tl.sum(tl.load(m2_ptr + at, mask=mask, other=0.0) + n_b * spread * spread,
+                        axis=0)
+        n = n_a + n_blk
+        w_b = n_blk / tl.maximum(n, 1.0)  # counts are whole: n = 0 only for an empty group
+        delta = mean_blk - mean_a
         mean_a = mean_a + delta * w_b
-        m2_a = m2_a + m2_b + delta * delta * (n_a * w_b)
+        m2_a = m2_a + m2_blk + delta * delta * (n_a * w_b)
         n_a = n
-        part += C
     if FINAL:
-        tl.store(out_mean_ptr + offs, base + mean_a, mask=mask)
-        tl.store(out_m2_ptr + offs, m2_a, mask=mask)
+        tl.store(out_mean_ptr + offs_c, base + mean_a, mask=c_mask)
+        tl.store(out_m2_ptr + offs_c, m2_a, mask=c_mask)
     else:
-        at = g.to(tl.int64) * C + offs
-        tl.store(out_count_ptr + at, n_a, mask=mask)
-        tl.store(out_mean_ptr + at, mean_a, mask=mask)
-        tl.store(out_m2_ptr + at, m2_a, mask=mask)
+        at = g.to(tl.int64) * C + offs_c
+        tl.store(out_count_ptr + at, n_a, mask=c_mask)
+        tl.store(out_mean_ptr + at, mean_a, mask=c_mask)
+        tl.store(out_m2_ptr + at, m2_a, mask=c_mask)
 
 
 @triton.jit
@@ -450,7 +458,7 @@ def _merge_stats(levels, part: Tensor, rows: int, block_m: int) -> tuple[Tensor,
         launcher(merge_stats_kernel)[launch.grid](
             part[0], mean, m2, count, out_mean, out_m2, out_count, launch.meta["parts"],
             launch.meta["chunk"], rows, c, ROWS_PER_TILE=block_m,
-            BLOCK_C=launch.meta["BLOCK_C"], FIRST=launch.meta["FIRST"],
+            BLOCK_R=launch.meta["BLOCK_R"], BLOCK_C=launch.meta["BLOCK_C"], FIRST=launch.meta["FIRST"],
             FINAL=launch.meta["FINAL"], **launch_options(launch.num_warps))
         count, mean, m2 = out_count, out_mean, out_m2
     return mean, m2
@@ -492,9 +500,9 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
                   stride // math.gcd(stride, dilation),
                   KH=kh, KW=weight.shape[3], HAS_RES=residual is not None, HAS_PREV=has_prev,
                   DOT_PRECISION=dot_precision(dz.dtype))
-        if has_prev:
-            sum_dx, sum_dx_xhat = (column_sum(part[:, i * c_in:(i + 1) * c_in], target_of(dz))
-                                   for i in range(2))
+        if has_prev:  # part[tile, i*c_in + c]: the two sums as a batch of two
+            sum_dx, sum_dx_xhat = column_sums(part.view(-1, 2, c_in).transpose(0, 1),
+                                              target_of(dz))
         else:  # two distinct tensors: op outputs must not alias each other
             sum_dx, sum_dx_xhat = (dz.new_empty(0, dtype=torch.float32) for _ in range(2))
     return _like(dx, dz), sum_dx, sum_dx_xhat
@@ -532,5 +540,5 @@ def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
                   KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
                   OUT_KCRS=layout == "kcrs", DOT_PRECISION=dot_precision(x.dtype))
         if split > 1:
-            column_sum(part, target, out=out)
+            column_sums(part[None], target, outs=[out])
     return dw if layout is not None else dw.copy_(out)

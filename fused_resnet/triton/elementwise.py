@@ -16,7 +16,7 @@ from . import plans
 from ._common import (
     channel_tile,
     check_data,
-    column_sum,
+    column_sums,
     device_guard,
     dtype_class,
     launch_options,
@@ -226,7 +226,7 @@ def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: T
             nhwc(y_d) if has_d else y, vec(mean_d, y), vec(invstd_d, y), dz, part, rows, c,
             *_branch_args(branch_scale, d_out), HAS_D=has_d,
             HAS_BRANCH=branch_scale is not None, **main.meta, **launch_options(main.num_warps))
-        sums = [column_sum(p, target) for p in part]
+        sums = column_sums(part, target)
     if not has_d:
         sums.append(d_out.new_empty(0, dtype=torch.float32))
     return (_like(dz, d_out), *sums)

@@ -45,20 +45,38 @@ def _groups_chunk(parts: int, per_step: int, col_blocks: int, target: Target) ->
     return min(steps, MAX_SERIAL_STEPS) * per_step
 
 
-def column_sum_launches(rows: int, cols: int, target: Target) -> list[Launch]:
-    """Sum over the rows of a [rows, cols] fp32 buffer: each level's programs add
-    [BLOCK_R, BLOCK_C] tiles with tl.sum, in row order, into one row per group; levels
-    repeat until one row is left. Deterministic: the order depends only on the shape."""
+def _column_tile(rows: int, cols: int, batch: int,
+                 target: Target) -> tuple[int, int, int]:
+    """The reduce tile of a column sum: the default one, or, when a single level's grid
+    would fill less than two waves, the first narrower tile whose grid does (else the
+    narrowest); the rows of a narrower tile still fit one level."""
     block_r, block_c, warps = _reduce_tile(target)
+    if _interpreting(target) or configs.forced_value("reduce"):
+        return block_r, block_c, warps
+    two_waves = 2 * target.sms * (2048 // (32 * warps))  # resident threads per SM
+    if rows > MAX_SERIAL_STEPS * block_r or cdiv(cols, block_c) * batch >= two_waves:
+        return block_r, block_c, warps
+    for block_r, block_c in configs.REDUCE_NARROW_GPU:
+        if cdiv(cols, block_c) * batch >= two_waves:
+            break
+    return block_r, block_c, warps
+
+
+def column_sum_launches(rows: int, cols: int, target: Target, batch: int = 1) -> list[Launch]:
+    """Sum over the rows of ``batch`` [rows, cols] fp32 buffers (batch <= 3), all in each
+    launch: each level's programs add [BLOCK_R, BLOCK_C] tiles with tl.sum, in row order,
+    into one row per group; levels repeat until one row is left. Deterministic: the order
+    depends only on the shape."""
+    block_r, block_c, warps = _column_tile(rows, cols, batch, target)
     col_blocks = cdiv(cols, block_c)
     out = []
     while True:
-        chunk = _groups_chunk(rows, block_r, col_blocks, target)
+        chunk = _groups_chunk(rows, block_r, col_blocks * batch, target)
         groups = max(1, cdiv(rows, chunk))  # no rows: one group writes zeros
-        out.append(Launch("column_sum", (col_blocks, groups), warps,
+        out.append(Launch("column_sum", (col_blocks, groups, batch), warps,
                           meta={"rows": rows, "chunk": chunk, "BLOCK_R": block_r,
                                 "BLOCK_C": block_c},
-                          bytes=4 * (rows + groups) * cols, flops=rows * cols,
+                          bytes=4 * (rows + groups) * cols * batch, flops=rows * cols * batch,
                           serial_steps=cdiv(min(chunk, rows), block_r)))
         if groups == 1:
             return out
@@ -66,19 +84,20 @@ def column_sum_launches(rows: int, cols: int, target: Target) -> list[Launch]:
 
 
 def merge_stats_launches(tiles: int, channels: int, target: Target) -> list[Launch]:
-    """Chan's merge of per-tile (pivot, mean, M2): levels of at most MAX_SERIAL_STEPS
-    parts per program, in part order, until one group is left."""
-    _, block_c, warps = _reduce_tile(target)
+    """Chan's merge of per-tile (pivot, mean, M2): each program merges [BLOCK_R, BLOCK_C]
+    blocks of parts (a block's totals by tl.sum, then Chan's update), at most
+    MAX_SERIAL_STEPS blocks in part order; levels repeat until one group is left."""
+    block_r, block_c, warps = _reduce_tile(target)
     col_blocks = cdiv(channels, block_c)
     out, parts, first = [], tiles, True
     while True:
-        chunk = _groups_chunk(parts, 1, col_blocks, target)
+        chunk = _groups_chunk(parts, block_r, col_blocks, target)
         groups = cdiv(parts, chunk)
         out.append(Launch("merge_stats", (col_blocks, groups), warps,
-                          meta={"parts": parts, "chunk": chunk, "BLOCK_C": block_c,
-                                "FIRST": first, "FINAL": groups == 1},
+                          meta={"parts": parts, "chunk": chunk, "BLOCK_R": block_r,
+                                "BLOCK_C": block_c, "FIRST": first, "FINAL": groups == 1},
                           bytes=4 * 3 * (parts + groups) * channels, flops=10 * parts * channels,
-                          serial_steps=min(chunk, parts)))
+                          serial_steps=cdiv(min(chunk, parts), block_r)))
         if groups == 1:
             return out
         parts, first = groups, False
@@ -127,7 +146,7 @@ def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, strid
                  es * (2 * out_rows * c_out + c_out * k * k * c_in
                        + rows * c_in * (1 + (2 if has_prev else 0) + (1 if residual else 0))),
                  steps)
-    sums = 2 * column_sum_launches(tiles, c_in, target) if has_prev else []  # sum, sum*xhat
+    sums = column_sum_launches(tiles, c_in, target, 2) if has_prev else []  # sum, sum*xhat
     return OpPlan("conv_bwd_data", (gemm, *sums))
 
 
@@ -162,11 +181,11 @@ def block_end_bwd_plan(rows: int, channels: int, dtype_class: str, target: Targe
     block_r, block_c, warps = _elementwise_tile(target)
     es = configs.elem_bytes(dtype_class)
     tiles = cdiv(rows, block_r)
-    sums = 3 if has_d else 2
     main = Launch("block_end_bwd", (tiles, cdiv(channels, block_c)), warps,
                   meta={"BLOCK_R": block_r, "BLOCK_C": block_c},
                   bytes=es * rows * channels * (5 if has_d else 4), flops=8 * rows * channels)
-    return OpPlan("block_end_bwd", (main, *sums * column_sum_launches(tiles, channels, target)))
+    sums = column_sum_launches(tiles, channels, target, 3 if has_d else 2)
+    return OpPlan("block_end_bwd", (main, *sums))
 
 
 def bn_finalize_plan(channels: int, target: Target) -> OpPlan:
