@@ -142,31 +142,42 @@ def test_elementwise_gpu_tiles(dtype):
                  mean_d=_vec(70), invstd_d=_vec(70, 1.0).abs() + 0.1)
 
 
-def test_reductions_at_gpu_tiles_in_several_levels():
+@pytest.mark.parametrize("ticket", [True, False], ids=["ticket", "one_group"])
+def test_reductions_at_gpu_tiles(ticket):
     """The column sums (three at once, as block_end_bwd runs them) and the statistics merge
-    at the GPU's reduce tile, with enough rows for more than one level (each program walks
-    at most MAX_SERIAL_STEPS steps), and the merge in two levels of a narrow tile."""
+    at the GPU's reduce tile: one group walking every row, or groups whose last program to
+    arrive adds the group results (the producer's cleared counters: zeros here)."""
     from fused_resnet.triton import _common, plans
 
     block_r = configs.REDUCE_GPU[0]
-    rows = configs.MAX_SERIAL_STEPS * block_r * 3 + 5
+    rows = configs.MAX_SERIAL_STEPS // 2 * block_r + 5
     part = torch.randn(3, rows, 70, device=DEVICE, dtype=torch.float32)
     with configs.forced("reduce", configs.REDUCE_GPU):
-        levels = plans.column_sum_launches(rows, 70, _common.target_of(part), 3)
-        got = _common.column_sums(part, _common.target_of(part))
-    assert len(levels) >= 2 and len(got) == 3
+        launch = plans.column_sum_launch(rows, 70, _common.target_of(part), 3, ticket)
+        counters = torch.zeros(launch.meta["counters"], dtype=torch.int32, device=DEVICE)
+        got = _common.column_sums(part, launch, counters=counters if ticket else None)
+    assert launch.meta["TICKET"] == ticket and (launch.grid[1] > 1) == ticket
+    assert torch.equal(counters, torch.full_like(counters, launch.grid[1] if ticket else 0))
     for g, p in zip(got, part):
         assert torch.allclose(g.double(), p.double().sum(0), rtol=1e-5, atol=1e-4)
-    # Statistics: 9,216 rows in 64-row tiles = 144 tiles: one level of 64-tile blocks (the
-    # last one partial), and two levels of 2-tile blocks.
+
+
+@pytest.mark.parametrize("tile, channels, ticket", [
+    (configs.REDUCE_GPU, 70, True), (configs.REDUCE_GPU, 520, False), ((2, 32, 8), 70, True)])
+def test_statistics_merge_at_gpu_tiles(tile, channels, ticket):
+    """Statistics of 9,216 rows in 64-row tiles = 144 tiles, against the reference: at the
+    GPU's reduce tile in groups whose last program merges the group results, or in one
+    group per channel block (enough channel blocks fill the interpreter's two waves), and
+    at a 2-tile block."""
+    from fused_resnet.triton import _common, plans
+
     x = _data(1, 3, 96, 96, dtype=torch.float32, offset=2.0)
-    kw = dict(x=x, weight=torch.randn(70, 3, 1, 1, device=DEVICE), stride=1, padding=0,
-              dilation=1, groups=1, in_scale=None, in_shift=None, in_relu=False,
+    kw = dict(x=x, weight=torch.randn(channels, 3, 1, 1, device=DEVICE), stride=1,
+              padding=0, dilation=1, groups=1, in_scale=None, in_shift=None, in_relu=False,
               out_scale=None, out_shift=None, residual=None, res_scale=None, res_shift=None,
               out_relu=False, stats=True)
     fwd = configs.FALLBACKS["fwd"][0]
-    target = _common.target_of(x)
-    for tile, n_levels in ((configs.REDUCE_GPU, 1), ((2, 32, 8), 2)):
-        with configs.forced("reduce", tile), configs.forced("fwd", fwd):
-            assert len(plans.merge_stats_launches(9216 // fwd.block_m, 70, target)) == n_levels
-            check_op("conv_fwd", "x", **kw)
+    with configs.forced("reduce", tile), configs.forced("fwd", fwd):
+        launch = plans.merge_stats_launch(9216 // fwd.block_m, channels, _common.target_of(x))
+        assert launch.meta["TICKET"] == ticket
+        check_op("conv_fwd", "x", **kw)

@@ -63,13 +63,54 @@ def channel_tile(pid, C, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def column_sum_kernel(part_ptr, out0_ptr, out1_ptr, out2_ptr, rows, cols, row_stride,
-                      batch_stride, chunk, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out_b[g, c] = sum of part[b, r, c] (at part_ptr + b*batch_stride + r*row_stride + c)
-    over the rows r of group g, [g*chunk, (g+1)*chunk), stored in out_b's dtype, for the
-    up to three sums b = program_id(2) of one launch: [BLOCK_R, BLOCK_C] tiles summed with
-    tl.sum, in row order. Deterministic, no atomics."""
-    offs_c, c_mask = channel_tile(tl.program_id(0), cols, BLOCK_C)
+def zero_counters(counter_ptr, n, first):
+    """The producer of a ticketed reduction clears its arrival counters (``first``: in
+    one program only); the reduction launches after it on the same stream."""
+    if first:
+        for c0 in range(0, n, 128):
+            offs = c0 + tl.arange(0, 128)
+            tl.store(counter_ptr + offs, tl.zeros([128], dtype=tl.int32), mask=offs < n)
+
+
+@triton.jit
+def last_to_arrive(counter_ptr, arrivals):
+    """True in the program that arrives last of ``arrivals`` at this counter. The scalar
+    atomic is issued by one thread after a CTA barrier, with acquire-release semantics at
+    GPU scope, so the last program sees every earlier program's stores (the pattern of
+    CUTLASS's semaphores); it reads them with .cg loads (L2, never a stale L1 line)."""
+    return tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == arrivals - 1
+
+
+@triton.jit
+def _sum_rows(ptr, row_stride, start, end, offs_c, c_mask, BLOCK_R: tl.constexpr,
+              BLOCK_C: tl.constexpr, CG: tl.constexpr):
+    """Sum of the rows [start, end) of ``ptr[r*row_stride + c]``: [BLOCK_R, BLOCK_C] tiles
+    added with tl.sum, in row order."""
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(start, end, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        mask = (offs_r < end)[:, None] & c_mask[None, :]
+        ptrs = ptr + offs_r[:, None] * row_stride + offs_c[None, :]
+        if CG:
+            tile = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        else:
+            tile = tl.load(ptrs, mask=mask, other=0.0)
+        acc += tl.sum(tile, axis=0)
+    return acc
+
+
+@triton.jit
+def column_sum_kernel(part_ptr, out0_ptr, out1_ptr, out2_ptr, scratch_ptr, counter_ptr,
+                      rows, cols, row_stride, batch_stride, chunk,
+                      TICKET: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out_b[c] = sum over r of part[b, r, c] (at part_ptr + b*batch_stride + r*row_stride
+    + c), in out_b's dtype, for the up to three sums b = program_id(2) of one launch.
+    Program (c block, g, b) sums rows [g*chunk, (g+1)*chunk); without TICKET there is one
+    group, else each group stores its sum in scratch[b, g, c] and the last group of its
+    (b, c block) to arrive adds those in group order. Deterministic: the order of every
+    addition depends only on the shape; no floating-point atomics."""
+    pid_c = tl.program_id(0)
+    offs_c, c_mask = channel_tile(pid_c, cols, BLOCK_C)
     g = tl.program_id(1)
     b = tl.program_id(2)
     out_ptr = out0_ptr
@@ -77,18 +118,19 @@ def column_sum_kernel(part_ptr, out0_ptr, out1_ptr, out2_ptr, rows, cols, row_st
         out_ptr = out1_ptr
     if b == 2:
         out_ptr = out2_ptr
-    part_ptr += b.to(tl.int64) * batch_stride
     start = g * chunk
-    end = tl.minimum(rows, start + chunk)
-    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(start, end, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
-        mask = (offs_r < end)[:, None] & c_mask[None, :]
-        acc += tl.sum(tl.load(part_ptr + offs_r[:, None] * row_stride + offs_c[None, :],
-                              mask=mask,
-                              other=0.0), axis=0)
-    tl.store(out_ptr + g.to(tl.int64) * cols + offs_c, acc.to(out_ptr.dtype.element_ty),
-             mask=c_mask)
+    acc = _sum_rows(part_ptr + b.to(tl.int64) * batch_stride, row_stride, start,
+                    tl.minimum(rows, start + chunk), offs_c, c_mask, BLOCK_R, BLOCK_C, False)
+    if TICKET:
+        groups = tl.num_programs(1)
+        scratch_ptr += b.to(tl.int64) * groups * cols
+        tl.store(scratch_ptr + g.to(tl.int64) * cols + offs_c, acc, mask=c_mask)
+        if last_to_arrive(counter_ptr + b * tl.num_programs(0) + pid_c, groups):
+            acc = _sum_rows(scratch_ptr, cols, 0, groups, offs_c, c_mask, BLOCK_R, BLOCK_C,
+                            True)
+            tl.store(out_ptr + offs_c, acc.to(out_ptr.dtype.element_ty), mask=c_mask)
+    else:
+        tl.store(out_ptr + offs_c, acc.to(out_ptr.dtype.element_ty), mask=c_mask)
 
 
 def launcher(kernel):
@@ -107,33 +149,34 @@ def device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def column_sums(part: torch.Tensor, target: Target,
-                outs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+def reduction_counters(launch, device: torch.device) -> torch.Tensor | None:
+    """The arrival counters of a ticketed reduction launch (cleared by its producer, see
+    :func:`zero_counters`), or None when it has one group."""
+    if not launch.meta["TICKET"]:
+        return None
+    return torch.empty(launch.meta["counters"], dtype=torch.int32, device=device)
+
+
+def column_sums(part: torch.Tensor, launch, outs: list[torch.Tensor] | None = None,
+                counters: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Deterministic sums over dim 1 of an fp32 ``[batch, rows, cols]`` view (batch <= 3,
-    unit column stride), all of them in each launch of :func:`plans.column_sum_launches`:
-    into ``outs`` (any dtype, ``cols`` dense elements each, written by the last level),
-    else into fresh fp32 ``[cols]`` tensors (distinct: op outputs must not alias)."""
+    unit column stride) in the one launch ``launch`` of :func:`plans.column_sum_launch`:
+    into ``outs`` (any dtype, ``cols`` dense elements each), else into fresh fp32
+    ``[cols]`` tensors (distinct: op outputs must not alias). A ticketed launch needs
+    ``counters`` from :func:`reduction_counters`, cleared by the producer of ``part``."""
     batch, rows, cols = part.shape
-    levels = plans.column_sum_launches(rows, cols, target, batch)
-    for launch in levels:
-        groups = launch.grid[1]
-        last = launch is levels[-1]
-        if last:
-            dest = outs if outs is not None else [
-                torch.empty(cols, dtype=torch.float32, device=part.device)
+    if outs is None:
+        outs = [torch.empty(cols, dtype=torch.float32, device=part.device)
                 for _ in range(batch)]
-        else:
-            scratch = torch.empty((batch, groups, cols), dtype=torch.float32,
-                                  device=part.device)
-            dest = list(scratch)
-        launcher(column_sum_kernel)[launch.grid](
-            part, *(dest + dest[-1:] * 2)[:3],  # pointers past ``batch`` are never written
-            launch.meta["rows"], cols, part.stride(1), part.stride(0), launch.meta["chunk"],
-            BLOCK_R=launch.meta["BLOCK_R"], BLOCK_C=launch.meta["BLOCK_C"],
-            **launch_options(launch.num_warps))
-        if not last:
-            part = scratch
-    return dest
+    ticket = launch.meta["TICKET"]
+    scratch = (torch.empty((batch, launch.grid[1], cols), dtype=torch.float32,
+                           device=part.device) if ticket else part)
+    launcher(column_sum_kernel)[launch.grid](
+        part, *(outs + outs[-1:] * 2)[:3],  # pointers past ``batch`` are never written
+        scratch, counters if ticket else part, rows, cols, part.stride(1), part.stride(0),
+        launch.meta["chunk"], TICKET=ticket, BLOCK_R=launch.meta["BLOCK_R"],
+        BLOCK_C=launch.meta["BLOCK_C"], **launch_options(launch.num_warps))
+    return outs
 
 
 def launch_options(num_warps: int, num_stages: int | None = None) -> dict:

@@ -70,11 +70,11 @@ _REDUCE_WARPS = configs.REDUCE_GPU[2]
 _ELEMENTWISE_WARPS = configs.ELEMENTWISE_GPU[2]
 # (kind, constexprs, warps) of every per-channel and reduction kernel a GPU launch can take.
 _OTHER_KERNELS = [
-    ("merge_stats", dict(ROWS_PER_TILE=128, BLOCK_R=configs.REDUCE_GPU[0],
-                         BLOCK_C=configs.REDUCE_GPU[1], FIRST=True, FINAL=False),
-     _REDUCE_WARPS),
-    *(("column_sum", dict(BLOCK_R=r, BLOCK_C=c), _REDUCE_WARPS)
-      for r, c in (configs.REDUCE_GPU[:2], *configs.REDUCE_NARROW_GPU)),
+    ("merge_stats", dict(ROWS_PER_TILE=128, TICKET=True, BLOCK_R=configs.REDUCE_GPU[0],
+                         BLOCK_C=configs.REDUCE_GPU[1]), _REDUCE_WARPS),
+    *(("column_sum", dict(TICKET=ticket, BLOCK_R=r, BLOCK_C=c), _REDUCE_WARPS)
+      for r, c in (configs.REDUCE_GPU[:2], *configs.REDUCE_NARROW_GPU)
+      for ticket in (True, False)),
     ("block_end", dict(HAS_RES_AFFINE=True, HAS_BRANCH=True,
                        BLOCK_R=configs.ELEMENTWISE_GPU[0], BLOCK_C=configs.ELEMENTWISE_GPU[1]),
      _ELEMENTWISE_WARPS),
@@ -98,6 +98,8 @@ def _signature(kind: str, dtype: str, constexprs: dict, divisible: set[str]):
             sig[name] = "constexpr"
         elif name == "nbt_ptr":
             sig[name] = "*i64"
+        elif name == "counter_ptr":
+            sig[name] = "*i32"
         elif name.endswith("_ptr"):
             sig[name] = _TYPES[dtype] if name in data_ptrs else "*fp32"
         elif name in _FLOAT_ARGS:

@@ -31,12 +31,15 @@ from ._common import (
     dot_precision,
     dtype_class,
     launch_options,
+    last_to_arrive,
     launcher,
     nhwc,
     pixel_tile,
+    reduction_counters,
     relu_keep_nan,
     target_of,
     vec,
+    zero_counters,
 )
 
 Tensor = torch.Tensor
@@ -81,7 +84,7 @@ def _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
 def conv_fwd_kernel(
     x_ptr, w_ptr, y_ptr, in_scale_ptr, in_shift_ptr, out_scale_ptr, out_shift_ptr,
     res_ptr, res_scale_ptr, res_shift_ptr, part_pivot_ptr, part_mean_ptr, part_m2_ptr,
-    N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
+    counter_ptr, n_counters, N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_IN_AFFINE: tl.constexpr, IN_RELU: tl.constexpr, HAS_OUT_AFFINE: tl.constexpr,
     HAS_RES: tl.constexpr, HAS_RES_AFFINE: tl.constexpr, OUT_RELU: tl.constexpr,
@@ -131,6 +134,7 @@ def conv_fwd_kernel(
         tl.store(part_pivot_ptr + part, pivot, mask=n_mask)
         tl.store(part_mean_ptr + part, tile_mean, mask=n_mask)
         tl.store(part_m2_ptr + part, tl.sum(dev * dev, axis=0), mask=n_mask)
+        zero_counters(counter_ptr, n_counters, (pid_m == 0) & (tl.program_id(1) == 0))
 
     v = acc
     if HAS_OUT_AFFINE:
@@ -150,57 +154,78 @@ def conv_fwd_kernel(
 
 
 @triton.jit
-def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, count_ptr, out_mean_ptr, out_m2_ptr,
-                       out_count_ptr, parts, chunk, rows, C, ROWS_PER_TILE: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, FIRST: tl.constexpr,
-                       FINAL: tl.constexpr):
-    """Merge of per-part (count, mean, M2): program (channel block, g) merges parts
-    [g*chunk, min(parts, (g+1)*chunk)) in blocks of BLOCK_R, in order: a block's count,
-    mean and M2 (sum of the parts' M2 plus their spread about the block mean) by tl.sum,
-    then Chan's update of the running totals. Means are kept relative to tile 0's pivot
-    (pivot differences are exact or tiny), so the merge works on numbers of the size of
-    the spread, not of the mean. FIRST: the parts are the conv tiles (pivot + mean; counts
-    from ``rows``); else a first launch's groups (count, relative mean). FINAL: store mean
-    and M2; else this group's (count, relative mean, M2) at ``out_*[g, c]``."""
-    offs_c, c_mask = channel_tile(tl.program_id(0), C, BLOCK_C)
-    g = tl.program_id(1)
-    base = tl.load(pivot_ptr + offs_c, mask=c_mask, other=0.0)
+def _merge_parts(pivot_ptr, mean_ptr, m2_ptr, count_ptr, base, start, end, rows, C,
+                 offs_c, c_mask, ROWS_PER_TILE: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_C: tl.constexpr, TILES: tl.constexpr):
+    """(count, mean relative to ``base``, M2) of parts [start, end), merged in blocks of
+    BLOCK_R in order: a block's count, mean and M2 (the parts' M2 plus their spread about
+    the block mean) by tl.sum, then Chan's update of the running totals. TILES: the parts
+    are conv tiles (pivot + mean, counts from ``rows``), read as written; else groups
+    (count, relative mean, M2) of this launch, read through L2 (.cg)."""
     n_a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)  # relative to base
+    mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2_a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    start = g * chunk
-    end = tl.minimum(parts, start + chunk)
     for t0 in range(start, end, BLOCK_R):
         offs_t = t0 + tl.arange(0, BLOCK_R).to(tl.int64)
         mask = (offs_t < end)[:, None] & c_mask[None, :]
         at = offs_t[:, None] * C + offs_c[None, :]
-        if FIRST:
+        if TILES:
             tile_rows = tl.minimum(rows - offs_t * ROWS_PER_TILE, ROWS_PER_TILE)
             n_b = tl.where(mask, tile_rows.to(tl.float32)[:, None], 0.0)
             mean_b = (tl.load(pivot_ptr + at, mask=mask, other=0.0) - base[None, :]) \
                 + tl.load(mean_ptr + at, mask=mask, other=0.0)
+            m2_b = tl.load(m2_ptr + at, mask=mask, other=0.0)
         else:
-            n_b = tl.load(count_ptr + at, mask=mask, other=0.0)
-            mean_b = tl.load(mean_ptr + at, mask=mask, other=0.0)
+            n_b = tl.load(count_ptr + at, mask=mask, other=0.0, cache_modifier=".cg")
+            mean_b = tl.load(mean_ptr + at, mask=mask, other=0.0, cache_modifier=".cg")
+            m2_b = tl.load(m2_ptr + at, mask=mask, other=0.0, cache_modifier=".cg")
         n_blk = tl.sum(n_b, axis=0)
         mean_blk = tl.sum(n_b * mean_b, axis=0) / tl.maximum(n_blk, 1.0)
         spread = tl.where(mask, mean_b - mean_blk[None, :], 0.0)
-        m2_blk = tl.sum(tl.load(m2_ptr + at, mask=mask, other=0.0) + n_b * spread * spread,
-                        axis=0)
+        m2_blk = tl.sum(m2_b + n_b * spread * spread, axis=0)
         n = n_a + n_blk
-        w_b = n_blk / tl.maximum(n, 1.0)  # counts are whole: n = 0 only for an empty group
+        w_b = n_blk / tl.maximum(n, 1.0)  # counts are whole: n = 0 only for no parts
         delta = mean_blk - mean_a
         mean_a = mean_a + delta * w_b
         m2_a = m2_a + m2_blk + delta * delta * (n_a * w_b)
         n_a = n
-    if FINAL:
-        tl.store(out_mean_ptr + offs_c, base + mean_a, mask=c_mask)
-        tl.store(out_m2_ptr + offs_c, m2_a, mask=c_mask)
-    else:
+    return n_a, mean_a, m2_a
+
+
+@triton.jit
+def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, group_ptr, counter_ptr, out_mean_ptr,
+                       out_m2_ptr, tiles, chunk, rows, C, ROWS_PER_TILE: tl.constexpr,
+                       TICKET: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Batch mean and M2 per channel from the conv tiles' (pivot, mean - pivot, M2):
+    program (channel block, g) merges tiles [g*chunk, (g+1)*chunk). Means are kept
+    relative to tile 0's pivot (pivot differences are exact or tiny), so the merge works
+    on numbers of the size of the spread, not of the mean. TICKET: each group stores its
+    (count, mean, M2) in group[0|1|2, g, c] and the last group of its channel block to
+    arrive merges them in group order; else one group merges every tile."""
+    pid_c = tl.program_id(0)
+    offs_c, c_mask = channel_tile(pid_c, C, BLOCK_C)
+    g = tl.program_id(1)
+    base = tl.load(pivot_ptr + offs_c, mask=c_mask, other=0.0)
+    start = g * chunk
+    n, mean, m2 = _merge_parts(pivot_ptr, mean_ptr, m2_ptr, mean_ptr, base, start,
+                               tl.minimum(tiles, start + chunk), rows, C, offs_c, c_mask,
+                               ROWS_PER_TILE, BLOCK_R, BLOCK_C, True)
+    if TICKET:
+        groups = tl.num_programs(1)
+        plane = groups.to(tl.int64) * C
         at = g.to(tl.int64) * C + offs_c
-        tl.store(out_count_ptr + at, n_a, mask=c_mask)
-        tl.store(out_mean_ptr + at, mean_a, mask=c_mask)
-        tl.store(out_m2_ptr + at, m2_a, mask=c_mask)
+        tl.store(group_ptr + at, n, mask=c_mask)
+        tl.store(group_ptr + plane + at, mean, mask=c_mask)
+        tl.store(group_ptr + 2 * plane + at, m2, mask=c_mask)
+        if last_to_arrive(counter_ptr + pid_c, groups):
+            _, mean, m2 = _merge_parts(pivot_ptr, group_ptr + plane, group_ptr + 2 * plane,
+                                       group_ptr, base, 0, groups, rows, C, offs_c, c_mask,
+                                       ROWS_PER_TILE, BLOCK_R, BLOCK_C, False)
+            tl.store(out_mean_ptr + offs_c, base + mean, mask=c_mask)
+            tl.store(out_m2_ptr + offs_c, m2, mask=c_mask)
+    else:
+        tl.store(out_mean_ptr + offs_c, base + mean, mask=c_mask)
+        tl.store(out_m2_ptr + offs_c, m2, mask=c_mask)
 
 
 @triton.jit
@@ -240,7 +265,7 @@ def _first_tap(base, dilation, stride, K, step):
 def conv_dgrad_kernel(
     dz_ptr, y_ptr, a_ptr, b_ptr, c_ptr, w_ptr, dx_ptr, res_ptr,
     prev_y_ptr, prev_scale_ptr, prev_shift_ptr, prev_mean_ptr, prev_invstd_ptr,
-    part_ptr,
+    part_ptr, counter_ptr, n_counters,
     N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation, tap_step,
     KH: tl.constexpr, KW: tl.constexpr, HAS_RES: tl.constexpr, HAS_PREV: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -316,6 +341,7 @@ def conv_dgrad_kernel(
         tl.store(part_ptr + part, tl.sum(masked, axis=0), mask=n_mask)
         tl.store(part_ptr + C_in + part, tl.sum(tl.where(mask, masked * xhat, 0.0), axis=0),
                  mask=n_mask)
+        zero_counters(counter_ptr, n_counters, (tile == 0) & (tl.program_id(1) == 0))
     tl.store(dx_ptr + out_offs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -423,44 +449,40 @@ def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int
             mean = torch.full((c_out,), float("nan"), dtype=torch.float32, device=x.device)
             m2 = torch.zeros(c_out, dtype=torch.float32, device=x.device)
         return _like(y, x), mean, m2
-    gemm, *merges = plan.launches
+    gemm, *merge = plan.launches
     tiles = gemm.grid[0]
     part = torch.empty((3, tiles, c_out), dtype=torch.float32, device=x.device) if stats else y
     stat = (part[0], part[1], part[2]) if stats else (y, y, y)
+    counters = reduction_counters(merge[0], x.device) if stats else None
     with device_guard(x):
         _run_gemm(gemm, nhwc(x), _krsc(weight, x.dtype), y, vec(in_scale, x), vec(in_shift, x),
                   vec(out_scale, x), vec(out_shift, x),
                   nhwc(residual) if residual is not None else y, vec(res_scale, x),
-                  vec(res_shift, x), *stat, n, h, w, c_in, h_out, w_out, c_out, stride, padding,
+                  vec(res_shift, x), *stat, counters if counters is not None else y,
+                  counters.numel() if counters is not None else 0, n, h, w, c_in, h_out, w_out, c_out, stride, padding,
                   dilation, KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
                   HAS_OUT_AFFINE=out_scale is not None, HAS_RES=residual is not None,
                   HAS_RES_AFFINE=res_scale is not None, OUT_RELU=out_relu, STATS=stats,
                   DOT_PRECISION=dot_precision(x.dtype))
         if stats:
-            mean, m2 = _merge_stats(merges, part, n * h_out * w_out, gemm.config.block_m)
+            mean, m2 = _merge_stats(merge[0], part, counters, n * h_out * w_out,
+                                    gemm.config.block_m)
     return _like(y, x), mean, m2
 
 
-def _merge_stats(levels, part: Tensor, rows: int, block_m: int) -> tuple[Tensor, Tensor]:
-    """Run the plan's merge levels over the per-tile (pivot, mean, M2) buffer
-    ``part[3, tiles, C]``; each level's groups are the next one's parts."""
-    c = part.shape[2]
-    mean, m2, count = part[1], part[2], part[2]  # the first level counts the tiles itself
-    for launch in levels:
-        groups = launch.grid[1]
-        if launch.meta["FINAL"]:  # two tensors: op outputs must not share storage
-            out_mean, out_m2 = (torch.empty(c, dtype=torch.float32, device=part.device)
-                                for _ in range(2))
-            out_count = out_m2  # not written by the final level
-        else:
-            out = torch.empty((3, groups, c), dtype=torch.float32, device=part.device)
-            out_count, out_mean, out_m2 = out[0], out[1], out[2]
-        launcher(merge_stats_kernel)[launch.grid](
-            part[0], mean, m2, count, out_mean, out_m2, out_count, launch.meta["parts"],
-            launch.meta["chunk"], rows, c, ROWS_PER_TILE=block_m,
-            BLOCK_R=launch.meta["BLOCK_R"], BLOCK_C=launch.meta["BLOCK_C"], FIRST=launch.meta["FIRST"],
-            FINAL=launch.meta["FINAL"], **launch_options(launch.num_warps))
-        count, mean, m2 = out_count, out_mean, out_m2
+def _merge_stats(launch, part: Tensor, counters: Tensor | None, rows: int,
+                 block_m: int) -> tuple[Tensor, Tensor]:
+    """Run the plan's merge over the per-tile (pivot, mean, M2) buffer ``part[3, tiles, C]``."""
+    _, tiles, c = part.shape
+    # Two tensors: op outputs must not share storage.
+    mean, m2 = (torch.empty(c, dtype=torch.float32, device=part.device) for _ in range(2))
+    groups = (torch.empty((3, launch.grid[1], c), dtype=torch.float32, device=part.device)
+              if counters is not None else part)
+    launcher(merge_stats_kernel)[launch.grid](
+        part[0], part[1], part[2], groups, counters if counters is not None else part,
+        mean, m2, tiles, launch.meta["chunk"], rows, c, ROWS_PER_TILE=block_m,
+        TICKET=counters is not None, BLOCK_R=launch.meta["BLOCK_R"],
+        BLOCK_C=launch.meta["BLOCK_C"], **launch_options(launch.num_warps))
     return mean, m2
 
 
@@ -488,21 +510,23 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
     if not plan.launches:
         sums = (dz.new_zeros(c_in if has_prev else 0, dtype=torch.float32) for _ in range(2))
         return (_like(dx, dz), *sums)
-    gemm, *sum_levels = plan.launches
+    gemm, *sums = plan.launches
     part = (torch.empty((gemm.grid[0] * gemm.grid[2], 2 * c_in), dtype=torch.float32,
                         device=dz.device) if has_prev else dx)
+    counters = reduction_counters(sums[0], dz.device) if has_prev else None
     with device_guard(dz):
         _run_gemm(gemm, nhwc(dz), nhwc(y), vec(a, dz), vec(b, dz), vec(c, dz),
                   _krsc(weight, dz.dtype), dx, nhwc(residual) if residual is not None else dx,
                   nhwc(prev_y) if has_prev else dx, vec(prev_scale, dx), vec(prev_shift, dx),
                   vec(prev_mean, dx), vec(prev_invstd, dx), part,
-                  n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
+                  counters if counters is not None else dx,
+                  counters.numel() if counters is not None else 0, n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
                   stride // math.gcd(stride, dilation),
                   KH=kh, KW=weight.shape[3], HAS_RES=residual is not None, HAS_PREV=has_prev,
                   DOT_PRECISION=dot_precision(dz.dtype))
         if has_prev:  # part[tile, i*c_in + c]: the two sums as a batch of two
             sum_dx, sum_dx_xhat = column_sums(part.view(-1, 2, c_in).transpose(0, 1),
-                                              target_of(dz))
+                                              sums[0], counters=counters)
         else:  # two distinct tensors: op outputs must not alias each other
             sum_dx, sum_dx_xhat = (dz.new_empty(0, dtype=torch.float32) for _ in range(2))
     return _like(dx, dz), sum_dx, sum_dx_xhat
@@ -523,7 +547,7 @@ def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
     _, c_out, h_out, w_out = dz.shape
     kh, kw = weight.shape[2], weight.shape[3]
     target = target_of(x)
-    gemm, *sum_levels = plans.conv_wgrad_plan(n, c_in, c_out, h_out, w_out, kh, stride,
+    gemm, *sums = plans.conv_wgrad_plan(n, c_in, c_out, h_out, w_out, kh, stride,
                                               dtype_class(x.dtype), target).launches
     # In the weight's own dtype and memory format, as the fake kernel says; written by the
     # GEMM (no split) or the last column-sum level, in that layout.
@@ -540,5 +564,5 @@ def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
                   KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
                   OUT_KCRS=layout == "kcrs", DOT_PRECISION=dot_precision(x.dtype))
         if split > 1:
-            column_sums(part[None], target, outs=[out])
+            column_sums(part[None], sums[0], outs=[out])
     return dw if layout is not None else dw.copy_(out)

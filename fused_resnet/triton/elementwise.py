@@ -22,10 +22,12 @@ from ._common import (
     launch_options,
     launcher,
     nhwc,
+    reduction_counters,
     relu_keep_nan,
     row_tile,
     target_of,
     vec,
+    zero_counters,
 )
 
 Tensor = torch.Tensor
@@ -67,7 +69,8 @@ def block_end_kernel(y_ptr, scale_ptr, shift_ptr, res_ptr, res_scale_ptr, res_sh
 
 @triton.jit
 def block_end_bwd_kernel(d_out_ptr, out_ptr, y_ptr, mean_ptr, invstd_ptr, y_d_ptr, mean_d_ptr,
-                         invstd_d_ptr, dz_ptr, part_ptr, rows, C, branch_ptr, rows_per_sample,
+                         invstd_d_ptr, dz_ptr, part_ptr, counter_ptr, n_counters, rows, C,
+                         branch_ptr, rows_per_sample,
                          HAS_D: tl.constexpr, HAS_BRANCH: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dz = d_out masked where out <= 0; per-tile sums of dz_b, dz_b*xhat, dz*xhat_d written
@@ -91,6 +94,7 @@ def block_end_bwd_kernel(d_out_ptr, out_ptr, y_ptr, mean_ptr, invstd_ptr, y_d_pt
     part = pid_r.to(tl.int64) * C + offs_c
     stride = tiles.to(tl.int64) * C
     tl.store(part_ptr + part, tl.sum(acc_b, axis=0), mask=c_mask)
+    zero_counters(counter_ptr, n_counters, (pid_r == 0) & (tl.program_id(1) == 0))
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     xhat = (y - tl.load(mean_ptr + offs_c, mask=c_mask, other=0.0)[None, :]) \
         * tl.load(invstd_ptr + offs_c, mask=c_mask, other=0.0)[None, :]
@@ -216,17 +220,21 @@ def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: T
     rows = n * h * w
     has_d = y_d is not None
     target = target_of(d_out)
-    main = plans.block_end_bwd_plan(rows, c, dtype_class(d_out.dtype), target, has_d).launches[0]
+    main, sum_launch = plans.block_end_bwd_plan(rows, c, dtype_class(d_out.dtype), target,
+                                                has_d)
     dz = torch.empty_like(d_out, memory_format=torch.channels_last)
     part = torch.empty((3 if has_d else 2, main.grid[0], c), dtype=torch.float32,
                        device=d_out.device)
+    counters = reduction_counters(sum_launch, d_out.device)
     with device_guard(d_out):
         launcher(block_end_bwd_kernel)[main.grid](
             nhwc(d_out), nhwc(out), nhwc(y), vec(mean, y), vec(invstd, y),
-            nhwc(y_d) if has_d else y, vec(mean_d, y), vec(invstd_d, y), dz, part, rows, c,
+            nhwc(y_d) if has_d else y, vec(mean_d, y), vec(invstd_d, y), dz, part,
+            counters if counters is not None else part,
+            counters.numel() if counters is not None else 0, rows, c,
             *_branch_args(branch_scale, d_out), HAS_D=has_d,
             HAS_BRANCH=branch_scale is not None, **main.meta, **launch_options(main.num_warps))
-        sums = column_sums(part, target)
+        sums = column_sums(part, sum_launch, counters=counters)
     if not has_d:
         sums.append(d_out.new_empty(0, dtype=torch.float32))
     return (_like(dz, d_out), *sums)

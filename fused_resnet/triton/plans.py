@@ -11,7 +11,6 @@ from ..launch_plan import Launch, OpPlan, Target
 from . import configs
 from .configs import INTERPRETER_TARGET, MAX_SERIAL_STEPS, TileConfig
 
-MIN_STEPS = 8
 
 
 def cdiv(a: int, b: int) -> int:
@@ -32,17 +31,30 @@ def _elementwise_tile(target: Target) -> tuple[int, int, int]:
         configs.ELEMENTWISE_INTERPRETER if _interpreting(target) else configs.ELEMENTWISE_GPU)
 
 
-def _groups_chunk(parts: int, per_step: int, col_blocks: int, target: Target) -> int:
-    """Rows (parts) per program of one reduction level: enough programs for two waves,
-    never more than MAX_SERIAL_STEPS dependent steps of ``per_step`` rows each."""
-    if parts <= MAX_SERIAL_STEPS * per_step:  # one program per column block is enough
-        return max(parts, per_step)
-    spread = max(1, (2 * target.sms) // col_blocks)
-    # At least MIN_STEPS steps per program (each level shrinks the parts >= 8-fold) and
-    # at most MAX_SERIAL_STEPS groups when that allows (then the next level is the last).
-    steps = max(cdiv(parts, spread * per_step), cdiv(parts, MAX_SERIAL_STEPS * per_step),
-                MIN_STEPS)
-    return min(steps, MAX_SERIAL_STEPS) * per_step
+def _two_waves(warps: int, target: Target) -> int:
+    """Programs of ``warps`` warps that fill two waves (thread-bound residency; the
+    interpreter runs one program at a time per 'SM')."""
+    per_sm = 1 if _interpreting(target) else 2048 // (32 * warps)
+    return 2 * target.sms * per_sm
+
+
+def _ticket_groups(parts: int, block_r: int, programs_per_group: int,
+                   target: Target, warps: int) -> tuple[int, int]:
+    """(groups, parts per group) of one reduction launch: one group when a single step
+    covers the parts, else enough groups for two waves (one part each at most), with a
+    group's parts and the last program's merge of the groups at most MAX_SERIAL_STEPS
+    steps of ``block_r`` rows together."""
+    if parts <= block_r:
+        return 1, max(parts, 1)
+    chunk = max(1, parts // cdiv(_two_waves(warps, target), programs_per_group))
+    while cdiv(chunk, block_r) + cdiv(cdiv(parts, chunk), block_r) > MAX_SERIAL_STEPS:
+        chunk *= 2
+    return cdiv(parts, chunk), chunk
+
+
+def _scratch_rows(groups: int) -> int:
+    """Rows of group results a ticketed reduction writes and its last programs read."""
+    return 2 * groups if groups > 1 else 0
 
 
 def _column_tile(rows: int, cols: int, batch: int,
@@ -53,7 +65,7 @@ def _column_tile(rows: int, cols: int, batch: int,
     block_r, block_c, warps = _reduce_tile(target)
     if _interpreting(target) or configs.forced_value("reduce"):
         return block_r, block_c, warps
-    two_waves = 2 * target.sms * (2048 // (32 * warps))  # resident threads per SM
+    two_waves = _two_waves(warps, target)
     if rows > MAX_SERIAL_STEPS * block_r or cdiv(cols, block_c) * batch >= two_waves:
         return block_r, block_c, warps
     for block_r, block_c in configs.REDUCE_NARROW_GPU:
@@ -62,45 +74,44 @@ def _column_tile(rows: int, cols: int, batch: int,
     return block_r, block_c, warps
 
 
-def column_sum_launches(rows: int, cols: int, target: Target, batch: int = 1) -> list[Launch]:
-    """Sum over the rows of ``batch`` [rows, cols] fp32 buffers (batch <= 3), all in each
-    launch: each level's programs add [BLOCK_R, BLOCK_C] tiles with tl.sum, in row order,
-    into one row per group; levels repeat until one row is left. Deterministic: the order
-    depends only on the shape."""
+def column_sum_launch(rows: int, cols: int, target: Target, batch: int = 1,
+                      ticket: bool = True) -> Launch:
+    """One launch summing the rows of ``batch`` [rows, cols] fp32 buffers (batch <= 3):
+    programs add [BLOCK_R, BLOCK_C] tiles with tl.sum, in row order, over their group of
+    rows; with ``ticket`` (the producer clears the counters) the groups spread over two
+    waves and the last of each column block to finish adds the group sums in order, else
+    one group walks every row (rows of few, long columns: wgrad's split-K slices).
+    Deterministic: the order depends only on the shape."""
     block_r, block_c, warps = _column_tile(rows, cols, batch, target)
     col_blocks = cdiv(cols, block_c)
-    out = []
-    while True:
-        chunk = _groups_chunk(rows, block_r, col_blocks * batch, target)
-        groups = max(1, cdiv(rows, chunk))  # no rows: one group writes zeros
-        out.append(Launch("column_sum", (col_blocks, groups, batch), warps,
-                          meta={"rows": rows, "chunk": chunk, "BLOCK_R": block_r,
-                                "BLOCK_C": block_c},
-                          bytes=4 * (rows + groups) * cols * batch, flops=rows * cols * batch,
-                          serial_steps=cdiv(min(chunk, rows), block_r)))
-        if groups == 1:
-            return out
-        rows = groups
+    groups, chunk = (_ticket_groups(rows, block_r, col_blocks * batch, target, warps)
+                     if ticket else (1, max(rows, 1)))
+    if not ticket and rows > MAX_SERIAL_STEPS * block_r:
+        raise ValueError(f"a column sum over {rows} rows needs the ticketed launch")
+    steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
+    return Launch("column_sum", (col_blocks, groups, batch), warps,
+                  meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
+                        "TICKET": groups > 1, "counters": col_blocks * batch},
+                  bytes=4 * (rows + _scratch_rows(groups) + 1) * cols * batch,
+                  flops=rows * cols * batch,
+                  serial_steps=max(steps, 1))
 
 
-def merge_stats_launches(tiles: int, channels: int, target: Target) -> list[Launch]:
-    """Chan's merge of per-tile (pivot, mean, M2): each program merges [BLOCK_R, BLOCK_C]
-    blocks of parts (a block's totals by tl.sum, then Chan's update), at most
-    MAX_SERIAL_STEPS blocks in part order; levels repeat until one group is left."""
+def merge_stats_launch(tiles: int, channels: int, target: Target) -> Launch:
+    """Merge of per-tile (pivot, mean, M2) in one launch: each program merges its group of
+    tiles in [BLOCK_R, BLOCK_C] blocks (a block's totals by tl.sum, then Chan's update);
+    with more than one group (spread over two waves), the last of each channel block to
+    finish merges the group results in group order (the producer clears the counters)."""
     block_r, block_c, warps = _reduce_tile(target)
     col_blocks = cdiv(channels, block_c)
-    out, parts, first = [], tiles, True
-    while True:
-        chunk = _groups_chunk(parts, block_r, col_blocks, target)
-        groups = cdiv(parts, chunk)
-        out.append(Launch("merge_stats", (col_blocks, groups), warps,
-                          meta={"parts": parts, "chunk": chunk, "BLOCK_R": block_r,
-                                "BLOCK_C": block_c, "FIRST": first, "FINAL": groups == 1},
-                          bytes=4 * 3 * (parts + groups) * channels, flops=10 * parts * channels,
-                          serial_steps=cdiv(min(chunk, parts), block_r)))
-        if groups == 1:
-            return out
-        parts, first = groups, False
+    groups, chunk = _ticket_groups(tiles, block_r, col_blocks, target, warps)
+    steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
+    return Launch("merge_stats", (col_blocks, groups), warps,
+                  meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
+                        "TICKET": groups > 1, "counters": col_blocks},
+                  bytes=4 * 3 * (tiles + _scratch_rows(groups) + 1) * channels,
+                  flops=10 * tiles * channels,
+                  serial_steps=steps)
 
 
 def _gemm(kernel: str, grid: tuple[int, ...], cfg: TileConfig, kind: str, dtype_class: str,
@@ -123,7 +134,7 @@ def conv_fwd_plan(n: int, c_in: int, h_out: int, w_out: int, c_out: int, k: int,
                  2 * rows * c_out * k * k * c_in,
                  es * (rows * (c_in * stride * stride + c_out * (2 if residual else 1))
                        + c_out * k * k * c_in), steps)
-    merge = merge_stats_launches(tiles, c_out, target) if stats else []
+    merge = [merge_stats_launch(tiles, c_out, target)] if stats else []
     return OpPlan("conv_fwd", (gemm, *merge))
 
 
@@ -146,7 +157,7 @@ def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, strid
                  es * (2 * out_rows * c_out + c_out * k * k * c_in
                        + rows * c_in * (1 + (2 if has_prev else 0) + (1 if residual else 0))),
                  steps)
-    sums = column_sum_launches(tiles, c_in, target, 2) if has_prev else []  # sum, sum*xhat
+    sums = [column_sum_launch(tiles, c_in, target, 2)] if has_prev else []  # sum, sum*xhat
     return OpPlan("conv_bwd_data", (gemm, *sums))
 
 
@@ -163,7 +174,7 @@ def conv_wgrad_plan(n: int, c_in: int, c_out: int, h_out: int, w_out: int, k: in
                                 split), cfg, "wgrad", dtype_class, 2 * pixels * cols,
                  es * pixels * (2 * c_out + c_in * stride * stride) + 4 * split * cols,
                  cdiv(cdiv(pixels, cfg.block_k), split), SPLIT_K=split)
-    sums = column_sum_launches(split, cols, target) if split > 1 else []
+    sums = [column_sum_launch(split, cols, target, ticket=False)] if split > 1 else []
     return OpPlan("conv_bwd_weight", (gemm, *sums))
 
 
@@ -184,8 +195,8 @@ def block_end_bwd_plan(rows: int, channels: int, dtype_class: str, target: Targe
     main = Launch("block_end_bwd", (tiles, cdiv(channels, block_c)), warps,
                   meta={"BLOCK_R": block_r, "BLOCK_C": block_c},
                   bytes=es * rows * channels * (5 if has_d else 4), flops=8 * rows * channels)
-    sums = column_sum_launches(tiles, channels, target, 3 if has_d else 2)
-    return OpPlan("block_end_bwd", (main, *sums))
+    sums = column_sum_launch(tiles, channels, target, 3 if has_d else 2)
+    return OpPlan("block_end_bwd", (main, sums))
 
 
 def bn_finalize_plan(channels: int, target: Target) -> OpPlan:
