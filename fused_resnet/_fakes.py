@@ -75,6 +75,15 @@ def fake_bn_backward(sum_dz, sum_dz_xhat, count, scale, mean, invstd, batch_stat
             grad(bias))
 
 
+def fake_conv_bn_fwd(x, weight, stride, padding, dilation, groups, in_scale, in_shift,
+                     in_relu, bn_weight, bn_bias, running_mean, running_var,
+                     num_batches_tracked, momentum, eps, update_running_stats):
+    """Of the Triton-only ``conv_bn_fwd_triton`` op (reference.conv_bn_fwd)."""
+    y, mean, _ = _fake_conv_fwd(x, weight, stride, padding, dilation, groups, in_scale,
+                                in_shift, in_relu, None, None, None, None, None, False, True)
+    return (y, mean, *(torch.empty_like(mean) for _ in range(3)))
+
+
 _FAKES = {name: globals()[f"_fake_{name}"] for name in OP_NAMES}
 
 

@@ -165,24 +165,30 @@ def _unit_forward(ops: Backend, spec: UnitSpec, tensors: tuple, inp: Tensor,
     """conv (with the previous BN+ReLU as prologue) -> statistics -> BN coefficients."""
     weight, gamma, beta, running_mean, running_var, nbt = tensors
     c, n = spec.conv, spec.norm
-    y, mean, m2 = ops.conv_fwd(
-        x=inp, weight=weight, stride=c.stride, padding=c.padding, dilation=c.dilation,
-        groups=c.groups, in_scale=prologue.scale if prologue else None,
-        in_shift=prologue.shift if prologue else None, in_relu=prologue is not None,
-        out_scale=None, out_shift=None, residual=None, res_scale=None, res_shift=None,
-        out_relu=False, stats=n.batch_stats)
+    conv = dict(x=inp, weight=weight, stride=c.stride, padding=c.padding, dilation=c.dilation,
+                groups=c.groups, in_scale=prologue.scale if prologue else None,
+                in_shift=prologue.shift if prologue else None, in_relu=prologue is not None)
+    running = dict(running_mean=running_mean if n.update else None,
+                   running_var=running_var if n.update else None,
+                   num_batches_tracked=nbt if n.update else None, momentum=n.momentum,
+                   eps=n.eps, update_running_stats=n.update)
+    fused_finalize = n.batch_stats and not n.sync and ops.conv_bn_fwd is not None
+    if fused_finalize:
+        y, mean, scale, shift, invstd = ops.conv_bn_fwd(**conv, bn_weight=gamma, bn_bias=beta,
+                                                        **running)
+    else:
+        y, mean, m2 = ops.conv_fwd(**conv, out_scale=None, out_shift=None, residual=None,
+                                   res_scale=None, res_shift=None, out_relu=False,
+                                   stats=n.batch_stats)
     count = y.shape[0] * y.shape[2] * y.shape[3]
     finalize = ops.bn_finalize
     if n.batch_stats and n.sync:
         mean, m2, count = distributed.gather_stats(mean, m2, count, n.group)
         finalize = reference.bn_finalize  # C values, and a device-side count: plain torch
     if n.batch_stats:
-        scale, shift, invstd = finalize(
-            mean=mean, m2=m2, count=count, weight=gamma, bias=beta,
-            running_mean=running_mean if n.update else None,
-            running_var=running_var if n.update else None,
-            num_batches_tracked=nbt if n.update else None, momentum=n.momentum, eps=n.eps,
-            update_running_stats=n.update)
+        if not fused_finalize:
+            scale, shift, invstd = finalize(mean=mean, m2=m2, count=count, weight=gamma,
+                                            bias=beta, **running)
         if n.update and not torch.compiler.is_compiling():
             # C++ kernels write in place without advancing the version counters
             # that cached derivations (eval BN folds, prepacked weights) are keyed by.

@@ -28,9 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
-from ._fakes import _FAKES, OP_NAMES, fake_bn_backward
+from ._fakes import _FAKES, OP_NAMES, fake_bn_backward, fake_conv_bn_fwd
 from .launch_plan import Launch, Target
-from .ops import BN_BACKWARD_KERNELS, Backend
+from .ops import BN_BACKWARD_KERNELS, CONV_BN_FWD_KERNELS, Backend
 
 aten = torch.ops.aten
 
@@ -147,7 +147,7 @@ class LaunchRecorder(TorchDispatchMode):
         return out
 
 
-_KERNELS = {**_FAKES, "bn_backward": fake_bn_backward}
+_KERNELS = {**_FAKES, "bn_backward": fake_bn_backward, "conv_bn_fwd": fake_conv_bn_fwd}
 _SIGNATURES = {op: inspect.signature(fake) for op, fake in _KERNELS.items()}
 
 
@@ -168,7 +168,9 @@ def planning_backend(name: str, op_plan: Callable, target: Target,
                 return _KERNELS[op](*bound.args)
         return call
 
-    extra = {"bn_backward": serve("bn_backward")} if name in BN_BACKWARD_KERNELS else {}
+    extra = {op: serve(op) for op, kernels in (("bn_backward", BN_BACKWARD_KERNELS),
+                                               ("conv_bn_fwd", CONV_BN_FWD_KERNELS))
+             if name in kernels}
     return Backend(name, **{op: serve(op) for op in OP_NAMES}, **extra)
 
 

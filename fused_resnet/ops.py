@@ -73,15 +73,19 @@ if _EXTENSION_UNAVAILABLE is None:
 
 
 # --------------------------------------------------------------------------- backends
-# The backends with a kernel of their own for BN backward (the others run it in torch).
+# The backends with a kernel of their own for BN backward (the others run it in torch),
+# and with one op for a training unit's conv and BN finalization (the others run
+# conv_fwd, then bn_finalize).
 BN_BACKWARD_KERNELS = {"triton": "bn_backward_triton"}
+CONV_BN_FWD_KERNELS = {"triton": "conv_bn_fwd_triton"}
 
 
 @dataclass(frozen=True)
 class Backend:
-    """The six fused ops of one backend (see the module docstring), and ``bn_backward``
+    """The six fused ops of one backend (see the module docstring), ``bn_backward``
     (:func:`fused_resnet.reference.bn_backward`: plain torch unless the backend has a
-    kernel for it)."""
+    kernel for it) and ``conv_bn_fwd`` (:func:`fused_resnet.reference.conv_bn_fwd` in one
+    op, where the backend has it)."""
 
     name: str
     conv_fwd: Callable
@@ -91,6 +95,7 @@ class Backend:
     conv_bwd_data: Callable
     conv_bwd_weight: Callable
     bn_backward: Callable = reference.bn_backward
+    conv_bn_fwd: Callable | None = None  # None: conv_fwd, then bn_finalize
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -114,7 +119,9 @@ def get_backend(name: str) -> Backend:
     if name == "triton":
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"),
                              bn_backward=getattr(torch.ops.fused_resnet,
-                                                 BN_BACKWARD_KERNELS[name]))
+                                                 BN_BACKWARD_KERNELS[name]),
+                             conv_bn_fwd=getattr(torch.ops.fused_resnet,
+                                                 CONV_BN_FWD_KERNELS[name]))
     if name == "cuda" and cuda_emulated():
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet_cuda_emu, op))
     return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op))

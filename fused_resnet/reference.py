@@ -164,6 +164,38 @@ def bn_finalize(
     return scale, shift, invstd
 
 
+def conv_bn_fwd(
+    x: Tensor,
+    weight: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+    in_scale: Tensor | None,
+    in_shift: Tensor | None,
+    in_relu: bool,
+    bn_weight: Tensor | None,
+    bn_bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    momentum: float | None,
+    eps: float,
+    update_running_stats: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A training conv+BN unit's forward: :func:`conv_fwd` with batch statistics, then
+    :func:`bn_finalize` over ``count`` = N*H_out*W_out values per channel. Returns
+    ``(y, mean, scale, shift, invstd)``; mutates the running statistics as bn_finalize.
+    (Backends with a kernel for it finalize in their statistics merge: one launch fewer.)"""
+    y, mean, m2 = conv_fwd(x, weight, stride, padding, dilation, groups, in_scale, in_shift,
+                           in_relu, stats=True)
+    count = y.shape[0] * y.shape[2] * y.shape[3]
+    scale, shift, invstd = bn_finalize(mean, m2, count, bn_weight, bn_bias, running_mean,
+                                       running_var, num_batches_tracked, momentum, eps,
+                                       update_running_stats)
+    return y, mean, scale, shift, invstd
+
+
 def bn_eval_affine(
     running_mean: Tensor, running_var: Tensor, weight: Tensor | None, bias: Tensor | None,
     eps: float, dtype: torch.dtype,

@@ -63,8 +63,9 @@ def test_recorder_counts_conv_flops():
 
 def test_planning_backend_records_each_fused_op_call():
     """A projection bottleneck's training step calls every fused op the dataflow needs
-    (docs/design.md §1): 4 convs forward, 4 BN finalizations, one block end, its backward,
-    4 BN backwards, 4 weight gradients and 4 input gradients (x requires grad)."""
+    (docs/design.md §1): 4 convs forward with their BN finalizations (one op each on
+    Triton), one block end, its backward, 4 BN backwards, 4 weight gradients and 4 input
+    gradients (x requires grad)."""
     with torch.device("meta"):
         ds = torch.nn.Sequential(torch.nn.Conv2d(24, 32, 1, 2, bias=False),
                                  torch.nn.BatchNorm2d(32))
@@ -80,7 +81,7 @@ def test_planning_backend_records_each_fused_op_call():
     for t in rec.trace:
         if t.source == "triton" and t.launch.kernel in plans_first_kernels(t.op):
             calls[t.op] = calls.get(t.op, 0) + 1
-    assert calls == {"conv_fwd": 4, "bn_finalize": 4, "block_end": 1, "block_end_bwd": 1,
+    assert calls == {"conv_bn_fwd": 4, "block_end": 1, "block_end_bwd": 1,
                      "bn_backward": 4, "conv_bwd_weight": 4, "conv_bwd_data": 4}
     assert out.shape == (3, 32, 7, 7) and x.grad is not None and x.grad.shape == x.shape
     assert block._ops.name == "reference"  # the block's own backend is back
@@ -88,7 +89,7 @@ def test_planning_backend_records_each_fused_op_call():
 
 def plans_first_kernels(op: str) -> set[str]:
     """The kernel that starts each call of ``op`` (its GEMM or its only kernel)."""
-    return {"conv_fwd": {"conv_fwd"}, "conv_bwd_data": {"conv_dgrad"},
+    return {"conv_fwd": {"conv_fwd"}, "conv_bn_fwd": {"conv_fwd"}, "conv_bwd_data": {"conv_dgrad"},
             "conv_bwd_weight": {"conv_wgrad"}, "bn_finalize": {"bn_finalize"},
             "block_end": {"block_end"}, "block_end_bwd": {"block_end_bwd"},
             "bn_backward": {"bn_backward"}}[op]

@@ -264,6 +264,48 @@ def test_bn_finalize(momentum, affine, update):
             assert_close(o, r, torch.float32, what=name)
 
 
+def _conv_bn_fwd_cases():
+    flags = [(m, a, u) for m in (0.1, None) for a in (True, False) for u in (True, False)]
+    for name, shape, cases in (("one_group", (2, 5, 9, 7), flags),
+                               ("groups_and_channel_blocks", (1, 3, 24, 70),
+                                [(None, True, True), (0.1, False, True), (0.1, True, False)]),
+                               ("empty", (0, 5, 9, 7), [(None, True, True), (0.1, True, False)])):
+        for m, a, u in cases:
+            yield pytest.param(m, a, u, shape, id=f"{name}-momentum{m}-affine{a}-update{u}")
+
+
+@pytest.mark.parametrize("momentum, affine, update, shape", list(_conv_bn_fwd_cases()))
+def test_conv_bn_fwd(momentum, affine, update, shape):
+    """conv_fwd with statistics and bn_finalize in one op, as the reference composes them:
+    with one merge group, with groups merged by the last to arrive over three channel
+    blocks (num_batches_tracked incremented once, after every block read it), and on an
+    empty batch."""
+    n, c_in, hw, c_out = shape
+    x = _data(n, c_in, hw, hw, dtype=torch.float32, channels_last=True, offset=1.0)
+    state = (_vec(c_out), torch.rand(c_out, device=DEVICE) + 0.5,
+             torch.tensor(3, device=DEVICE))
+    theirs = [t.clone() for t in state]
+    kw = dict(x=x, weight=torch.randn(c_out, c_in, 3, 3, device=DEVICE) / 4, stride=1,
+              padding=1, dilation=1, groups=1, in_scale=_vec(c_in, 1.0), in_shift=_vec(c_in),
+              in_relu=True, bn_weight=_vec(c_out, 1.0) if affine else None,
+              bn_bias=_vec(c_out) if affine else None, momentum=momentum, eps=1e-5,
+              update_running_stats=update)
+    out = OPS.conv_bn_fwd_triton(**kw, running_mean=state[0], running_var=state[1],
+                                 num_batches_tracked=state[2])
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        ref = reference.conv_bn_fwd(**kw, running_mean=theirs[0], running_var=theirs[1],
+                                    num_batches_tracked=theirs[2])
+    names = ("y", "mean", "scale", "shift", "invstd", "running_mean", "running_var")
+    assert reference.memory_format(out[0]) == reference.memory_format(ref[0])
+    for o, r, name in zip((*out, *state[:2]), (*ref, *theirs[:2]), names):
+        assert o.shape == r.shape and o.dtype == r.dtype, name
+        if n == 0 and name != "y":  # statistics of nothing: NaN where the reference has NaN
+            assert torch.equal(o.isnan(), r.isnan()), name
+            continue
+        assert_close(o, r, torch.float32, what=name)
+    assert state[2].item() == theirs[2].item() == (4 if update else 3)
+
+
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("batch_stats", [True, False])
@@ -347,7 +389,7 @@ def test_schemas_match_the_cpp_ops():
             assert schema.replace(f"{name}_triton", name) == cpp
 
 
-def test_opcheck_block_end_and_bn_finalize():
+def test_opcheck_per_channel_ops_and_conv_bn_fwd():
     y = _data(2, 5, 3, 3, dtype=torch.float32)
     torch.library.opcheck(OPS.block_end_triton.default,
                           (y, _vec(5), _vec(5), torch.randn_like(y), None, None))
@@ -355,6 +397,10 @@ def test_opcheck_block_end_and_bn_finalize():
     torch.library.opcheck(OPS.bn_finalize_triton.default,
                           (_vec(5), torch.rand(5, device=DEVICE), 32, _vec(5), _vec(5), *state,
                            None, 1e-5, True))
+    x = _data(2, 3, 5, 5, dtype=torch.float32, channels_last=True)
+    torch.library.opcheck(OPS.conv_bn_fwd_triton.default,
+                          (x, torch.randn(5, 3, 3, 3, device=DEVICE), 1, 1, 1, 1, None, None,
+                           False, _vec(5), _vec(5), *state, None, 1e-5, True))
     torch.library.opcheck(OPS.bn_backward_triton.default,
                           (_vec(5), _vec(5), 32, _vec(5), _vec(5), _vec(5).abs(), True,
                            _vec(5), None))

@@ -255,6 +255,16 @@ def test_op_plan_is_what_conv_fwd_launches(record, case):
     assert record("conv_fwd", *args)[1] == _expected("conv_fwd", args)
 
 
+@pytest.mark.parametrize("case", [c for c in FWD_CASES if c[-1] == "train"],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_op_plan_is_what_conv_bn_fwd_launches(record, case):
+    x, w, s, p, d, g, in_scale, in_shift, in_relu = _fwd_args(*case)[:9]
+    c_out = w.shape[0]
+    args = (x, w, s, p, d, g, in_scale, in_shift, in_relu, _v(c_out), _v(c_out), _v(c_out),
+            _v(c_out), torch.tensor(3), None, 1e-5, True)
+    assert record("conv_bn_fwd", *args)[1] == _expected("conv_bn_fwd", args)
+
+
 def test_op_plan_counts_the_weight_cast(record):
     """An fp32 weight with fp16 data: one copy (layout and dtype together); the residual
     (contiguous) is the other."""

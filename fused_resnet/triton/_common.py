@@ -150,9 +150,9 @@ def device_guard(t: torch.Tensor):
 
 
 def reduction_counters(launch, device: torch.device) -> torch.Tensor | None:
-    """The arrival counters of a ticketed reduction launch (cleared by its producer, see
-    :func:`zero_counters`), or None when it has one group."""
-    if not launch.meta["TICKET"]:
+    """The arrival counters of a reduction launch (cleared by its producer, see
+    :func:`zero_counters`), or None when it needs none."""
+    if not launch.meta["counters"]:
         return None
     return torch.empty(launch.meta["counters"], dtype=torch.int32, device=device)
 

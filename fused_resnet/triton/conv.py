@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from . import plans
+from .elementwise import bn_finalize, bn_finalize_channels, check_finalize_args
 from ._common import (
     channel_tile,
     check_data,
@@ -194,14 +195,24 @@ def _merge_parts(pivot_ptr, mean_ptr, m2_ptr, count_ptr, base, start, end, rows,
 
 @triton.jit
 def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, group_ptr, counter_ptr, out_mean_ptr,
-                       out_m2_ptr, tiles, chunk, rows, C, ROWS_PER_TILE: tl.constexpr,
-                       TICKET: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                       out_m2_ptr, tiles, chunk, rows, C,
+                       bn_weight_ptr, bn_bias_ptr, scale_ptr, shift_ptr, invstd_ptr,
+                       running_mean_ptr, running_var_ptr, nbt_ptr, count, unbiased_count,
+                       momentum, eps, ROWS_PER_TILE: tl.constexpr, TICKET: tl.constexpr,
+                       FINALIZE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, UPDATE: tl.constexpr, HAS_NBT: tl.constexpr,
+                       CUMULATIVE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Batch mean and M2 per channel from the conv tiles' (pivot, mean - pivot, M2):
     program (channel block, g) merges tiles [g*chunk, (g+1)*chunk). Means are kept
     relative to tile 0's pivot (pivot differences are exact or tiny), so the merge works
     on numbers of the size of the spread, not of the mean. TICKET: each group stores its
     (count, mean, M2) in group[0|1|2, g, c] and the last group of its channel block to
-    arrive merges them in group order; else one group merges every tile."""
+    arrive merges them in group order; else one group merges every tile.
+
+    FINALIZE: instead of M2, the channel block's BN (scale, shift, invstd) and running
+    statistics (bn_finalize); num_batches_tracked is read by every channel block and
+    incremented by the last one to arrive at the counter after the groups' ones, after
+    all reads."""
     pid_c = tl.program_id(0)
     offs_c, c_mask = channel_tile(pid_c, C, BLOCK_C)
     g = tl.program_id(1)
@@ -210,6 +221,7 @@ def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, group_ptr, counter_ptr, out_
     n, mean, m2 = _merge_parts(pivot_ptr, mean_ptr, m2_ptr, mean_ptr, base, start,
                                tl.minimum(tiles, start + chunk), rows, C, offs_c, c_mask,
                                ROWS_PER_TILE, BLOCK_R, BLOCK_C, True)
+    done = True
     if TICKET:
         groups = tl.num_programs(1)
         plane = groups.to(tl.int64) * C
@@ -217,15 +229,30 @@ def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, group_ptr, counter_ptr, out_
         tl.store(group_ptr + at, n, mask=c_mask)
         tl.store(group_ptr + plane + at, mean, mask=c_mask)
         tl.store(group_ptr + 2 * plane + at, m2, mask=c_mask)
-        if last_to_arrive(counter_ptr + pid_c, groups):
+        done = last_to_arrive(counter_ptr + pid_c, groups)
+        if done:
             _, mean, m2 = _merge_parts(pivot_ptr, group_ptr + plane, group_ptr + 2 * plane,
                                        group_ptr, base, 0, groups, rows, C, offs_c, c_mask,
                                        ROWS_PER_TILE, BLOCK_R, BLOCK_C, False)
-            tl.store(out_mean_ptr + offs_c, base + mean, mask=c_mask)
+    if done:
+        mean = base + mean
+        tl.store(out_mean_ptr + offs_c, mean, mask=c_mask)
+        if FINALIZE:
+            factor = momentum
+            if UPDATE and HAS_NBT:
+                nbt = tl.load(nbt_ptr)
+                if CUMULATIVE:
+                    factor = 1.0 / (nbt + 1).to(tl.float32)
+            bn_finalize_channels(mean, m2, offs_c, c_mask, bn_weight_ptr, bn_bias_ptr,
+                                 scale_ptr, shift_ptr, invstd_ptr, running_mean_ptr,
+                                 running_var_ptr, count, unbiased_count, factor,
+                                 eps, HAS_WEIGHT, HAS_BIAS, UPDATE)
+            if UPDATE and HAS_NBT:
+                slot = tl.num_programs(0) if TICKET else 0  # after the groups' counters
+                if last_to_arrive(counter_ptr + slot, tl.num_programs(0)):
+                    tl.store(nbt_ptr, nbt + 1)
+        else:
             tl.store(out_m2_ptr + offs_c, m2, mask=c_mask)
-    else:
-        tl.store(out_mean_ptr + offs_c, base + mean, mask=c_mask)
-        tl.store(out_m2_ptr + offs_c, m2, mask=c_mask)
 
 
 @triton.jit
@@ -433,6 +460,39 @@ def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int
              res_scale: Tensor | None, res_shift: Tensor | None, out_relu: bool,
              stats: bool) -> tuple[Tensor, Tensor, Tensor]:
     """See :func:`fused_resnet.reference.conv_fwd`."""
+    return _conv_fwd(x, weight, stride, padding, dilation, groups, in_scale, in_shift,
+                     in_relu, out_scale, out_shift, residual, res_scale, res_shift, out_relu,
+                     stats)
+
+
+def conv_bn_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int,
+                groups: int, in_scale: Tensor | None, in_shift: Tensor | None, in_relu: bool,
+                bn_weight: Tensor | None, bn_bias: Tensor | None,
+                running_mean: Tensor | None, running_var: Tensor | None,
+                num_batches_tracked: Tensor | None, momentum: float | None, eps: float,
+                update_running_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """See :func:`fused_resnet.reference.conv_bn_fwd`: the statistics merge ends in BN
+    finalization, so the unit takes two launches (GEMM, merge) instead of three."""
+    check_finalize_args(update_running_stats, running_mean, running_var, momentum,
+                        num_batches_tracked)
+    bn = dict(weight=bn_weight, bias=bn_bias, running_mean=running_mean,
+              running_var=running_var, num_batches_tracked=num_batches_tracked,
+              momentum=momentum, eps=eps, update_running_stats=update_running_stats)
+    y, mean, *finalized = _conv_fwd(x, weight, stride, padding, dilation, groups, in_scale,
+                                    in_shift, in_relu, None, None, None, None, None, False,
+                                    True, bn)
+    if len(finalized) == 1:  # empty batch: the statistics of nothing, finalized as such
+        finalized = bn_finalize(mean, finalized[0], 0, **bn)
+    return (y, mean, *finalized)
+
+
+def _conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int,
+              groups: int, in_scale: Tensor | None, in_shift: Tensor | None, in_relu: bool,
+              out_scale: Tensor | None, out_shift: Tensor | None, residual: Tensor | None,
+              res_scale: Tensor | None, res_shift: Tensor | None, out_relu: bool,
+              stats: bool, bn: dict | None = None) -> tuple[Tensor, ...]:
+    """(y, mean, m2), or with ``bn`` (bn_finalize's arguments but the statistics) the merge
+    finalizes: (y, mean, scale, shift, invstd); (y, mean, m2) for an empty batch."""
     check_data("conv_fwd", x, groups)
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
@@ -441,7 +501,7 @@ def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int
     y = torch.empty((n, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last)
     plan = plans.conv_fwd_plan(n, c_in, h_out, w_out, c_out, kh, stride, dtype_class(x.dtype),
-                               target_of(x), stats)
+                               target_of(x), stats, finalize=bn is not None)
     if not stats:  # two distinct tensors: op outputs must not alias each other
         mean, m2 = (x.new_empty(0, dtype=torch.float32) for _ in range(2))
     if not plan.launches:  # empty batch: the reference's statistics of nothing
@@ -459,31 +519,52 @@ def conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int
                   vec(out_scale, x), vec(out_shift, x),
                   nhwc(residual) if residual is not None else y, vec(res_scale, x),
                   vec(res_shift, x), *stat, counters if counters is not None else y,
-                  counters.numel() if counters is not None else 0, n, h, w, c_in, h_out, w_out, c_out, stride, padding,
-                  dilation, KH=kh, KW=kw, HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
+                  counters.numel() if counters is not None else 0, n, h, w, c_in, h_out,
+                  w_out, c_out, stride, padding, dilation, KH=kh, KW=kw,
+                  HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
                   HAS_OUT_AFFINE=out_scale is not None, HAS_RES=residual is not None,
                   HAS_RES_AFFINE=res_scale is not None, OUT_RELU=out_relu, STATS=stats,
                   DOT_PRECISION=dot_precision(x.dtype))
-        if stats:
-            mean, m2 = _merge_stats(merge[0], part, counters, n * h_out * w_out,
-                                    gemm.config.block_m)
-    return _like(y, x), mean, m2
+        stats_out = (_merge_stats(merge[0], part, counters, n * h_out * w_out,
+                                  gemm.config.block_m, bn) if stats else (mean, m2))
+    return (_like(y, x), *stats_out)
 
 
-def _merge_stats(launch, part: Tensor, counters: Tensor | None, rows: int,
-                 block_m: int) -> tuple[Tensor, Tensor]:
-    """Run the plan's merge over the per-tile (pivot, mean, M2) buffer ``part[3, tiles, C]``."""
+def _merge_stats(launch, part: Tensor, counters: Tensor | None, rows: int, block_m: int,
+                 bn: dict | None) -> tuple[Tensor, ...]:
+    """Run the plan's merge over the per-tile (pivot, mean, M2) buffer ``part[3, tiles, C]``:
+    (mean, m2), or with ``bn`` (mean, scale, shift, invstd), the running statistics
+    updated."""
     _, tiles, c = part.shape
-    # Two tensors: op outputs must not share storage.
-    mean, m2 = (torch.empty(c, dtype=torch.float32, device=part.device) for _ in range(2))
+    # Distinct tensors: op outputs must not share storage.
+    outs = [torch.empty(c, dtype=torch.float32, device=part.device)
+            for _ in range(2 if bn is None else 4)]
     groups = (torch.empty((3, launch.grid[1], c), dtype=torch.float32, device=part.device)
-              if counters is not None else part)
+              if launch.meta["TICKET"] else part)
+    bn = bn or {}
+    update = bn.get("update_running_stats", False)
+    momentum = bn.get("momentum")
+
+    def ptr(t: Tensor | None) -> Tensor:
+        return t if t is not None else part  # absent: never read (a flag says so)
+
+    mean, m2_or_scale, *rest = outs
+    scale_shift_invstd = (m2_or_scale, *rest) if bn else (part, part, part)
     launcher(merge_stats_kernel)[launch.grid](
-        part[0], part[1], part[2], groups, counters if counters is not None else part,
-        mean, m2, tiles, launch.meta["chunk"], rows, c, ROWS_PER_TILE=block_m,
-        TICKET=counters is not None, BLOCK_R=launch.meta["BLOCK_R"],
+        part[0], part[1], part[2], groups, ptr(counters), mean,
+        part if bn else m2_or_scale, tiles, launch.meta["chunk"], rows, c,
+        ptr(bn.get("weight")), ptr(bn.get("bias")), *scale_shift_invstd,
+        ptr(bn.get("running_mean") if update else None),
+        ptr(bn.get("running_var") if update else None),
+        ptr(bn.get("num_batches_tracked") if update else None), float(rows),
+        float(max(rows - 1, 1)), float(momentum) if momentum is not None else 0.0,
+        float(bn.get("eps", 0.0)), ROWS_PER_TILE=block_m, TICKET=launch.meta["TICKET"],
+        FINALIZE=launch.meta["FINALIZE"], HAS_WEIGHT=bn.get("weight") is not None,
+        HAS_BIAS=bn.get("bias") is not None, UPDATE=update,
+        HAS_NBT=update and bn.get("num_batches_tracked") is not None,
+        CUMULATIVE=momentum is None, BLOCK_R=launch.meta["BLOCK_R"],
         BLOCK_C=launch.meta["BLOCK_C"], **launch_options(launch.num_warps))
-    return mean, m2
+    return tuple(outs)
 
 
 def _like(out: Tensor, main: Tensor) -> Tensor:

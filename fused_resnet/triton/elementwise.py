@@ -109,6 +109,32 @@ def block_end_bwd_kernel(d_out_ptr, out_ptr, y_ptr, mean_ptr, invstd_ptr, y_d_pt
 
 
 @triton.jit
+def bn_finalize_channels(mean, m2, offs, mask, weight_ptr, bias_ptr, scale_ptr, shift_ptr,
+                         invstd_ptr, running_mean_ptr, running_var_ptr, count, unbiased_count,
+                         factor, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         UPDATE: tl.constexpr):
+    """BN's (scale, shift, invstd) of channels ``offs`` from their batch mean and M2, and
+    the running statistics' update by ``factor`` (reference.bn_finalize)."""
+    invstd = 1.0 / tl.sqrt_rn(m2 / count + eps)
+    scale = invstd
+    if HAS_WEIGHT:
+        scale = invstd * tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    shift = -mean * scale
+    if HAS_BIAS:
+        shift = shift + tl.load(bias_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(scale_ptr + offs, scale, mask=mask)
+    tl.store(shift_ptr + offs, shift, mask=mask)
+    tl.store(invstd_ptr + offs, invstd, mask=mask)
+    if UPDATE:
+        rm = tl.load(running_mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        rv = tl.load(running_var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        rm = rm + factor * (mean - rm)
+        rv = rv + factor * (m2 / unbiased_count - rv)
+        tl.store(running_mean_ptr + offs, rm.to(running_mean_ptr.dtype.element_ty), mask=mask)
+        tl.store(running_var_ptr + offs, rv.to(running_var_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def bn_finalize_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr,
                        invstd_ptr, running_mean_ptr, running_var_ptr, nbt_ptr, C, count,
                        unbiased_count, momentum, eps,
@@ -129,27 +155,11 @@ def bn_finalize_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_
     for c0 in range(0, C, BLOCK_C):
         offs = c0 + tl.arange(0, BLOCK_C)
         mask = offs < C
-        mean = tl.load(mean_ptr + offs, mask=mask, other=0.0)
-        m2 = tl.load(m2_ptr + offs, mask=mask, other=0.0)
-        invstd = 1.0 / tl.sqrt_rn(m2 / count + eps)
-        scale = invstd
-        if HAS_WEIGHT:
-            scale = invstd * tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        shift = -mean * scale
-        if HAS_BIAS:
-            shift = shift + tl.load(bias_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(scale_ptr + offs, scale, mask=mask)
-        tl.store(shift_ptr + offs, shift, mask=mask)
-        tl.store(invstd_ptr + offs, invstd, mask=mask)
-        if UPDATE:
-            rm = tl.load(running_mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            rv = tl.load(running_var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            rm = rm + factor * (mean - rm)
-            rv = rv + factor * (m2 / unbiased_count - rv)
-            tl.store(running_mean_ptr + offs, rm.to(running_mean_ptr.dtype.element_ty),
-                     mask=mask)
-            tl.store(running_var_ptr + offs, rv.to(running_var_ptr.dtype.element_ty),
-                     mask=mask)
+        bn_finalize_channels(tl.load(mean_ptr + offs, mask=mask, other=0.0),
+                             tl.load(m2_ptr + offs, mask=mask, other=0.0), offs, mask,
+                             weight_ptr, bias_ptr, scale_ptr, shift_ptr, invstd_ptr,
+                             running_mean_ptr, running_var_ptr, count, unbiased_count, factor,
+                             eps, HAS_WEIGHT, HAS_BIAS, UPDATE)
 
 
 @triton.jit
@@ -240,6 +250,16 @@ def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: T
     return (_like(dz, d_out), *sums)
 
 
+def check_finalize_args(update_running_stats: bool, running_mean: Tensor | None,
+                        running_var: Tensor | None, momentum: float | None,
+                        num_batches_tracked: Tensor | None) -> None:
+    if update_running_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("bn_finalize: update_running_stats needs running_mean/var")
+        if momentum is None and num_batches_tracked is None:
+            raise ValueError("bn_finalize: momentum=None needs num_batches_tracked")
+
+
 def bn_finalize(mean: Tensor, m2: Tensor, count: int, weight: Tensor | None,
                 bias: Tensor | None, running_mean: Tensor | None, running_var: Tensor | None,
                 num_batches_tracked: Tensor | None, momentum: float | None, eps: float,
@@ -248,11 +268,8 @@ def bn_finalize(mean: Tensor, m2: Tensor, count: int, weight: Tensor | None,
     if mean.dtype != torch.float32:
         raise NotImplementedError(f"fused_resnet triton bn_finalize: statistics dtype "
                                   f"{mean.dtype} is not supported (float32 only)")
-    if update_running_stats:
-        if running_mean is None or running_var is None:
-            raise ValueError("bn_finalize: update_running_stats needs running_mean/var")
-        if momentum is None and num_batches_tracked is None:
-            raise ValueError("bn_finalize: momentum=None needs num_batches_tracked")
+    check_finalize_args(update_running_stats, running_mean, running_var, momentum,
+                        num_batches_tracked)
     c = mean.shape[0]
     scale, shift, invstd = (torch.empty_like(mean) for _ in range(3))
     (launch,) = plans.bn_finalize_plan(c, target_of(mean))

@@ -91,25 +91,30 @@ def column_sum_launch(rows: int, cols: int, target: Target, batch: int = 1,
     steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
     return Launch("column_sum", (col_blocks, groups, batch), warps,
                   meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
-                        "TICKET": groups > 1, "counters": col_blocks * batch},
+                        "TICKET": groups > 1,
+                        "counters": col_blocks * batch if groups > 1 else 0},
                   bytes=4 * (rows + _scratch_rows(groups) + 1) * cols * batch,
                   flops=rows * cols * batch,
                   serial_steps=max(steps, 1))
 
 
-def merge_stats_launch(tiles: int, channels: int, target: Target) -> Launch:
+def merge_stats_launch(tiles: int, channels: int, target: Target,
+                       finalize: bool = False) -> Launch:
     """Merge of per-tile (pivot, mean, M2) in one launch: each program merges its group of
     tiles in [BLOCK_R, BLOCK_C] blocks (a block's totals by tl.sum, then Chan's update);
     with more than one group (spread over two waves), the last of each channel block to
-    finish merges the group results in group order (the producer clears the counters)."""
+    finish merges the group results in group order (the producer clears the counters).
+    ``finalize``: it ends in BN finalization (one more counter: num_batches_tracked's)."""
     block_r, block_c, warps = _reduce_tile(target)
     col_blocks = cdiv(channels, block_c)
     groups, chunk = _ticket_groups(tiles, block_r, col_blocks, target, warps)
     steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
     return Launch("merge_stats", (col_blocks, groups), warps,
                   meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
-                        "TICKET": groups > 1, "counters": col_blocks},
-                  bytes=4 * 3 * (tiles + _scratch_rows(groups) + 1) * channels,
+                        "TICKET": groups > 1, "FINALIZE": finalize,
+                        "counters": (col_blocks if groups > 1 else 0) + finalize},
+                  bytes=4 * (3 * (tiles + _scratch_rows(groups)) + (10 if finalize else 2))
+                  * channels,
                   flops=10 * tiles * channels,
                   serial_steps=steps)
 
@@ -122,7 +127,9 @@ def _gemm(kernel: str, grid: tuple[int, ...], cfg: TileConfig, kind: str, dtype_
 
 def conv_fwd_plan(n: int, c_in: int, h_out: int, w_out: int, c_out: int, k: int, stride: int,
                   dtype_class: str, target: Target, stats: bool,
-                  residual: bool = False) -> OpPlan:
+                  residual: bool = False, finalize: bool = False) -> OpPlan:
+    """conv_fwd's GEMM and statistics merge; ``finalize``: conv_bn_fwd's (the merge ends
+    in BN finalization)."""
     cfg = configs.choose("fwd", target, dtype_class, c_in, c_out, k, stride)
     rows = n * h_out * w_out
     if rows == 0:  # nothing to compute; empty statistics are filled on the host side
@@ -134,8 +141,8 @@ def conv_fwd_plan(n: int, c_in: int, h_out: int, w_out: int, c_out: int, k: int,
                  2 * rows * c_out * k * k * c_in,
                  es * (rows * (c_in * stride * stride + c_out * (2 if residual else 1))
                        + c_out * k * k * c_in), steps)
-    merge = [merge_stats_launch(tiles, c_out, target)] if stats else []
-    return OpPlan("conv_fwd", (gemm, *merge))
+    merge = [merge_stats_launch(tiles, c_out, target, finalize)] if stats else []
+    return OpPlan("conv_bn_fwd" if finalize else "conv_fwd", (gemm, *merge))
 
 
 def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, stride: int,
@@ -320,6 +327,21 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
                  + _vecs(in_scale=in_scale, in_shift=in_shift, out_scale=out_scale,
                          out_shift=out_shift)
                  + _nhwc("residual", residual) + _vecs(res_scale=res_scale, res_shift=res_shift))
+        return OpPlan(op, (*stage, *plan, *out))
+    if op == "conv_bn_fwd":
+        (x, weight, stride, padding, dilation, _, in_scale, in_shift, _, bn_weight, bn_bias,
+         running_mean, running_var, nbt, momentum, eps, update) = args
+        n, c_in, h, w = x.shape
+        c_out, _, kh, _ = weight.shape
+        size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
+        plan = conv_fwd_plan(n, c_in, *size, c_out, kh, stride, _dtype_class(x.dtype), target,
+                             True, finalize=True)
+        out = _like("y", (n, c_out, *size), x)
+        if not plan.launches:  # empty batch: the statistics of nothing, then bn_finalize
+            return OpPlan(op, (*_fill("mean", c_out), *_fill("m2", c_out), *out,
+                               *bn_finalize_plan(c_out, target)))
+        stage = (_nhwc("x", x) + _krsc(weight, x.dtype)
+                 + _vecs(in_scale=in_scale, in_shift=in_shift))
         return OpPlan(op, (*stage, *plan, *out))
     if op == "conv_bwd_data":
         (dz, y, a, b, c, weight, input_size, stride, _, _, _, residual, prev_y, prev_scale,

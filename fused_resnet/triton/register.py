@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._fakes import fake_bn_backward, register_fakes
+from .._fakes import fake_bn_backward, fake_conv_bn_fwd, register_fakes
 from . import conv, elementwise
 from ._common import INTERPRET
 
@@ -41,8 +41,15 @@ SCHEMAS = {
                        "int stride, int padding, int dilation, int groups) -> Tensor",
 }
 # Triton only: BN backward's coefficients and parameter gradients in one launch (the other
-# backends run reference.bn_backward, a few torch ops).
+# backends run reference.bn_backward, a few torch ops), and a training unit's conv with
+# its BN finalization (the others run conv_fwd, then bn_finalize).
 EXTRA_SCHEMAS = {
+    "conv_bn_fwd": "(Tensor x, Tensor weight, int stride, int padding, int dilation, "
+                   "int groups, Tensor? in_scale, Tensor? in_shift, bool in_relu, "
+                   "Tensor? bn_weight, Tensor? bn_bias, Tensor(a!)? running_mean, "
+                   "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float? momentum, "
+                   "float eps, bool update_running_stats) "
+                   "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "bn_backward": "(Tensor sum_dz, Tensor sum_dz_xhat, int count, Tensor scale, Tensor mean, "
                    "Tensor invstd, bool batch_stats, Tensor? weight, Tensor? bias) "
                    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -56,8 +63,10 @@ IMPLS = {
     "conv_bwd_data": conv.conv_bwd_data,
     "conv_bwd_weight": conv.conv_bwd_weight,
     "bn_backward": elementwise.bn_backward,
+    "conv_bn_fwd": conv.conv_bn_fwd,
 }
-MUTATES = {"bn_finalize": ("running_mean", "running_var", "num_batches_tracked")}
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+MUTATES = {"bn_finalize": _RUNNING_STATS, "conv_bn_fwd": _RUNNING_STATS}
 
 
 def _define(name: str):
@@ -68,7 +77,8 @@ def _define(name: str):
 
 
 def register_all() -> dict:
-    """Define the six ops and bn_backward (once per process) and their fake kernels;
+    """Define the six ops, bn_backward and conv_bn_fwd (once per process) and their fake
+    kernels;
     returns the defs."""
     if hasattr(torch.ops.fused_resnet, "conv_fwd" + SUFFIX):
         return {}
@@ -76,4 +86,5 @@ def register_all() -> dict:
     # Overrides a triton_op's own fake (its implementation): one set of fakes for all.
     register_fakes(SUFFIX)
     torch.library.register_fake(f"fused_resnet::bn_backward{SUFFIX}")(fake_bn_backward)
+    torch.library.register_fake(f"fused_resnet::conv_bn_fwd{SUFFIX}")(fake_conv_bn_fwd)
     return defs
