@@ -168,9 +168,8 @@ def test_fused_flops_are_the_needed_ones(provider):
 # entry goes), never by loosening a budget.
 _WHY = {
     ("fused_triton", "launches"):
-        "each conv's statistics (one merge launch), BN finalization and BN backward, and "
-        "wgrad's split-K sum are launches of their own, where eager's cuDNN and ATen ops "
-        "count one each",
+        "a projection block's four BN backwards and wgrad split-K sums are launches of their "
+        "own (the blocks without a projection are within budget)",
     ("fused_triton", "bytes"):
         "block_end_bwd writes dz and the convs' backward reads it, where the roofline recomputes "
         "dy in its consumers",
@@ -195,25 +194,21 @@ _WHY = {
 # launches under 2 waves, the longest reduction, modeled time / floor. A value may only
 # go down; once within its budget, its entry goes.
 KNOWN_OVER: dict[tuple[str, str, str], float] = {
-    ("fused_triton", "launches", "r50_conv2_first"): 33,
-    ("fused_triton", "launches", "r50_conv2_rep"): 26,
-    ("fused_triton", "launches", "r50_conv3_first"): 33,
-    ("fused_triton", "launches", "r50_conv3_rep"): 26,
-    ("fused_triton", "launches", "r50_conv4_first"): 33,
-    ("fused_triton", "launches", "r50_conv4_rep"): 26,
-    ("fused_triton", "launches", "r50_conv5_first"): 33,
-    ("fused_triton", "launches", "r50_conv5_rep"): 26,
-    ("fused_triton", "launches", "resnet50_step"): 470,
+    ("fused_triton", "launches", "r50_conv2_first"): 29,
+    ("fused_triton", "launches", "r50_conv3_first"): 29,
+    ("fused_triton", "launches", "r50_conv4_first"): 29,
+    ("fused_triton", "launches", "r50_conv5_first"): 29,
+    ("fused_triton", "launches", "resnet50_step"): 417,
     ("fused_triton", "bytes", "r50_conv5_rep"): 1.16,
     ("fused_triton", "waves", "r50_conv2_first"): 3,
     ("fused_triton", "waves", "r50_conv2_rep"): 1,
     ("fused_triton", "waves", "r50_conv5_first"): 1,
     ("fused_triton", "waves", "r50_conv5_rep"): 2,
     ("fused_triton", "waves", "resnet50_step"): 11,
-    ("fused_triton", "modeled_time", "r50_conv4_rep"): 1.5,
-    ("fused_triton", "modeled_time", "r50_conv5_first"): 1.62,
-    ("fused_triton", "modeled_time", "r50_conv5_rep"): 2.05,
-    ("fused_triton", "modeled_time", "resnet50_step"): 1.38,
+    ("fused_triton", "modeled_time", "r50_conv4_rep"): 1.48,
+    ("fused_triton", "modeled_time", "r50_conv5_first"): 1.58,
+    ("fused_triton", "modeled_time", "r50_conv5_rep"): 2.0,
+    ("fused_triton", "modeled_time", "resnet50_step"): 1.37,
     ("fused_cuda", "launches", "r50_conv2_first"): 79,
     ("fused_cuda", "launches", "r50_conv2_rep"): 61,
     ("fused_cuda", "launches", "r50_conv3_first"): 79,

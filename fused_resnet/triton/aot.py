@@ -72,8 +72,8 @@ _ELEMENTWISE_WARPS = configs.ELEMENTWISE_GPU[2]
 _OTHER_KERNELS = [
     *(("merge_stats", dict(ROWS_PER_TILE=128, TICKET=True, FINALIZE=finalize, HAS_WEIGHT=True,
                            HAS_BIAS=True, UPDATE=True, HAS_NBT=True, CUMULATIVE=True,
-                           BLOCK_R=configs.REDUCE_GPU[0], BLOCK_C=configs.REDUCE_GPU[1]),
-       _REDUCE_WARPS) for finalize in (False, True)),
+                           BLOCK_R=configs.MERGE_GPU[0], BLOCK_C=configs.MERGE_GPU[1]),
+       configs.MERGE_GPU[2]) for finalize in (False, True)),
     *(("column_sum", dict(TICKET=ticket, BLOCK_R=r, BLOCK_C=c), _REDUCE_WARPS)
       for r, c in (configs.REDUCE_GPU[:2], *configs.REDUCE_NARROW_GPU)
       for ticket in (True, False)),

@@ -21,9 +21,10 @@ def _interpreting(target: Target) -> bool:
     return target is INTERPRETER_TARGET
 
 
-def _reduce_tile(target: Target) -> tuple[int, int, int]:
+def _reduce_tile(target: Target, gpu: tuple[int, int, int] = configs.REDUCE_GPU
+                 ) -> tuple[int, int, int]:
     return configs.forced_value("reduce") or (
-        configs.REDUCE_INTERPRETER if _interpreting(target) else configs.REDUCE_GPU)
+        configs.REDUCE_INTERPRETER if _interpreting(target) else gpu)
 
 
 def _elementwise_tile(target: Target) -> tuple[int, int, int]:
@@ -41,12 +42,13 @@ def _two_waves(warps: int, target: Target) -> int:
 def _ticket_groups(parts: int, block_r: int, programs_per_group: int,
                    target: Target, warps: int) -> tuple[int, int]:
     """(groups, parts per group) of one reduction launch: one group when a single step
-    covers the parts, else enough groups for two waves (one part each at most), with a
+    covers the parts, else enough groups for two waves (MIN_GROUP_PARTS each at least), with a
     group's parts and the last program's merge of the groups at most MAX_SERIAL_STEPS
     steps of ``block_r`` rows together."""
     if parts <= block_r:
         return 1, max(parts, 1)
-    chunk = max(1, parts // cdiv(_two_waves(warps, target), programs_per_group))
+    min_parts = 1 if _interpreting(target) else configs.MIN_GROUP_PARTS
+    chunk = max(min_parts, parts // cdiv(_two_waves(warps, target), programs_per_group))
     while cdiv(chunk, block_r) + cdiv(cdiv(parts, chunk), block_r) > MAX_SERIAL_STEPS:
         chunk *= 2
     return cdiv(parts, chunk), chunk
@@ -105,7 +107,7 @@ def merge_stats_launch(tiles: int, channels: int, target: Target,
     with more than one group (spread over two waves), the last of each channel block to
     finish merges the group results in group order (the producer clears the counters).
     ``finalize``: it ends in BN finalization (one more counter: num_batches_tracked's)."""
-    block_r, block_c, warps = _reduce_tile(target)
+    block_r, block_c, warps = _reduce_tile(target, configs.MERGE_GPU)
     col_blocks = cdiv(channels, block_c)
     groups, chunk = _ticket_groups(tiles, block_r, col_blocks, target, warps)
     steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
