@@ -59,9 +59,9 @@ KERNELS = {
 # The heaviest flag combinations the blocks use (training forward/backward, inference).
 _CONV_FLAGS = {
     "fwd": [dict(HAS_IN_AFFINE=True, IN_RELU=True, HAS_OUT_AFFINE=False, HAS_RES=False,
-                 HAS_RES_AFFINE=False, OUT_RELU=False, STATS=True),
+                 HAS_RES_AFFINE=False, OUT_RELU=False, STATS=True, COUNT_BATCH=True),
             dict(HAS_IN_AFFINE=False, IN_RELU=False, HAS_OUT_AFFINE=True, HAS_RES=True,
-                 HAS_RES_AFFINE=True, OUT_RELU=True, STATS=False)],
+                 HAS_RES_AFFINE=True, OUT_RELU=True, STATS=False, COUNT_BATCH=False)],
     "dgrad": [dict(HAS_RES=True, HAS_PREV=True)],
     "wgrad": [dict(HAS_IN_AFFINE=True, IN_RELU=True, OUT_KCRS=False),
               dict(HAS_IN_AFFINE=True, IN_RELU=True, OUT_KCRS=True)],

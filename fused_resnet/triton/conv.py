@@ -85,15 +85,17 @@ def _load_output_grad(dz_ptr, y_ptr, rows, row_ok, offs_k, k_mask, a_ptr, b_ptr,
 def conv_fwd_kernel(
     x_ptr, w_ptr, y_ptr, in_scale_ptr, in_shift_ptr, out_scale_ptr, out_shift_ptr,
     res_ptr, res_scale_ptr, res_shift_ptr, part_pivot_ptr, part_mean_ptr, part_m2_ptr,
-    counter_ptr, n_counters, N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
+    counter_ptr, n_counters, nbt_ptr, N, H, W, C_in, H_out, W_out, C_out, stride, padding, dilation,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_IN_AFFINE: tl.constexpr, IN_RELU: tl.constexpr, HAS_OUT_AFFINE: tl.constexpr,
     HAS_RES: tl.constexpr, HAS_RES_AFFINE: tl.constexpr, OUT_RELU: tl.constexpr,
-    STATS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STATS: tl.constexpr, COUNT_BATCH: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[m, n] = epilogue(sum_k A[m, k] * W[n, k]); m = output pixel, n = C_out,
-    k = (tap, C_in). x: NHWC; w: [C_out, KH, KW, C_in]; y, residual: NHWC."""
+    k = (tap, C_in). x: NHWC; w: [C_out, KH, KW, C_in]; y, residual: NHWC. STATS: each
+    tile's statistics for merge_stats_kernel, whose counters program (0, 0) clears (and,
+    COUNT_BATCH, counts the batch in BN's num_batches_tracked)."""
     pid_m = tl.program_id(0)
     M = N * H_out * W_out
     offs_m, m_mask, img, h_o, w_o = pixel_tile(pid_m, M, H_out, W_out, BLOCK_M)
@@ -135,7 +137,11 @@ def conv_fwd_kernel(
         tl.store(part_pivot_ptr + part, pivot, mask=n_mask)
         tl.store(part_mean_ptr + part, tile_mean, mask=n_mask)
         tl.store(part_m2_ptr + part, tl.sum(dev * dev, axis=0), mask=n_mask)
-        zero_counters(counter_ptr, n_counters, (pid_m == 0) & (tl.program_id(1) == 0))
+        first = (pid_m == 0) & (tl.program_id(1) == 0)
+        zero_counters(counter_ptr, n_counters, first)
+        if COUNT_BATCH:  # BN's num_batches_tracked += 1, once (read by the merge after)
+            if first:
+                tl.atomic_add(nbt_ptr, 1)
 
     v = acc
     if HAS_OUT_AFFINE:
@@ -210,9 +216,8 @@ def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, group_ptr, counter_ptr, out_
     arrive merges them in group order; else one group merges every tile.
 
     FINALIZE: instead of M2, the channel block's BN (scale, shift, invstd) and running
-    statistics (bn_finalize); num_batches_tracked is read by every channel block and
-    incremented by the last one to arrive at the counter after the groups' ones, after
-    all reads."""
+    statistics (bn_finalize); num_batches_tracked was incremented by the conv GEMM
+    (COUNT_BATCH), so every channel block reads the same, new count."""
     pid_c = tl.program_id(0)
     offs_c, c_mask = channel_tile(pid_c, C, BLOCK_C)
     g = tl.program_id(1)
@@ -239,18 +244,12 @@ def merge_stats_kernel(pivot_ptr, mean_ptr, m2_ptr, group_ptr, counter_ptr, out_
         tl.store(out_mean_ptr + offs_c, mean, mask=c_mask)
         if FINALIZE:
             factor = momentum
-            if UPDATE and HAS_NBT:
-                nbt = tl.load(nbt_ptr)
-                if CUMULATIVE:
-                    factor = 1.0 / (nbt + 1).to(tl.float32)
+            if UPDATE and HAS_NBT and CUMULATIVE:  # the GEMM has counted this batch
+                factor = 1.0 / tl.load(nbt_ptr).to(tl.float32)
             bn_finalize_channels(mean, m2, offs_c, c_mask, bn_weight_ptr, bn_bias_ptr,
                                  scale_ptr, shift_ptr, invstd_ptr, running_mean_ptr,
                                  running_var_ptr, count, unbiased_count, factor,
                                  eps, HAS_WEIGHT, HAS_BIAS, UPDATE)
-            if UPDATE and HAS_NBT:
-                slot = tl.num_programs(0) if TICKET else 0  # after the groups' counters
-                if last_to_arrive(counter_ptr + slot, tl.num_programs(0)):
-                    tl.store(nbt_ptr, nbt + 1)
         else:
             tl.store(out_m2_ptr + offs_c, m2, mask=c_mask)
 
@@ -514,17 +513,19 @@ def _conv_fwd(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: in
     part = torch.empty((3, tiles, c_out), dtype=torch.float32, device=x.device) if stats else y
     stat = (part[0], part[1], part[2]) if stats else (y, y, y)
     counters = reduction_counters(merge[0], x.device) if stats else None
+    count_batch = bn["num_batches_tracked"] if bn and bn["update_running_stats"] else None
     with device_guard(x):
         _run_gemm(gemm, nhwc(x), _krsc(weight, x.dtype), y, vec(in_scale, x), vec(in_shift, x),
                   vec(out_scale, x), vec(out_shift, x),
                   nhwc(residual) if residual is not None else y, vec(res_scale, x),
                   vec(res_shift, x), *stat, counters if counters is not None else y,
-                  counters.numel() if counters is not None else 0, n, h, w, c_in, h_out,
+                  counters.numel() if counters is not None else 0,
+                  count_batch if count_batch is not None else y, n, h, w, c_in, h_out,
                   w_out, c_out, stride, padding, dilation, KH=kh, KW=kw,
                   HAS_IN_AFFINE=in_scale is not None, IN_RELU=in_relu,
                   HAS_OUT_AFFINE=out_scale is not None, HAS_RES=residual is not None,
                   HAS_RES_AFFINE=res_scale is not None, OUT_RELU=out_relu, STATS=stats,
-                  DOT_PRECISION=dot_precision(x.dtype))
+                  COUNT_BATCH=count_batch is not None, DOT_PRECISION=dot_precision(x.dtype))
         stats_out = (_merge_stats(merge[0], part, counters, n * h_out * w_out,
                                   gemm.config.block_m, bn) if stats else (mean, m2))
     return (_like(y, x), *stats_out)

@@ -106,7 +106,7 @@ def merge_stats_launch(tiles: int, channels: int, target: Target,
     tiles in [BLOCK_R, BLOCK_C] blocks (a block's totals by tl.sum, then Chan's update);
     with more than one group (spread over two waves), the last of each channel block to
     finish merges the group results in group order (the producer clears the counters).
-    ``finalize``: it ends in BN finalization (one more counter: num_batches_tracked's)."""
+    ``finalize``: it ends in BN finalization."""
     block_r, block_c, warps = _reduce_tile(target, configs.MERGE_GPU)
     col_blocks = cdiv(channels, block_c)
     groups, chunk = _ticket_groups(tiles, block_r, col_blocks, target, warps)
@@ -114,7 +114,7 @@ def merge_stats_launch(tiles: int, channels: int, target: Target,
     return Launch("merge_stats", (col_blocks, groups), warps,
                   meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
                         "TICKET": groups > 1, "FINALIZE": finalize,
-                        "counters": (col_blocks if groups > 1 else 0) + finalize},
+                        "counters": col_blocks if groups > 1 else 0},
                   bytes=4 * (3 * (tiles + _scratch_rows(groups)) + (10 if finalize else 2))
                   * channels,
                   flops=10 * tiles * channels,
