@@ -84,6 +84,18 @@ def fake_conv_bn_fwd(x, weight, stride, padding, dilation, groups, in_scale, in_
     return (y, mean, *(torch.empty_like(mean) for _ in range(3)))
 
 
+def fake_block_end_bwd_bn(d_out, out, y, mean, invstd, y_d, mean_d, invstd_d, count, scale,
+                          batch_stats, weight, bias, count_d, scale_d, batch_stats_d, weight_d,
+                          bias_d):
+    """Of the Triton-only ``block_end_bwd_bn_triton`` op (reference.block_end_bwd_bn)."""
+    dz = torch.empty_like(d_out, memory_format=reference.memory_format(d_out))
+    main = fake_bn_backward(None, None, 0, scale, mean, invstd, batch_stats, weight, bias)
+    if y_d is None:
+        return (dz, *main, *(scale.new_empty(0) for _ in range(5)))
+    return (dz, *main, *fake_bn_backward(None, None, 0, scale_d, mean_d, invstd_d,
+                                         batch_stats_d, weight_d, bias_d))
+
+
 _FAKES = {name: globals()[f"_fake_{name}"] for name in OP_NAMES}
 
 

@@ -201,6 +201,21 @@ def _unit_forward(ops: Backend, spec: UnitSpec, tensors: tuple, inp: Tensor,
     return _UnitOut(y, scale, shift, mean, invstd, count)
 
 
+def _bn_backward_args(plan, outs: list, unit_tensors: list, last: int,
+                      shortcut: _UnitOut | None) -> dict:
+    """block_end_bwd_bn's BN arguments: unit ``last``'s, and the projection's (the unit
+    after it) when there is one."""
+    def bn(i: int, suffix: str) -> dict:
+        u, norm = outs[i], plan.units[i].norm
+        _, gamma, beta = unit_tensors[i]
+        return {f"count{suffix}": u.count, f"scale{suffix}": u.scale,
+                f"batch_stats{suffix}": norm.batch_stats, f"weight{suffix}": gamma,
+                f"bias{suffix}": beta}
+
+    none = dict(count_d=0, scale_d=None, batch_stats_d=False, weight_d=None, bias_d=None)
+    return {**bn(last, ""), **(bn(last + 1, "_d") if shortcut is not None else none)}
+
+
 def _branch_scale_arg(branch_scale: Tensor | None) -> dict:
     # Passed only when drop path is on, so backends without it serve every other block.
     return {} if branch_scale is None else {"branch_scale": branch_scale}
@@ -348,8 +363,12 @@ class ResidualBlockFunction(torch.autograd.Function):
         unit_tensors = [(weights[i], *ctx.bn_params[i]) for i in range(n_units)]
         grads: list = [None] * (k * n_units)
 
-        def bn_backward(i: int, sum_dz: Tensor, sum_dz_xhat: Tensor):
+        done: dict = {}  # unit -> its BN backward, where block_end_bwd_bn computed it
+
+        def bn_backward(i: int, sum_dz: Tensor | None, sum_dz_xhat: Tensor | None):
             """(a, b, c) of unit i's BN backward, and its parameters' gradients."""
+            if i in done:
+                return done.pop(i)
             u, norm = outs[i], plan.units[i].norm
             _, gamma, beta = unit_tensors[i]
             if norm.batch_stats and norm.sync:
@@ -392,11 +411,21 @@ class ResidualBlockFunction(torch.autograd.Function):
 
         last = outs[n_chain - 1]
         sc = outs[n_chain] if plan.shortcut else None
-        dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d = ops.block_end_bwd(
-            d_out=d_out.contiguous(memory_format=reference.memory_format(out)), out=out,
-            y=last.y, mean=last.mean, invstd=last.invstd, y_d=sc.y if sc else None,
-            mean_d=sc.mean if sc else None, invstd_d=sc.invstd if sc else None,
-            **_branch_scale_arg(branch_scale))
+        end = dict(d_out=d_out.contiguous(memory_format=reference.memory_format(out)), out=out,
+                   y=last.y, mean=last.mean, invstd=last.invstd, y_d=sc.y if sc else None,
+                   mean_d=sc.mean if sc else None, invstd_d=sc.invstd if sc else None)
+        end_units = [n_chain - 1] + ([n_chain] if sc else [])
+        if (ops.block_end_bwd_bn is not None and branch_scale is None
+                and not any(plan.units[i].norm.sync for i in end_units)):
+            # The block end's backward ends in its BNs' backward: one op.
+            dz, *bns = ops.block_end_bwd_bn(**end, **_bn_backward_args(plan, outs, unit_tensors,
+                                                                      n_chain - 1, sc))
+            for i, (a, b, c, dgamma, dbeta) in zip(end_units, (bns[:5], bns[5:])):
+                done[i] = (a, b, c), (dgamma, dbeta)
+            sum_dz = sum_dz_xhat = sum_dz_xhat_d = None
+        else:
+            dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d = ops.block_end_bwd(
+                **end, **_branch_scale_arg(branch_scale))
         # dz is the shortcut's gradient; the branch's is dz * branch_scale, whose sums
         # (sum_dz, sum_dz_xhat) block_end_bwd returned.
         dz_shortcut, sum_dz_shortcut = dz, sum_dz

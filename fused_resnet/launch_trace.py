@@ -28,9 +28,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
-from ._fakes import _FAKES, OP_NAMES, fake_bn_backward, fake_conv_bn_fwd
+from ._fakes import (
+    _FAKES,
+    OP_NAMES,
+    fake_block_end_bwd_bn,
+    fake_bn_backward,
+    fake_conv_bn_fwd,
+)
 from .launch_plan import Launch, Target
-from .ops import BN_BACKWARD_KERNELS, CONV_BN_FWD_KERNELS, Backend
+from .ops import EXTRA_KERNELS, Backend
 
 aten = torch.ops.aten
 
@@ -147,7 +153,8 @@ class LaunchRecorder(TorchDispatchMode):
         return out
 
 
-_KERNELS = {**_FAKES, "bn_backward": fake_bn_backward, "conv_bn_fwd": fake_conv_bn_fwd}
+_KERNELS = {**_FAKES, "bn_backward": fake_bn_backward, "conv_bn_fwd": fake_conv_bn_fwd,
+            "block_end_bwd_bn": fake_block_end_bwd_bn}
 _SIGNATURES = {op: inspect.signature(fake) for op, fake in _KERNELS.items()}
 
 
@@ -155,9 +162,9 @@ def planning_backend(name: str, op_plan: Callable, target: Target,
                      recorder: LaunchRecorder) -> Backend:
     """A :class:`~fused_resnet.ops.Backend` named ``name`` whose ops return fake outputs
     (meta tensors of the right shapes) and record ``op_plan(op, args, target)``, the
-    launches backend ``name``'s launcher would make for the same arguments. BN backward
-    is planned too where the backend has a kernel for it; elsewhere it runs in torch,
-    recorded as the ATen ops it is."""
+    launches backend ``name``'s launcher would make for the same arguments. The extra ops
+    (ops.EXTRA_OPS) are planned where the backend has them; elsewhere BN backward runs in
+    torch, recorded as the ATen ops it is, and the others as the ops they compose."""
 
     def serve(op: str) -> Callable:
         def call(*args, **kwargs):
@@ -168,10 +175,7 @@ def planning_backend(name: str, op_plan: Callable, target: Target,
                 return _KERNELS[op](*bound.args)
         return call
 
-    extra = {op: serve(op) for op, kernels in (("bn_backward", BN_BACKWARD_KERNELS),
-                                               ("conv_bn_fwd", CONV_BN_FWD_KERNELS))
-             if name in kernels}
-    return Backend(name, **{op: serve(op) for op in OP_NAMES}, **extra)
+    return Backend(name, **{op: serve(op) for op in (*OP_NAMES, *EXTRA_KERNELS.get(name, ()))})
 
 
 @contextlib.contextmanager

@@ -73,19 +73,20 @@ if _EXTENSION_UNAVAILABLE is None:
 
 
 # --------------------------------------------------------------------------- backends
-# The backends with a kernel of their own for BN backward (the others run it in torch),
-# and with one op for a training unit's conv and BN finalization (the others run
-# conv_fwd, then bn_finalize).
-BN_BACKWARD_KERNELS = {"triton": "bn_backward_triton"}
-CONV_BN_FWD_KERNELS = {"triton": "conv_bn_fwd_triton"}
+# Ops beyond the six that a backend may implement in one op (the others compose them:
+# bn_backward in torch, conv_fwd then bn_finalize, block_end_bwd then bn_backward), and
+# the backends that do.
+EXTRA_OPS = ("bn_backward", "conv_bn_fwd", "block_end_bwd_bn")
+EXTRA_KERNELS = {"triton": EXTRA_OPS}
 
 
 @dataclass(frozen=True)
 class Backend:
     """The six fused ops of one backend (see the module docstring), ``bn_backward``
     (:func:`fused_resnet.reference.bn_backward`: plain torch unless the backend has a
-    kernel for it) and ``conv_bn_fwd`` (:func:`fused_resnet.reference.conv_bn_fwd` in one
-    op, where the backend has it)."""
+    kernel for it), ``conv_bn_fwd`` and ``block_end_bwd_bn``
+    (:func:`fused_resnet.reference.conv_bn_fwd`, ``block_end_bwd_bn``: each in one op,
+    where the backend has it)."""
 
     name: str
     conv_fwd: Callable
@@ -96,6 +97,7 @@ class Backend:
     conv_bwd_weight: Callable
     bn_backward: Callable = reference.bn_backward
     conv_bn_fwd: Callable | None = None  # None: conv_fwd, then bn_finalize
+    block_end_bwd_bn: Callable | None = None  # None: block_end_bwd, then bn_backward
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -118,10 +120,8 @@ def get_backend(name: str) -> Backend:
         return _backend_from(name, lambda op: getattr(reference, op))
     if name == "triton":
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"),
-                             bn_backward=getattr(torch.ops.fused_resnet,
-                                                 BN_BACKWARD_KERNELS[name]),
-                             conv_bn_fwd=getattr(torch.ops.fused_resnet,
-                                                 CONV_BN_FWD_KERNELS[name]))
+                             **{op: getattr(torch.ops.fused_resnet, op + "_triton")
+                                for op in EXTRA_KERNELS[name]})
     if name == "cuda" and cuda_emulated():
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet_cuda_emu, op))
     return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op))

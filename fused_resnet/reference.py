@@ -337,6 +337,47 @@ def bn_backward(
             *bn_param_grads(sum_dz, sum_dz_xhat, weight, bias))
 
 
+def block_end_bwd_bn(
+    d_out: Tensor,
+    out: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    y_d: Tensor | None,
+    mean_d: Tensor | None,
+    invstd_d: Tensor | None,
+    count: int,
+    scale: Tensor,
+    batch_stats: bool,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    count_d: int,
+    scale_d: Tensor | None,
+    batch_stats_d: bool,
+    weight_d: Tensor | None,
+    bias_d: Tensor | None,
+) -> tuple[Tensor, ...]:
+    """:func:`block_end_bwd` (no drop path) followed by :func:`bn_backward` of the block's
+    last BN (``count``, ``scale``, ``mean``, ``invstd``, ...) and, with a projection, of its
+    BN (the ``_d`` arguments). Returns ``(dz, a, b, c, dweight, dbias, a_d, b_d, c_d,
+    dweight_d, dbias_d)``, an absent gradient (or BN) as empty tensors. (Backends with a
+    kernel for it end the sums' reduction in BN backward: one or two launches fewer.)"""
+    dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d = block_end_bwd(d_out, out, y, mean, invstd, y_d,
+                                                            mean_d, invstd_d)
+
+    def bn(sum_dz_xhat, count, scale, mean, invstd, batch_stats, weight, bias):
+        outs = bn_backward(sum_dz, sum_dz_xhat, count, scale, mean, invstd, batch_stats,
+                           weight, bias)
+        return tuple(t if t is not None else scale.new_empty(0) for t in outs)
+
+    main = bn(sum_dz_xhat, count, scale, mean, invstd, batch_stats, weight, bias)
+    if y_d is None:
+        return (dz, *main, *(scale.new_empty(0) for _ in range(5)))
+    return (dz, *main,
+            *bn(sum_dz_xhat_d, count_d, scale_d, mean_d, invstd_d, batch_stats_d, weight_d,
+                bias_d))
+
+
 def _bn_bwd_apply(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """``a*dz + b*y + c`` per channel, in the statistics dtype."""
     return (dz.to(a.dtype) * _per_channel(a) + y.to(a.dtype) * _per_channel(b)

@@ -64,8 +64,9 @@ def test_recorder_counts_conv_flops():
 def test_planning_backend_records_each_fused_op_call():
     """A projection bottleneck's training step calls every fused op the dataflow needs
     (docs/design.md §1): 4 convs forward with their BN finalizations (one op each on
-    Triton), one block end, its backward, 4 BN backwards, 4 weight gradients and 4 input
-    gradients (x requires grad)."""
+    Triton), one block end, its backward with the last and the projection's BN backward
+    (one op on Triton), the 2 other BN backwards, 4 weight gradients and 4 input gradients
+    (x requires grad)."""
     with torch.device("meta"):
         ds = torch.nn.Sequential(torch.nn.Conv2d(24, 32, 1, 2, bias=False),
                                  torch.nn.BatchNorm2d(32))
@@ -81,17 +82,18 @@ def test_planning_backend_records_each_fused_op_call():
     for t in rec.trace:
         if t.source == "triton" and t.launch.kernel in plans_first_kernels(t.op):
             calls[t.op] = calls.get(t.op, 0) + 1
-    assert calls == {"conv_bn_fwd": 4, "block_end": 1, "block_end_bwd": 1,
-                     "bn_backward": 4, "conv_bwd_weight": 4, "conv_bwd_data": 4}
+    assert calls == {"conv_bn_fwd": 4, "block_end": 1, "block_end_bwd_bn": 1,
+                     "bn_backward": 2, "conv_bwd_weight": 4, "conv_bwd_data": 4}
     assert out.shape == (3, 32, 7, 7) and x.grad is not None and x.grad.shape == x.shape
     assert block._ops.name == "reference"  # the block's own backend is back
 
 
 def plans_first_kernels(op: str) -> set[str]:
     """The kernel that starts each call of ``op`` (its GEMM or its only kernel)."""
-    return {"conv_fwd": {"conv_fwd"}, "conv_bn_fwd": {"conv_fwd"}, "conv_bwd_data": {"conv_dgrad"},
-            "conv_bwd_weight": {"conv_wgrad"}, "bn_finalize": {"bn_finalize"},
-            "block_end": {"block_end"}, "block_end_bwd": {"block_end_bwd"},
+    return {"conv_fwd": {"conv_fwd"}, "conv_bn_fwd": {"conv_fwd"},
+            "conv_bwd_data": {"conv_dgrad"}, "conv_bwd_weight": {"conv_wgrad"},
+            "bn_finalize": {"bn_finalize"}, "block_end": {"block_end"},
+            "block_end_bwd": {"block_end_bwd"}, "block_end_bwd_bn": {"block_end_bwd"},
             "bn_backward": {"bn_backward"}}[op]
 
 
@@ -167,9 +169,6 @@ def test_fused_flops_are_the_needed_ones(provider):
 # Budgets a backend misses today, and why. Cleared by the work that fixes the backend (the
 # entry goes), never by loosening a budget.
 _WHY = {
-    ("fused_triton", "launches"):
-        "a projection block's four BN backwards and wgrad split-K sums are launches of their "
-        "own (the blocks without a projection are within budget)",
     ("fused_triton", "bytes"):
         "block_end_bwd writes dz and the convs' backward reads it, where the roofline recomputes "
         "dy in its consumers",
@@ -194,11 +193,6 @@ _WHY = {
 # launches under 2 waves, the longest reduction, modeled time / floor. A value may only
 # go down; once within its budget, its entry goes.
 KNOWN_OVER: dict[tuple[str, str, str], float] = {
-    ("fused_triton", "launches", "r50_conv2_first"): 29,
-    ("fused_triton", "launches", "r50_conv3_first"): 29,
-    ("fused_triton", "launches", "r50_conv4_first"): 29,
-    ("fused_triton", "launches", "r50_conv5_first"): 29,
-    ("fused_triton", "launches", "resnet50_step"): 417,
     ("fused_triton", "bytes", "r50_conv5_rep"): 1.16,
     ("fused_triton", "waves", "r50_conv2_first"): 3,
     ("fused_triton", "waves", "r50_conv2_rep"): 1,
@@ -206,8 +200,8 @@ KNOWN_OVER: dict[tuple[str, str, str], float] = {
     ("fused_triton", "waves", "r50_conv5_rep"): 2,
     ("fused_triton", "waves", "resnet50_step"): 11,
     ("fused_triton", "modeled_time", "r50_conv4_rep"): 1.48,
-    ("fused_triton", "modeled_time", "r50_conv5_first"): 1.58,
-    ("fused_triton", "modeled_time", "r50_conv5_rep"): 2.0,
+    ("fused_triton", "modeled_time", "r50_conv5_first"): 1.57,
+    ("fused_triton", "modeled_time", "r50_conv5_rep"): 1.98,
     ("fused_triton", "modeled_time", "resnet50_step"): 1.37,
     ("fused_cuda", "launches", "r50_conv2_first"): 79,
     ("fused_cuda", "launches", "r50_conv2_rep"): 61,

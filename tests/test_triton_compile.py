@@ -64,7 +64,8 @@ def test_every_kernel_family_and_dtype_compiles():
     results = compiled()
     assert {r["kind"] for r in results} == {"fwd", "dgrad", "wgrad", "merge_stats",
                                             "column_sum", "block_end", "block_end_bwd",
-                                            "bn_finalize", "bn_backward"}
+                                            "bn_finalize", "bn_backward",
+                                            "bn_backward_sums"}
     assert {(r["target"], r["dtype"]) for r in results if r["kind"] == "fwd"} == \
         {(t, d) for t in aot.AOT_TARGETS for d in aot.DTYPES}
 

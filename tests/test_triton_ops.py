@@ -264,6 +264,36 @@ def test_bn_finalize(momentum, affine, update):
             assert_close(o, r, torch.float32, what=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("size", [(2, 37, 5, 3), (2, 70, 24, 24)], ids=["one_group", "groups"])
+def test_block_end_bwd_bn(dtype, projection, affine, size):
+    """The block end's backward ending in its BNs' backward (one op), as the reference
+    composes block_end_bwd and bn_backward: one reduction group, or groups merged by the
+    last to arrive over three channel blocks; the projection's BN with fixed statistics."""
+    from fused_resnet.triton import plans
+
+    n, c, h, w = size
+    shape = (n, c, h, w)
+    main, sums = plans.block_end_bwd_bn_plan(n * h * w, c, "fp32", plans.INTERPRETER_TARGET,
+                                             projection)
+    assert sums.meta["TICKET"] == (size[2] > 5)
+    out = torch.relu(_data(*shape, dtype=dtype, channels_last=True))
+    count = n * h * w
+    check_op("block_end_bwd_bn", "d_out", d_out=_data(*shape, dtype=dtype, channels_last=True),
+             out=out, y=_data(*shape, dtype=dtype, offset=3.0), mean=_vec(c, 3.0),
+             invstd=_vec(c, 1.0).abs() + 0.1,
+             y_d=_data(*shape, dtype=dtype, channels_last=True) if projection else None,
+             mean_d=_vec(c) if projection else None,
+             invstd_d=_vec(c, 1.0).abs() + 0.1 if projection else None, count=count,
+             scale=_vec(c, 1.0), batch_stats=True, weight=_vec(c, 1.0) if affine else None,
+             bias=_vec(c) if affine else None, count_d=count,
+             scale_d=_vec(c, 1.0) if projection else None, batch_stats_d=False,
+             weight_d=_vec(c, 1.0) if projection else None,
+             bias_d=_vec(c) if projection and affine else None)
+
+
 def _conv_bn_fwd_cases():
     flags = [(m, a, u) for m in (0.1, None) for a in (True, False) for u in (True, False)]
     for name, shape, cases in (("one_group", (2, 5, 9, 7), flags),

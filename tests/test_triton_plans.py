@@ -332,6 +332,12 @@ def test_op_plan_is_what_the_per_channel_ops_launch(record, cl, projection):
             _t(*shape, cl=True) if projection else None, _v(c) if projection else None,
             _v(c) if projection else None)
     assert record("block_end_bwd", *args)[1] == _expected("block_end_bwd", args)
+    args = (_t(*shape, cl=cl), _t(*shape, cl=cl), _t(*shape), _v(c), _v(c),
+            _t(*shape, cl=True) if projection else None, _v(c) if projection else None,
+            _v(c) if projection else None, 30, _v(c), True, _v(c), None, 30,
+            torch.rand(2 * c)[::2] if projection else None, False, None,
+            _v(c) if projection else None)
+    assert record("block_end_bwd_bn", *args)[1] == _expected("block_end_bwd_bn", args)
     args = (_v(c), _v(c), 50, _v(c), _v(c), _v(c), _v(c), torch.tensor(3), 0.1, 1e-5, True)
     assert record("bn_finalize", *args)[1] == _expected("bn_finalize", args)
     scale = torch.rand(2 * c)[::2]  # not contiguous: one copy

@@ -54,6 +54,7 @@ KERNELS = {
                                                          "y_d_ptr", "dz_ptr"}),
     "bn_finalize": (elementwise.bn_finalize_kernel, set()),
     "bn_backward": (elementwise.bn_backward_kernel, set()),
+    "bn_backward_sums": (elementwise.bn_backward_sums_kernel, set()),
 }
 
 # The heaviest flag combinations the blocks use (training forward/backward, inference).
@@ -86,10 +87,15 @@ _OTHER_KERNELS = [
                          CUMULATIVE=True, BLOCK_C=1024), 4),
     ("bn_backward", dict(BATCH_STATS=True, HAS_WEIGHT=True, HAS_BIAS=True,
                          BLOCK_C=configs.REDUCE_GPU[1]), _REDUCE_WARPS),
+    *(("bn_backward_sums", dict(HAS_D=True, BATCH_STATS=True, HAS_WEIGHT=True, HAS_BIAS=True,
+                                BATCH_STATS_D=True, HAS_WEIGHT_D=True, HAS_BIAS_D=True,
+                                TICKET=ticket, BLOCK_R=r, BLOCK_C=c), _REDUCE_WARPS)
+      for r, c in (configs.REDUCE_GPU[:2], *configs.REDUCE_NARROW_GPU)
+      for ticket in (True, False)),
 ]
 
 
-_FLOAT_ARGS = {"count", "unbiased_count", "momentum", "eps"}  # the launchers pass floats
+_FLOAT_ARGS = {"count", "count_d", "unbiased_count", "momentum", "eps"}  # passed as floats
 
 
 def _signature(kind: str, dtype: str, constexprs: dict, divisible: set[str]):

@@ -56,11 +56,11 @@ INTERPRETER = TileConfig(32, 16, 16, num_warps=1, num_stages=1)
 ELEMENTWISE_GPU = (64, 64, 4)  # (rows, channels, warps)
 ELEMENTWISE_INTERPRETER = (64, 32, 1)
 # Reductions: [rows per step, channels] fp32 tiles of 4,096 elements over 8 warps; the
-# statistics merge, which holds three such tiles and its running totals, half as many
-# rows (no spill on any family). A column sum over few rows and many columns (wgrad's
+# statistics merge, which holds three such tiles, its running totals and BN's pointers,
+# a quarter of that (ptxas gives larger ones a stack frame on some families). A column sum over few rows and many columns (wgrad's
 # split-K slices) takes a narrower tile so its one group still fills two waves.
 REDUCE_GPU = (64, 64, 8)  # (rows per step, channels, warps)
-MERGE_GPU = (32, 64, 8)
+MERGE_GPU = (32, 32, 8)
 REDUCE_NARROW_GPU = ((128, 32), (256, 16))  # (rows per step, channels), same warps
 MIN_GROUP_PARTS = 2  # a reduction group's fewest parts: group results cost traffic too
 REDUCE_INTERPRETER = (16, 32, 1)

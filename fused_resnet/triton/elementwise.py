@@ -20,11 +20,13 @@ from ._common import (
     device_guard,
     dtype_class,
     launch_options,
+    last_to_arrive,
     launcher,
     nhwc,
     reduction_counters,
     relu_keep_nan,
     row_tile,
+    sum_rows,
     target_of,
     vec,
     zero_counters,
@@ -163,16 +165,14 @@ def bn_finalize_kernel(mean_ptr, m2_ptr, weight_ptr, bias_ptr, scale_ptr, shift_
 
 
 @triton.jit
-def bn_backward_kernel(sum_dz_ptr, sum_dz_xhat_ptr, scale_ptr, mean_ptr, invstd_ptr, a_ptr,
-                       b_ptr, c_ptr, dweight_ptr, dbias_ptr, C, count,
-                       BATCH_STATS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """BN backward as dy = a*dz + b*y + c (see reference.bn_bwd_coeffs) and the BN
-    parameters' gradients (dweight = sum(dz*xhat), dbias = sum(dz), in their dtypes)."""
-    offs, mask = channel_tile(tl.program_id(0), C, BLOCK_C)
+def bn_backward_channels(sum_dz, sum_dz_xhat, offs, mask, scale_ptr, mean_ptr, invstd_ptr,
+                         a_ptr, b_ptr, c_ptr, dweight_ptr, dbias_ptr, count,
+                         BATCH_STATS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                         HAS_BIAS: tl.constexpr):
+    """BN backward of channels ``offs`` from their sums: dy = a*dz + b*y + c (see
+    reference.bn_bwd_coeffs) and the BN parameters' gradients (dweight = sum(dz*xhat),
+    dbias = sum(dz), in their dtypes)."""
     scale = tl.load(scale_ptr + offs, mask=mask, other=0.0)
-    sum_dz = tl.load(sum_dz_ptr + offs, mask=mask, other=0.0)
-    sum_dz_xhat = tl.load(sum_dz_xhat_ptr + offs, mask=mask, other=0.0)
     b = tl.zeros_like(scale)
     c = tl.zeros_like(scale)
     if BATCH_STATS:
@@ -187,6 +187,73 @@ def bn_backward_kernel(sum_dz_ptr, sum_dz_xhat_ptr, scale_ptr, mean_ptr, invstd_
         tl.store(dweight_ptr + offs, sum_dz_xhat.to(dweight_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
         tl.store(dbias_ptr + offs, sum_dz.to(dbias_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bn_backward_kernel(sum_dz_ptr, sum_dz_xhat_ptr, scale_ptr, mean_ptr, invstd_ptr, a_ptr,
+                       b_ptr, c_ptr, dweight_ptr, dbias_ptr, C, count,
+                       BATCH_STATS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """BN backward (bn_backward_channels) from sums computed before."""
+    offs, mask = channel_tile(tl.program_id(0), C, BLOCK_C)
+    bn_backward_channels(tl.load(sum_dz_ptr + offs, mask=mask, other=0.0),
+                         tl.load(sum_dz_xhat_ptr + offs, mask=mask, other=0.0), offs, mask,
+                         scale_ptr, mean_ptr, invstd_ptr, a_ptr, b_ptr, c_ptr, dweight_ptr,
+                         dbias_ptr, count, BATCH_STATS, HAS_WEIGHT, HAS_BIAS)
+
+
+@triton.jit
+def bn_backward_sums_kernel(
+    part_ptr, scratch_ptr, counter_ptr, rows, C, chunk,
+    scale_ptr, mean_ptr, invstd_ptr, a_ptr, b_ptr, c_ptr, dweight_ptr, dbias_ptr, count,
+    scale_d_ptr, mean_d_ptr, invstd_d_ptr, a_d_ptr, b_d_ptr, c_d_ptr, dweight_d_ptr,
+    dbias_d_ptr, count_d,
+    HAS_D: tl.constexpr, BATCH_STATS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BATCH_STATS_D: tl.constexpr, HAS_WEIGHT_D: tl.constexpr,
+    HAS_BIAS_D: tl.constexpr, TICKET: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """block_end_bwd's sums (part[0|1|2, row, c]: dz, dz*xhat, dz*xhat_d) reduced as
+    column_sum_kernel does (groups, the last to arrive adding them in order), ending in BN
+    backward (bn_backward_channels) of the block's last BN from sums 0 and 1 and, HAS_D,
+    of the projection's BN from sums 0 and 2."""
+    pid_c = tl.program_id(0)
+    offs_c, c_mask = channel_tile(pid_c, C, BLOCK_C)
+    g = tl.program_id(1)
+    start = g * chunk
+    end = tl.minimum(rows, start + chunk)
+    plane = rows.to(tl.int64) * C
+    s0 = sum_rows(part_ptr, C, start, end, offs_c, c_mask, BLOCK_R, BLOCK_C, False)
+    s1 = sum_rows(part_ptr + plane, C, start, end, offs_c, c_mask, BLOCK_R, BLOCK_C, False)
+    s2 = s1
+    if HAS_D:
+        s2 = sum_rows(part_ptr + 2 * plane, C, start, end, offs_c, c_mask, BLOCK_R, BLOCK_C,
+                       False)
+    done = True
+    if TICKET:
+        groups = tl.num_programs(1)
+        gplane = groups.to(tl.int64) * C
+        at = g.to(tl.int64) * C + offs_c
+        tl.store(scratch_ptr + at, s0, mask=c_mask)
+        tl.store(scratch_ptr + gplane + at, s1, mask=c_mask)
+        if HAS_D:
+            tl.store(scratch_ptr + 2 * gplane + at, s2, mask=c_mask)
+        done = last_to_arrive(counter_ptr + pid_c, groups)
+        if done:
+            s0 = sum_rows(scratch_ptr, C, 0, groups, offs_c, c_mask, BLOCK_R, BLOCK_C, True)
+            s1 = sum_rows(scratch_ptr + gplane, C, 0, groups, offs_c, c_mask, BLOCK_R,
+                           BLOCK_C, True)
+            if HAS_D:
+                s2 = sum_rows(scratch_ptr + 2 * gplane, C, 0, groups, offs_c, c_mask,
+                               BLOCK_R, BLOCK_C, True)
+    if done:
+        bn_backward_channels(s0, s1, offs_c, c_mask, scale_ptr, mean_ptr, invstd_ptr, a_ptr,
+                             b_ptr, c_ptr, dweight_ptr, dbias_ptr, count, BATCH_STATS,
+                             HAS_WEIGHT, HAS_BIAS)
+        if HAS_D:
+            bn_backward_channels(s0, s2, offs_c, c_mask, scale_d_ptr, mean_d_ptr,
+                                 invstd_d_ptr, a_d_ptr, b_d_ptr, c_d_ptr, dweight_d_ptr,
+                                 dbias_d_ptr, count_d, BATCH_STATS_D, HAS_WEIGHT_D, HAS_BIAS_D)
 
 
 def _like(out: Tensor, main: Tensor) -> Tensor:
@@ -225,17 +292,77 @@ def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: T
                   y_d: Tensor | None, mean_d: Tensor | None, invstd_d: Tensor | None,
                   branch_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """See :func:`fused_resnet.reference.block_end_bwd`."""
-    check_data("block_end_bwd", d_out)
-    n, c, h, w = d_out.shape
-    rows = n * h * w
     has_d = y_d is not None
-    target = target_of(d_out)
-    main, sum_launch = plans.block_end_bwd_plan(rows, c, dtype_class(d_out.dtype), target,
-                                                has_d)
+    main, sum_launch = plans.block_end_bwd_plan(*_rows_channels(d_out), dtype_class(d_out.dtype),
+                                                target_of(d_out), has_d)
+    dz, part, counters = _block_end_bwd_main(main, sum_launch, d_out, out, y, mean, invstd,
+                                             y_d, mean_d, invstd_d, branch_scale)
+    with device_guard(d_out):
+        sums = column_sums(part, sum_launch, counters=counters)
+    if not has_d:
+        sums.append(d_out.new_empty(0, dtype=torch.float32))
+    return (_like(dz, d_out), *sums)
+
+
+def block_end_bwd_bn(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: Tensor,
+                     y_d: Tensor | None, mean_d: Tensor | None, invstd_d: Tensor | None,
+                     count: int, scale: Tensor, batch_stats: bool, weight: Tensor | None,
+                     bias: Tensor | None, count_d: int, scale_d: Tensor | None,
+                     batch_stats_d: bool, weight_d: Tensor | None,
+                     bias_d: Tensor | None) -> tuple[Tensor, ...]:
+    """See :func:`fused_resnet.reference.block_end_bwd_bn`: the sums' reduction ends in BN
+    backward, so no bn_backward launch follows."""
+    has_d = y_d is not None
+    main, sums = plans.block_end_bwd_bn_plan(*_rows_channels(d_out), dtype_class(d_out.dtype),
+                                             target_of(d_out), has_d)
+    dz, part, counters = _block_end_bwd_main(main, sums, d_out, out, y, mean, invstd, y_d,
+                                             mean_d, invstd_d, None)
+    bn = _bn_backward_outputs(scale, weight, bias)
+    bn_d = (_bn_backward_outputs(scale_d, weight_d, bias_d) if has_d
+            else tuple(scale.new_empty(0) for _ in range(5)))
+
+    def bn_args(outs, scale, mean, invstd, count, weight, bias) -> tuple:
+        """One BN's pointers (absent ones: ``part``, never touched: flags say so)."""
+        if scale is None:
+            return (part,) * 8 + (1.0,)
+        a, b, c, dweight, dbias = outs
+        return (vec(scale, part), vec(mean, part), vec(invstd, part), a, b, c,
+                dweight if weight is not None else part, dbias if bias is not None else part,
+                float(count))
+
+    scratch = (torch.empty((part.shape[0], sums.grid[1], part.shape[2]), dtype=torch.float32,
+                           device=part.device) if sums.meta["TICKET"] else part)
+    with device_guard(d_out):
+        launcher(bn_backward_sums_kernel)[sums.grid](
+            part, scratch, counters if counters is not None else part, part.shape[1],
+            part.shape[2], sums.meta["chunk"],
+            *bn_args(bn, scale, mean, invstd, count, weight, bias),
+            *bn_args(bn_d, scale_d if has_d else None, mean_d, invstd_d, count_d, weight_d,
+                     bias_d),
+            HAS_D=has_d, BATCH_STATS=batch_stats, HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None, BATCH_STATS_D=batch_stats_d,
+            HAS_WEIGHT_D=weight_d is not None, HAS_BIAS_D=bias_d is not None,
+            TICKET=sums.meta["TICKET"], BLOCK_R=sums.meta["BLOCK_R"],
+            BLOCK_C=sums.meta["BLOCK_C"], **launch_options(sums.num_warps))
+    return (_like(dz, d_out), *bn, *bn_d)
+
+
+def _rows_channels(t: Tensor) -> tuple[int, int]:
+    n, c, h, w = t.shape
+    return n * h * w, c
+
+
+def _block_end_bwd_main(main, sums, d_out, out, y, mean, invstd, y_d, mean_d, invstd_d,
+                        branch_scale) -> tuple[Tensor, Tensor, Tensor | None]:
+    """block_end_bwd's elementwise kernel: (dz, its per-tile sums part[2|3, tile, C], the
+    counters of the reduction ``sums`` that follows, cleared)."""
+    check_data("block_end_bwd", d_out)
+    rows, c = _rows_channels(d_out)
+    has_d = y_d is not None
     dz = torch.empty_like(d_out, memory_format=torch.channels_last)
     part = torch.empty((3 if has_d else 2, main.grid[0], c), dtype=torch.float32,
                        device=d_out.device)
-    counters = reduction_counters(sum_launch, d_out.device)
+    counters = reduction_counters(sums, d_out.device)
     with device_guard(d_out):
         launcher(block_end_bwd_kernel)[main.grid](
             nhwc(d_out), nhwc(out), nhwc(y), vec(mean, y), vec(invstd, y),
@@ -244,10 +371,19 @@ def block_end_bwd(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd: T
             counters.numel() if counters is not None else 0, rows, c,
             *_branch_args(branch_scale, d_out), HAS_D=has_d,
             HAS_BRANCH=branch_scale is not None, **main.meta, **launch_options(main.num_warps))
-        sums = column_sums(part, sum_launch, counters=counters)
-    if not has_d:
-        sums.append(d_out.new_empty(0, dtype=torch.float32))
-    return (_like(dz, d_out), *sums)
+    return dz, part, counters
+
+
+def _bn_backward_outputs(scale: Tensor, weight: Tensor | None,
+                         bias: Tensor | None) -> tuple[Tensor, ...]:
+    """(a, b, c, dweight, dbias) to be written; an absent parameter's gradient is empty."""
+    c = scale.shape[0]
+    a, b, cc = (torch.empty(c, dtype=torch.float32, device=scale.device) for _ in range(3))
+    dweight = (torch.empty_like(weight, memory_format=torch.contiguous_format)
+               if weight is not None else scale.new_empty(0))
+    dbias = (torch.empty_like(bias, memory_format=torch.contiguous_format)
+             if bias is not None else scale.new_empty(0))
+    return a, b, cc, dweight, dbias
 
 
 def check_finalize_args(update_running_stats: bool, running_mean: Tensor | None,
@@ -295,11 +431,7 @@ def bn_backward(sum_dz: Tensor, sum_dz_xhat: Tensor, count: int, scale: Tensor, 
     """See :func:`fused_resnet.reference.bn_backward`, in one launch; an absent parameter's
     gradient is an empty tensor."""
     c = scale.shape[0]
-    a, b, cc = (torch.empty(c, dtype=torch.float32, device=scale.device) for _ in range(3))
-    dweight = (torch.empty_like(weight, memory_format=torch.contiguous_format)
-               if weight is not None else scale.new_empty(0))
-    dbias = (torch.empty_like(bias, memory_format=torch.contiguous_format)
-             if bias is not None else scale.new_empty(0))
+    a, b, cc, dweight, dbias = _bn_backward_outputs(scale, weight, bias)
     (launch,) = plans.bn_backward_plan(c, target_of(scale))
     with device_guard(scale):
         launcher(bn_backward_kernel)[launch.grid](

@@ -59,21 +59,24 @@ def _scratch_rows(groups: int) -> int:
     return 2 * groups if groups > 1 else 0
 
 
-def _column_tile(rows: int, cols: int, batch: int,
-                 target: Target) -> tuple[int, int, int]:
-    """The reduce tile of a column sum: the default one, or, when a single level's grid
-    would fill less than two waves, the first narrower tile whose grid does (else the
-    narrowest); the rows of a narrower tile still fit one level."""
-    block_r, block_c, warps = _reduce_tile(target)
-    if _interpreting(target) or configs.forced_value("reduce"):
-        return block_r, block_c, warps
-    two_waves = _two_waves(warps, target)
-    if rows > MAX_SERIAL_STEPS * block_r or cdiv(cols, block_c) * batch >= two_waves:
-        return block_r, block_c, warps
-    for block_r, block_c in configs.REDUCE_NARROW_GPU:
-        if cdiv(cols, block_c) * batch >= two_waves:
+def _reduce_layout(rows: int, cols: int, programs_per_group: int, target: Target,
+                   ticket: bool) -> tuple[int, int, int, int, int]:
+    """(BLOCK_R, BLOCK_C, warps, groups, chunk) of a reduction over ``rows`` of ``cols``
+    columns (``programs_per_group`` programs per group and column block): the default tile,
+    or the first narrower one whose grid fills two waves (else the narrowest); groups
+    (``ticket``) or one group walking every row."""
+    tiles = [_reduce_tile(target)]
+    if not (_interpreting(target) or configs.forced_value("reduce")):
+        tiles += [(r, c, tiles[0][2]) for r, c in configs.REDUCE_NARROW_GPU]
+    for block_r, block_c, warps in tiles:
+        groups, chunk = (_ticket_groups(rows, block_r, cdiv(cols, block_c) * programs_per_group,
+                                        target, warps) if ticket else (1, max(rows, 1)))
+        programs = cdiv(cols, block_c) * programs_per_group * groups
+        if programs >= _two_waves(warps, target):
             break
-    return block_r, block_c, warps
+    if not ticket and rows > MAX_SERIAL_STEPS * block_r:
+        raise ValueError(f"a column sum over {rows} rows needs the ticketed launch")
+    return block_r, block_c, warps, groups, chunk
 
 
 def column_sum_launch(rows: int, cols: int, target: Target, batch: int = 1,
@@ -84,12 +87,8 @@ def column_sum_launch(rows: int, cols: int, target: Target, batch: int = 1,
     waves and the last of each column block to finish adds the group sums in order, else
     one group walks every row (rows of few, long columns: wgrad's split-K slices).
     Deterministic: the order depends only on the shape."""
-    block_r, block_c, warps = _column_tile(rows, cols, batch, target)
+    block_r, block_c, warps, groups, chunk = _reduce_layout(rows, cols, batch, target, ticket)
     col_blocks = cdiv(cols, block_c)
-    groups, chunk = (_ticket_groups(rows, block_r, col_blocks * batch, target, warps)
-                     if ticket else (1, max(rows, 1)))
-    if not ticket and rows > MAX_SERIAL_STEPS * block_r:
-        raise ValueError(f"a column sum over {rows} rows needs the ticketed launch")
     steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
     return Launch("column_sum", (col_blocks, groups, batch), warps,
                   meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
@@ -206,6 +205,29 @@ def block_end_bwd_plan(rows: int, channels: int, dtype_class: str, target: Targe
                   bytes=es * rows * channels * (5 if has_d else 4), flops=8 * rows * channels)
     sums = column_sum_launch(tiles, channels, target, 3 if has_d else 2)
     return OpPlan("block_end_bwd", (main, sums))
+
+
+def bn_backward_sums_launch(rows: int, channels: int, target: Target, has_d: bool) -> Launch:
+    """block_end_bwd_bn's reduction: the 2 (3 with a projection) sums of
+    :func:`column_sum_launch` in each program (one row loop), in groups over two waves
+    (the last to arrive adds the groups' sums), ending in BN backward of the channel
+    block."""
+    block_r, block_c, warps, groups, chunk = _reduce_layout(rows, channels, 1, target, True)
+    col_blocks = cdiv(channels, block_c)
+    planes = 3 if has_d else 2
+    steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
+    return Launch("bn_backward_sums", (col_blocks, groups), warps,
+                  meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
+                        "TICKET": groups > 1, "counters": col_blocks if groups > 1 else 0},
+                  bytes=4 * (planes * (rows + _scratch_rows(groups)) + 10 * (planes - 1))
+                  * channels, flops=planes * rows * channels, serial_steps=max(steps, 1))
+
+
+def block_end_bwd_bn_plan(rows: int, channels: int, dtype_class: str, target: Target,
+                          has_d: bool) -> OpPlan:
+    main = block_end_bwd_plan(rows, channels, dtype_class, target, has_d).launches[0]
+    return OpPlan("block_end_bwd_bn",
+                  (main, bn_backward_sums_launch(main.grid[0], channels, target, has_d)))
 
 
 def bn_finalize_plan(channels: int, target: Target) -> OpPlan:
@@ -391,6 +413,20 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
         plan = block_end_bwd_plan(n * h * w, c, _dtype_class(d_out.dtype), target,
                                   y_d is not None)
         return OpPlan(op, (*stage, *plan, *_like("dz", d_out.shape, d_out)))
+    if op == "block_end_bwd_bn":
+        d_out, out_t, y, mean, invstd, y_d, mean_d, invstd_d, _, scale, _, _, _, _, scale_d = \
+            args[:15]
+        n, c, h, w = d_out.shape
+        stage = (_nhwc("d_out", d_out) + _nhwc("out", out_t) + _nhwc("y", y)
+                 + _vecs(mean=mean, invstd=invstd) + _nhwc("y_d", y_d)
+                 + _vecs(mean_d=mean_d, invstd_d=invstd_d))
+        plan = block_end_bwd_bn_plan(n * h * w, c, _dtype_class(d_out.dtype), target,
+                                     y_d is not None)
+        vectors = _vecs(scale=scale, mean=mean, invstd=invstd)
+        if y_d is not None:
+            vectors += _vecs(scale_d=scale_d, mean_d=mean_d, invstd_d=invstd_d)
+        return OpPlan(op, (*stage, plan.launches[0], *vectors, plan.launches[1],
+                           *_like("dz", d_out.shape, d_out)))
     if op == "bn_finalize":
         return bn_finalize_plan(args[0].shape[0], target)
     if op == "bn_backward":

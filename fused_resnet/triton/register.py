@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from .._fakes import fake_bn_backward, fake_conv_bn_fwd, register_fakes
+from .._fakes import (
+    fake_block_end_bwd_bn,
+    fake_bn_backward,
+    fake_conv_bn_fwd,
+    register_fakes,
+)
 from . import conv, elementwise
 from ._common import INTERPRET
 
@@ -41,9 +46,16 @@ SCHEMAS = {
                        "int stride, int padding, int dilation, int groups) -> Tensor",
 }
 # Triton only: BN backward's coefficients and parameter gradients in one launch (the other
-# backends run reference.bn_backward, a few torch ops), and a training unit's conv with
-# its BN finalization (the others run conv_fwd, then bn_finalize).
+# backends run reference.bn_backward, a few torch ops), a training unit's conv with its
+# BN finalization (the others run conv_fwd, then bn_finalize), and the block end's
+# backward with its BNs' backward (the others run block_end_bwd, then bn_backward).
 EXTRA_SCHEMAS = {
+    "block_end_bwd_bn": "(Tensor d_out, Tensor out, Tensor y, Tensor mean, Tensor invstd, "
+                        "Tensor? y_d, Tensor? mean_d, Tensor? invstd_d, int count, "
+                        "Tensor scale, bool batch_stats, Tensor? weight, Tensor? bias, "
+                        "int count_d, Tensor? scale_d, bool batch_stats_d, Tensor? weight_d, "
+                        "Tensor? bias_d) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+                        "Tensor, Tensor, Tensor, Tensor, Tensor)",
     "conv_bn_fwd": "(Tensor x, Tensor weight, int stride, int padding, int dilation, "
                    "int groups, Tensor? in_scale, Tensor? in_shift, bool in_relu, "
                    "Tensor? bn_weight, Tensor? bn_bias, Tensor(a!)? running_mean, "
@@ -64,6 +76,7 @@ IMPLS = {
     "conv_bwd_weight": conv.conv_bwd_weight,
     "bn_backward": elementwise.bn_backward,
     "conv_bn_fwd": conv.conv_bn_fwd,
+    "block_end_bwd_bn": elementwise.block_end_bwd_bn,
 }
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 MUTATES = {"bn_finalize": _RUNNING_STATS, "conv_bn_fwd": _RUNNING_STATS}
@@ -77,7 +90,7 @@ def _define(name: str):
 
 
 def register_all() -> dict:
-    """Define the six ops, bn_backward and conv_bn_fwd (once per process) and their fake
+    """Define the six ops and the Triton-only ones (once per process) and their fake
     kernels;
     returns the defs."""
     if hasattr(torch.ops.fused_resnet, "conv_fwd" + SUFFIX):
@@ -87,4 +100,6 @@ def register_all() -> dict:
     register_fakes(SUFFIX)
     torch.library.register_fake(f"fused_resnet::bn_backward{SUFFIX}")(fake_bn_backward)
     torch.library.register_fake(f"fused_resnet::conv_bn_fwd{SUFFIX}")(fake_conv_bn_fwd)
+    torch.library.register_fake(f"fused_resnet::block_end_bwd_bn{SUFFIX}")(
+        fake_block_end_bwd_bn)
     return defs
