@@ -308,31 +308,38 @@ def _conv_bn_fwd_cases():
 def test_conv_bn_fwd(momentum, affine, update, shape):
     """conv_fwd with statistics and bn_finalize in one op, as the reference composes them:
     with one merge group, with groups merged by the last to arrive over three channel
-    blocks (num_batches_tracked incremented once, after every block read it), and on an
-    empty batch."""
+    blocks (num_batches_tracked counted once), and on an empty batch."""
     n, c_in, hw, c_out = shape
-    x = _data(n, c_in, hw, hw, dtype=torch.float32, channels_last=True, offset=1.0)
+    _check_conv_bn_fwd(_data(n, c_in, hw, hw, dtype=torch.float32, channels_last=True,
+                             offset=1.0), torch.randn(c_out, c_in, 3, 3, device=DEVICE) / 4,
+                       1, 1, momentum, affine, update)
+
+
+def _check_conv_bn_fwd(x, weight, stride, padding, momentum, affine, update):
+    """conv_bn_fwd_triton against reference.conv_bn_fwd on copies of the same running
+    statistics (fp32 without TF32), outputs and running statistics alike."""
+    c_in, c_out, dtype = x.shape[1], weight.shape[0], x.dtype
     state = (_vec(c_out), torch.rand(c_out, device=DEVICE) + 0.5,
              torch.tensor(3, device=DEVICE))
     theirs = [t.clone() for t in state]
-    kw = dict(x=x, weight=torch.randn(c_out, c_in, 3, 3, device=DEVICE) / 4, stride=1,
-              padding=1, dilation=1, groups=1, in_scale=_vec(c_in, 1.0), in_shift=_vec(c_in),
-              in_relu=True, bn_weight=_vec(c_out, 1.0) if affine else None,
+    kw = dict(x=x, weight=weight.to(dtype), stride=stride, padding=padding, dilation=1,
+              groups=1, in_scale=_vec(c_in, 1.0), in_shift=_vec(c_in), in_relu=True,
+              bn_weight=_vec(c_out, 1.0) if affine else None,
               bn_bias=_vec(c_out) if affine else None, momentum=momentum, eps=1e-5,
               update_running_stats=update)
-    out = OPS.conv_bn_fwd_triton(**kw, running_mean=state[0], running_var=state[1],
-                                 num_batches_tracked=state[2])
-    with torch.backends.cudnn.flags(allow_tf32=False):
+    with ieee_fp32():
+        out = OPS.conv_bn_fwd_triton(**kw, running_mean=state[0], running_var=state[1],
+                                     num_batches_tracked=state[2])
         ref = reference.conv_bn_fwd(**kw, running_mean=theirs[0], running_var=theirs[1],
                                     num_batches_tracked=theirs[2])
     names = ("y", "mean", "scale", "shift", "invstd", "running_mean", "running_var")
     assert reference.memory_format(out[0]) == reference.memory_format(ref[0])
     for o, r, name in zip((*out, *state[:2]), (*ref, *theirs[:2]), names):
         assert o.shape == r.shape and o.dtype == r.dtype, name
-        if n == 0 and name != "y":  # statistics of nothing: NaN where the reference has NaN
+        if x.shape[0] == 0 and name != "y":  # statistics of nothing: NaN where the reference is
             assert torch.equal(o.isnan(), r.isnan()), name
             continue
-        assert_close(o, r, torch.float32, what=name)
+        assert_close(o, r, dtype, what=name)
     assert state[2].item() == theirs[2].item() == (4 if update else 3)
 
 
@@ -478,6 +485,18 @@ def test_gpu_resnet50_shapes(case, dtype):
              in_shift=fwd["in_shift"], in_relu=True, dz=dgrad["dz"], y=dgrad["y"],
              a=dgrad["a"], b=dgrad["b"], c=dgrad["c"], weight=dgrad["weight"], stride=s,
              padding=p, dilation=1, groups=1)
+    # The one-launch reductions across many programs (tickets between them, on a real GPU).
+    _check_conv_bn_fwd(fwd["x"], fwd["weight"], s, p, None, True, True)
+    shape = (32, c_out, h // s, h // s)
+    check_op("block_end_bwd_bn", "d_out", d_out=_data(*shape, dtype=dtype, channels_last=True),
+             out=torch.relu(_data(*shape, dtype=dtype, channels_last=True)),
+             y=_data(*shape, dtype=dtype, offset=3.0, channels_last=True),
+             mean=_vec(c_out, 3.0), invstd=_vec(c_out, 1.0).abs() + 0.1,
+             y_d=_data(*shape, dtype=dtype, channels_last=True), mean_d=_vec(c_out),
+             invstd_d=_vec(c_out, 1.0).abs() + 0.1, count=32 * (h // s) ** 2,
+             scale=_vec(c_out, 1.0), batch_stats=True, weight=_vec(c_out, 1.0),
+             bias=_vec(c_out), count_d=32 * (h // s) ** 2, scale_d=_vec(c_out, 1.0),
+             batch_stats_d=True, weight_d=_vec(c_out, 1.0), bias_d=_vec(c_out))
 
 
 @pytest.mark.gpu
@@ -490,9 +509,9 @@ def test_gpu_nan_propagation(dtype):
     assert torch.equal(torch.isnan(y), torch.isnan(reference.conv_fwd(**kw)[0]))
 
 
-def test_conv_fwd_stats_two_level_merge():
-    """More than 64 row tiles (9,216 rows: 288 tiles of the interpreter's 32, 72 of 128):
-    the statistics merge runs in two levels (tile groups, then the groups)."""
+def test_conv_fwd_stats_merged_in_groups():
+    """9,216 rows (288 tiles of the interpreter's 32, 72 of 128): the statistics merge runs
+    in groups, the last to arrive merging the groups' results."""
     x = _data(1, 3, 96, 96, dtype=torch.float32, offset=2.0)
     w = (torch.randn(5, 3, 1, 1, device=DEVICE) / 3 ** 0.5).to(torch.float32)
     kw = dict(x=x, weight=w, stride=1, padding=0, dilation=1, groups=1, in_scale=None,

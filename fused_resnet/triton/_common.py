@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ..launch_plan import Target
-from . import configs, plans
+from . import configs
 
 # Triton decides at @triton.jit decoration time whether a kernel is interpreted, so the
 # launchers must agree with the flag as it was when this package was imported.

@@ -57,8 +57,9 @@ ELEMENTWISE_GPU = (64, 64, 4)  # (rows, channels, warps)
 ELEMENTWISE_INTERPRETER = (64, 32, 1)
 # Reductions: [rows per step, channels] fp32 tiles of 4,096 elements over 8 warps; the
 # statistics merge, which holds three such tiles, its running totals and BN's pointers,
-# a quarter of that (ptxas gives larger ones a stack frame on some families). A column sum over few rows and many columns (wgrad's
-# split-K slices) takes a narrower tile so its one group still fills two waves.
+# a quarter of that (ptxas gives larger ones a stack frame on some families). A reduction
+# whose grid would not fill two waves (e.g. wgrad's split-K sum: few rows, many columns)
+# takes a narrower tile.
 REDUCE_GPU = (64, 64, 8)  # (rows per step, channels, warps)
 MERGE_GPU = (32, 32, 8)
 REDUCE_NARROW_GPU = ((128, 32), (256, 16))  # (rows per step, channels), same warps

@@ -21,7 +21,6 @@ import triton
 import triton.language as tl
 
 from . import plans
-from .elementwise import bn_finalize, bn_finalize_channels, check_finalize_args
 from ._common import (
     channel_tile,
     check_data,
@@ -31,8 +30,8 @@ from ._common import (
     device_guard,
     dot_precision,
     dtype_class,
-    launch_options,
     last_to_arrive,
+    launch_options,
     launcher,
     nhwc,
     pixel_tile,
@@ -42,6 +41,7 @@ from ._common import (
     vec,
     zero_counters,
 )
+from .elementwise import bn_finalize, bn_finalize_channels, check_finalize_args
 
 Tensor = torch.Tensor
 
@@ -602,8 +602,8 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
                   nhwc(prev_y) if has_prev else dx, vec(prev_scale, dx), vec(prev_shift, dx),
                   vec(prev_mean, dx), vec(prev_invstd, dx), part,
                   counters if counters is not None else dx,
-                  counters.numel() if counters is not None else 0, n, h, w, c_in, h_out, w_out, c_out, stride, padding, dilation,
-                  stride // math.gcd(stride, dilation),
+                  counters.numel() if counters is not None else 0, n, h, w, c_in, h_out,
+                  w_out, c_out, stride, padding, dilation, stride // math.gcd(stride, dilation),
                   KH=kh, KW=weight.shape[3], HAS_RES=residual is not None, HAS_PREV=has_prev,
                   DOT_PRECISION=dot_precision(dz.dtype))
         if has_prev:  # part[tile, i*c_in + c]: the two sums as a batch of two

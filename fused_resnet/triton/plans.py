@@ -12,7 +12,6 @@ from . import configs
 from .configs import INTERPRETER_TARGET, MAX_SERIAL_STEPS, TileConfig
 
 
-
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
