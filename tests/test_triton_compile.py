@@ -99,7 +99,7 @@ def test_every_table_config_and_fallback_is_a_job():
 
 def test_check_flags_each_fault():
     """problems() fails a spill, shared memory past the target, an undercounting
-    estimate and a division in a K loop, and passes a clean result."""
+    estimate, a division in a K loop and an unfenced ticket, and passes a clean result."""
     from fused_resnet.triton import aot, configs
 
     ok = {"kind": "fwd", "target": "sm90", "stack": 0, "local": 0, "shared_bytes": 1000,
@@ -111,6 +111,19 @@ def test_check_flags_each_fault():
                                                         "smem_estimate": over}))
     assert "smem_estimate" in aot.problems({**ok, "shared_bytes": 2001})[0]
     assert "in the K loop" in aot.problems({**ok, "k_loop_divisions": 2})[0]
+    assert "without a CTA barrier" in aot.problems({**ok, "unfenced_releases": 1})[0]
+
+
+def test_unfenced_releases_are_found():
+    """A ticket's release atomic needs a bar.sync between the stores and it."""
+    from fused_resnet.triton import aot
+
+    store, bar = "@%p1 st.global.b32 [ %rd5 + 0 ], { %r1 };", "bar.sync 	0;"
+    atom = "@%p2 atom.global.gpu.acq_rel.add.u32 %r2, [ %rd1 + 0 ], %r3;"
+    assert aot.unfenced_releases("\n".join([store, atom])) == [atom]
+    assert aot.unfenced_releases("\n".join([store, bar, atom])) == []
+    relaxed = atom.replace(".acq_rel", ".relaxed")  # counts a batch: publishes nothing
+    assert aot.unfenced_releases("\n".join([store, relaxed])) == []
 
 
 def test_cache_key_covers_sources_job_and_triton(monkeypatch):

@@ -74,10 +74,13 @@ def zero_counters(counter_ptr, n, first):
 
 @triton.jit
 def last_to_arrive(counter_ptr, arrivals):
-    """True in the program that arrives last of ``arrivals`` at this counter. The scalar
-    atomic is issued by one thread after a CTA barrier, with acquire-release semantics at
-    GPU scope, so the last program sees every earlier program's stores (the pattern of
-    CUTLASS's semaphores); it reads them with .cg loads (L2, never a stale L1 line)."""
+    """True in the program that arrives last of ``arrivals`` at this counter. A CTA
+    barrier, then the scalar atomic (issued by one thread) with acquire-release semantics
+    at GPU scope, then the barrier that broadcasts its result: the last program sees every
+    earlier program's stores (the pattern of CUTLASS's semaphores) and reads them with .cg
+    loads (L2, never a stale L1 line). Triton puts no barrier before a scalar atomic, so
+    without ours the other threads' stores could still be in flight at the release."""
+    tl.debug_barrier()
     return tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == arrivals - 1
 
 

@@ -151,7 +151,8 @@ def compile_one(job: dict) -> dict:
     return {**job, **_resource_usage(kernel.asm["cubin"]),
             "shared_bytes": kernel.metadata.shared, "wgmma": "wgmma" in ptx,
             "mma": "mma.sync" in ptx,
-            "k_loop_divisions": len(k_loop_divisions(kernel.asm["ttir"]))}
+            "k_loop_divisions": len(k_loop_divisions(kernel.asm["ttir"])),
+            "unfenced_releases": len(unfenced_releases(ptx))}
 
 
 def ttir(job: dict) -> str:
@@ -170,6 +171,22 @@ def ttir(job: dict) -> str:
 
 
 _DIVISIONS = re.compile(r"= arith\.(div|rem|floordiv|ceildiv)[su]i ")
+
+
+def unfenced_releases(ptx: str) -> list[str]:
+    """Release atomics (a reduction's ticket) that a global store reaches without a CTA
+    barrier in between, as their PTX lines: Triton issues a scalar atomic from one thread,
+    so the other threads' stores are published only if a ``bar.sync`` precedes it."""
+    found, pending = [], False
+    for line in ptx.splitlines():
+        text = line.strip()
+        if text.startswith(("st.global", "@")) and "st.global" in text:
+            pending = True
+        elif text.startswith("bar.sync") or text.startswith("barrier.sync"):
+            pending = False
+        elif "atom." in text and (".release." in text or ".acq_rel." in text) and pending:
+            found.append(text)
+    return found
 
 
 def k_loop_divisions(ir_text: str) -> list[str]:
@@ -264,7 +281,9 @@ def jobs(targets=AOT_TARGETS) -> list[dict]:
 
 def problems(result: dict) -> list[str]:
     """What is wrong with one compiled kernel: a register spill, shared memory past the
-    target's limit, or more shared memory than the launcher's estimate allows for."""
+    target's limit, more shared memory than the launcher's estimate allows for, a
+    division in a K loop, or a reduction ticket that does not publish the stores before
+    it."""
     out = []
     if result.get("stack", 0) or result.get("local", 0):
         out.append(f"spills (stack {result.get('stack', 0)} B, local {result.get('local', 0)} B)")
@@ -273,6 +292,9 @@ def problems(result: dict) -> list[str]:
         out.append(f"shared memory {result['shared_bytes']} B > {limit} B")
     if result.get("k_loop_divisions", 0):
         out.append(f"{result['k_loop_divisions']} integer divisions in the K loop")
+    if result.get("unfenced_releases", 0):
+        out.append(f"{result['unfenced_releases']} release atomics without a CTA barrier "
+                   "after the stores they publish")
     estimate = result.get("smem_estimate")
     if estimate is not None and result["shared_bytes"] > estimate:
         out.append(f"shared memory {result['shared_bytes']} B > smem_estimate {estimate} B")
