@@ -41,9 +41,9 @@ def _two_waves(warps: int, target: Target) -> int:
 def _ticket_groups(parts: int, block_r: int, programs_per_group: int,
                    target: Target, warps: int) -> tuple[int, int]:
     """(groups, parts per group) of one reduction launch: one group when a single step
-    covers the parts, else enough groups for two waves (MIN_GROUP_PARTS each at least), with a
-    group's parts and the last program's merge of the groups at most MAX_SERIAL_STEPS
-    steps of ``block_r`` rows together."""
+    covers the parts, else enough groups for two waves (of MIN_GROUP_PARTS parts at
+    least), with a group's parts and the last program's merge of the groups at most
+    MAX_SERIAL_STEPS steps of ``block_r`` rows together."""
     if parts <= block_r:
         return 1, max(parts, 1)
     min_parts = 1 if _interpreting(target) else configs.MIN_GROUP_PARTS
@@ -56,6 +56,12 @@ def _ticket_groups(parts: int, block_r: int, programs_per_group: int,
 def _scratch_rows(groups: int) -> int:
     """Rows of group results a ticketed reduction writes and its last programs read."""
     return 2 * groups if groups > 1 else 0
+
+
+def _reduction_steps(chunk: int, groups: int, block_r: int) -> int:
+    """Dependent steps of a reduction program: its group's rows, then (the last to arrive)
+    the groups' results."""
+    return max(1, cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0))
 
 
 def _reduce_layout(rows: int, cols: int, programs_per_group: int, target: Target,
@@ -88,14 +94,13 @@ def column_sum_launch(rows: int, cols: int, target: Target, batch: int = 1,
     Deterministic: the order depends only on the shape."""
     block_r, block_c, warps, groups, chunk = _reduce_layout(rows, cols, batch, target, ticket)
     col_blocks = cdiv(cols, block_c)
-    steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
     return Launch("column_sum", (col_blocks, groups, batch), warps,
                   meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
                         "TICKET": groups > 1,
                         "counters": col_blocks * batch if groups > 1 else 0},
                   bytes=4 * (rows + _scratch_rows(groups) + 1) * cols * batch,
                   flops=rows * cols * batch,
-                  serial_steps=max(steps, 1))
+                  serial_steps=_reduction_steps(chunk, groups, block_r))
 
 
 def merge_stats_launch(tiles: int, channels: int, target: Target,
@@ -108,7 +113,6 @@ def merge_stats_launch(tiles: int, channels: int, target: Target,
     block_r, block_c, warps = _reduce_tile(target, configs.MERGE_GPU)
     col_blocks = cdiv(channels, block_c)
     groups, chunk = _ticket_groups(tiles, block_r, col_blocks, target, warps)
-    steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
     return Launch("merge_stats", (col_blocks, groups), warps,
                   meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
                         "TICKET": groups > 1, "FINALIZE": finalize,
@@ -116,7 +120,7 @@ def merge_stats_launch(tiles: int, channels: int, target: Target,
                   bytes=4 * (3 * (tiles + _scratch_rows(groups)) + (10 if finalize else 2))
                   * channels,
                   flops=10 * tiles * channels,
-                  serial_steps=steps)
+                  serial_steps=_reduction_steps(chunk, groups, block_r))
 
 
 def _gemm(kernel: str, grid: tuple[int, ...], cfg: TileConfig, kind: str, dtype_class: str,
@@ -214,12 +218,12 @@ def bn_backward_sums_launch(rows: int, channels: int, target: Target, has_d: boo
     block_r, block_c, warps, groups, chunk = _reduce_layout(rows, channels, 1, target, True)
     col_blocks = cdiv(channels, block_c)
     planes = 3 if has_d else 2
-    steps = cdiv(chunk, block_r) + (cdiv(groups, block_r) if groups > 1 else 0)
     return Launch("bn_backward_sums", (col_blocks, groups), warps,
                   meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
                         "TICKET": groups > 1, "counters": col_blocks if groups > 1 else 0},
                   bytes=4 * (planes * (rows + _scratch_rows(groups)) + 10 * (planes - 1))
-                  * channels, flops=planes * rows * channels, serial_steps=max(steps, 1))
+                  * channels, flops=planes * rows * channels,
+                  serial_steps=_reduction_steps(chunk, groups, block_r))
 
 
 def block_end_bwd_bn_plan(rows: int, channels: int, dtype_class: str, target: Target,
@@ -352,8 +356,7 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
                  + _nhwc("residual", residual) + _vecs(res_scale=res_scale, res_shift=res_shift))
         return OpPlan(op, (*stage, *plan, *out))
     if op == "conv_bn_fwd":
-        (x, weight, stride, padding, dilation, _, in_scale, in_shift, _, bn_weight, bn_bias,
-         running_mean, running_var, nbt, momentum, eps, update) = args
+        x, weight, stride, padding, dilation, _, in_scale, in_shift = args[:8]
         n, c_in, h, w = x.shape
         c_out, _, kh, _ = weight.shape
         size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
