@@ -86,7 +86,7 @@ def last_to_arrive(counter_ptr, arrivals):
 
 @triton.jit
 def sum_rows(ptr, row_stride, start, end, offs_c, c_mask, BLOCK_R: tl.constexpr,
-              BLOCK_C: tl.constexpr, CG: tl.constexpr):
+             BLOCK_C: tl.constexpr, CG: tl.constexpr):
     """Sum of the rows [start, end) of ``ptr[r*row_stride + c]``: [BLOCK_R, BLOCK_C] tiles
     added with tl.sum, in row order."""
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -123,14 +123,14 @@ def column_sum_kernel(part_ptr, out0_ptr, out1_ptr, out2_ptr, scratch_ptr, count
         out_ptr = out2_ptr
     start = g * chunk
     acc = sum_rows(part_ptr + b.to(tl.int64) * batch_stride, row_stride, start,
-                    tl.minimum(rows, start + chunk), offs_c, c_mask, BLOCK_R, BLOCK_C, False)
+                   tl.minimum(rows, start + chunk), offs_c, c_mask, BLOCK_R, BLOCK_C, False)
     if TICKET:
         groups = tl.num_programs(1)
         scratch_ptr += b.to(tl.int64) * groups * cols
         tl.store(scratch_ptr + g.to(tl.int64) * cols + offs_c, acc, mask=c_mask)
         if last_to_arrive(counter_ptr + b * tl.num_programs(0) + pid_c, groups):
             acc = sum_rows(scratch_ptr, cols, 0, groups, offs_c, c_mask, BLOCK_R, BLOCK_C,
-                            True)
+                           True)
             tl.store(out_ptr + offs_c, acc.to(out_ptr.dtype.element_ty), mask=c_mask)
     else:
         tl.store(out_ptr + offs_c, acc.to(out_ptr.dtype.element_ty), mask=c_mask)
