@@ -96,6 +96,15 @@ def fake_block_end_bwd_bn(d_out, out, y, mean, invstd, y_d, mean_d, invstd_d, co
                                          batch_stats_d, weight_d, bias_d))
 
 
+def fake_conv_bwd_data_bn(dz, y, a, b, c, weight, input_size, stride, padding, dilation,
+                          groups, prev_y, prev_scale, prev_shift, prev_mean, prev_invstd,
+                          prev_count, prev_batch_stats, prev_weight, prev_bias):
+    """Of the Triton-only ``conv_bwd_data_bn_triton`` op (reference.conv_bwd_data_bn)."""
+    dx = dz.new_empty(list(input_size)).contiguous(memory_format=reference.memory_format(dz))
+    return (dx, *fake_bn_backward(None, None, 0, prev_scale, prev_mean, prev_invstd,
+                                  prev_batch_stats, prev_weight, prev_bias))
+
+
 _FAKES = {name: globals()[f"_fake_{name}"] for name in OP_NAMES}
 
 

@@ -409,6 +409,17 @@ class ResidualBlockFunction(torch.autograd.Function):
                 prev_shift=prev.shift if prev else None, prev_mean=prev.mean if prev else None,
                 prev_invstd=prev.invstd if prev else None)
 
+        def dgrad_bn(i: int, dz: Tensor, abc, prev: _UnitOut):
+            c, norm = plan.units[i].conv, plan.units[i - 1].norm
+            _, gamma, beta = unit_tensors[i - 1]
+            return ops.conv_bwd_data_bn(
+                dz=dz, y=outs[i].y, a=abc[0], b=abc[1], c=abc[2], weight=weights[i],
+                input_size=list(prev.y.shape), stride=c.stride, padding=c.padding,
+                dilation=c.dilation, groups=c.groups, prev_y=prev.y, prev_scale=prev.scale,
+                prev_shift=prev.shift, prev_mean=prev.mean, prev_invstd=prev.invstd,
+                prev_count=prev.count, prev_batch_stats=norm.batch_stats, prev_weight=gamma,
+                prev_bias=beta)
+
         last = outs[n_chain - 1]
         sc = outs[n_chain] if plan.shortcut else None
         end = dict(d_out=d_out.contiguous(memory_format=reference.memory_format(out)), out=out,
@@ -456,7 +467,13 @@ class ResidualBlockFunction(torch.autograd.Function):
             upstream = needs[1] or any(any(unit_needs[j][:3]) for j in range(i))
             if not upstream:
                 break
-            if prev is not None:
+            if prev is not None and ops.conv_bwd_data_bn is not None \
+                    and not plan.units[i - 1].norm.sync:
+                # The dgrad's sums end in the previous BN's backward: one op.
+                dz, a, b, c, dgamma, dbeta = dgrad_bn(i, dz, abc, prev)
+                done[i - 1] = (a, b, c), (dgamma, dbeta)
+                sum_dz = sum_dz_xhat = None
+            elif prev is not None:
                 dz, sum_dz, sum_dz_xhat = dgrad(i, dz, abc, prev.y.shape, prev=prev)
             else:
                 dx = dgrad(i, dz, abc, ctx.input_size, residual=d_shortcut)[0]

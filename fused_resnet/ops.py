@@ -74,9 +74,9 @@ if _EXTENSION_UNAVAILABLE is None:
 
 # --------------------------------------------------------------------------- backends
 # Ops beyond the six that a backend may implement in one op (the others compose them:
-# bn_backward in torch, conv_fwd then bn_finalize, block_end_bwd then bn_backward), and
-# the backends that do.
-EXTRA_OPS = ("bn_backward", "conv_bn_fwd", "block_end_bwd_bn")
+# bn_backward in torch, conv_fwd then bn_finalize, block_end_bwd or conv_bwd_data then
+# bn_backward), and the backends that do.
+EXTRA_OPS = ("bn_backward", "conv_bn_fwd", "block_end_bwd_bn", "conv_bwd_data_bn")
 EXTRA_KERNELS = {"triton": EXTRA_OPS}
 
 
@@ -84,9 +84,9 @@ EXTRA_KERNELS = {"triton": EXTRA_OPS}
 class Backend:
     """The six fused ops of one backend (see the module docstring), ``bn_backward``
     (:func:`fused_resnet.reference.bn_backward`: plain torch unless the backend has a
-    kernel for it), ``conv_bn_fwd`` and ``block_end_bwd_bn``
-    (:func:`fused_resnet.reference.conv_bn_fwd`, ``block_end_bwd_bn``: each in one op,
-    where the backend has it)."""
+    kernel for it), ``conv_bn_fwd``, ``block_end_bwd_bn`` and ``conv_bwd_data_bn``
+    (their :mod:`fused_resnet.reference` compositions, each in one op, where the backend
+    has it)."""
 
     name: str
     conv_fwd: Callable
@@ -98,6 +98,7 @@ class Backend:
     bn_backward: Callable = reference.bn_backward
     conv_bn_fwd: Callable | None = None  # None: conv_fwd, then bn_finalize
     block_end_bwd_bn: Callable | None = None  # None: block_end_bwd, then bn_backward
+    conv_bwd_data_bn: Callable | None = None  # None: conv_bwd_data, then bn_backward
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"

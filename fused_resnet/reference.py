@@ -427,6 +427,40 @@ def conv_bwd_data(
     return dx.to(dz.dtype).contiguous(memory_format=memory_format(dz)), sum_dx, sum_dx_xhat
 
 
+def conv_bwd_data_bn(
+    dz: Tensor,
+    y: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    weight: Tensor,
+    input_size: list[int],
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+    prev_y: Tensor,
+    prev_scale: Tensor,
+    prev_shift: Tensor,
+    prev_mean: Tensor,
+    prev_invstd: Tensor,
+    prev_count: int,
+    prev_batch_stats: bool,
+    prev_weight: Tensor | None,
+    prev_bias: Tensor | None,
+) -> tuple[Tensor, ...]:
+    """:func:`conv_bwd_data` into a previous unit (no residual), then :func:`bn_backward`
+    of that unit's BN from the sums. Returns ``(dx, a, b, c, dweight, dbias)``, an absent
+    parameter's gradient as an empty tensor. (Backends with a kernel for it end the sums'
+    reduction in BN backward: one launch fewer.)"""
+    dx, sum_dx, sum_dx_xhat = conv_bwd_data(dz, y, a, b, c, weight, input_size, stride,
+                                            padding, dilation, groups, None, prev_y,
+                                            prev_scale, prev_shift, prev_mean, prev_invstd)
+    outs = bn_backward(sum_dx, sum_dx_xhat, prev_count, prev_scale, prev_mean, prev_invstd,
+                       prev_batch_stats, prev_weight, prev_bias)
+    return (dx, *(t if t is not None else prev_scale.new_empty(0) for t in outs))
+
+
 def conv_bwd_weight(
     x: Tensor,
     in_scale: Tensor | None,

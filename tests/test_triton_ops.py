@@ -294,6 +294,28 @@ def test_block_end_bwd_bn(dtype, projection, affine, size):
              bias_d=_vec(c) if projection and affine else None)
 
 
+@pytest.mark.parametrize("case", [(2, 7, 9, 9, 5, 3, 1, 1, 1), (2, 70, 24, 24, 9, 3, 2, 1, 1)],
+                         ids=["one_group", "groups_stride2"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_conv_bwd_data_bn(case, affine):
+    """An inner dgrad ending in the previous BN's backward (one op), as the reference
+    composes conv_bwd_data and bn_backward: one reduction group, or groups merged by the
+    last to arrive over three channel blocks (stride 2: four phases' tiles)."""
+    from fused_resnet.triton import plans
+
+    n, c_in, h, w, c_out, k, stride, padding, dilation = case
+    kw = _dgrad_kwargs((n, c_in, h, w, c_out, k, stride, padding, dilation, True, False,
+                        True), torch.float32)
+    kw.pop("residual")
+    plan = plans.conv_dgrad_plan(n, c_in, h, w, c_out, k, stride, "fp32",
+                                 plans.INTERPRETER_TARGET, True, bn=True)
+    assert plan.launches[1].meta["TICKET"] == (c_in > 64)
+    with ieee_fp32():
+        check_op("conv_bwd_data_bn", "dz", fmt_like="dz", **kw, prev_count=n * h * w,
+                 prev_batch_stats=True, prev_weight=_vec(c_in, 1.0) if affine else None,
+                 prev_bias=_vec(c_in) if affine else None)
+
+
 def _conv_bn_fwd_cases():
     flags = [(m, a, u) for m in (0.1, None) for a in (True, False) for u in (True, False)]
     for name, shape, cases in (("one_group", (2, 5, 9, 7), flags),

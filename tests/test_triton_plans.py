@@ -296,6 +296,16 @@ def test_op_plan_is_what_conv_bwd_data_launches(record, case):
     assert record("conv_bwd_data", *args)[1] == _expected("conv_bwd_data", args)
 
 
+@pytest.mark.parametrize("case", [c for c in DGRAD_CASES if c[-1]],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_op_plan_is_what_conv_bwd_data_bn_launches(record, case):
+    dgrad = _dgrad_args(*case)
+    c_in = dgrad[6][1]
+    scale = torch.rand(2 * c_in)[::2]  # not contiguous: copied for the GEMM and the BN
+    args = (*dgrad[:11], dgrad[12], scale, *dgrad[14:], 30, True, _v(c_in), None)
+    assert record("conv_bwd_data_bn", *args)[1] == _expected("conv_bwd_data_bn", args)
+
+
 WGRAD_CASES = [(2, 5, 9, 7, 3, 2, False, "kcrs", 1), (2, 5, 9, 7, 3, 2, True, "krsc", 1),
                (2, 5, 9, 7, 3, 1, True, "kcrs", 3), (2, 5, 9, 7, 3, 1, False, "krsc", 3),
                (1, 12, 7, 7, 1, 2, True, "krsc", 2), (2, 5, 9, 7, 3, 1, True, "other", 2)]

@@ -41,7 +41,13 @@ from ._common import (
     vec,
     zero_counters,
 )
-from .elementwise import bn_finalize, bn_finalize_channels, check_finalize_args
+from .elementwise import (
+    bn_backward,
+    bn_backward_sums,
+    bn_finalize,
+    bn_finalize_channels,
+    check_finalize_args,
+)
 
 Tensor = torch.Tensor
 
@@ -580,6 +586,38 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
                   prev_shift: Tensor | None, prev_mean: Tensor | None,
                   prev_invstd: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """See :func:`fused_resnet.reference.conv_bwd_data`."""
+    return _conv_bwd_data(dz, y, a, b, c, weight, input_size, stride, padding, dilation,
+                          groups, residual, prev_y, prev_scale, prev_shift, prev_mean,
+                          prev_invstd)
+
+
+def conv_bwd_data_bn(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight: Tensor,
+                     input_size: list[int], stride: int, padding: int, dilation: int,
+                     groups: int, prev_y: Tensor, prev_scale: Tensor, prev_shift: Tensor,
+                     prev_mean: Tensor, prev_invstd: Tensor, prev_count: int,
+                     prev_batch_stats: bool, prev_weight: Tensor | None,
+                     prev_bias: Tensor | None) -> tuple[Tensor, ...]:
+    """See :func:`fused_resnet.reference.conv_bwd_data_bn`: the sums' reduction ends in the
+    previous BN's backward, so no bn_backward launch follows."""
+    bn = (prev_count, prev_scale, prev_mean, prev_invstd, prev_batch_stats, prev_weight,
+          prev_bias)
+    dx, *outs = _conv_bwd_data(dz, y, a, b, c, weight, input_size, stride, padding, dilation,
+                               groups, None, prev_y, prev_scale, prev_shift, prev_mean,
+                               prev_invstd, bn)
+    if len(outs) == 2:  # empty batch: the sums of nothing, then BN backward of them
+        outs = bn_backward(*outs, *bn)
+    return (dx, *outs)
+
+
+def _conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight: Tensor,
+                   input_size: list[int], stride: int, padding: int, dilation: int,
+                   groups: int, residual: Tensor | None, prev_y: Tensor | None,
+                   prev_scale: Tensor | None, prev_shift: Tensor | None,
+                   prev_mean: Tensor | None, prev_invstd: Tensor | None,
+                   bn: tuple | None = None) -> tuple[Tensor, ...]:
+    """(dx, sum_dx, sum_dx_xhat); with ``bn`` (the previous BN's bn_backward arguments
+    but the sums) the sums' reduction ends in its backward: (dx, a, b, c, dweight,
+    dbias), or (dx, sums) for an empty batch."""
     check_data("conv_bwd_data", dz, groups)
     n, c_out, h_out, w_out = dz.shape
     _, c_in, h, w = input_size
@@ -588,7 +626,7 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
                      memory_format=torch.channels_last)
     has_prev = prev_y is not None
     plan = plans.conv_dgrad_plan(n, c_in, h, w, c_out, kh, stride, dtype_class(dz.dtype),
-                                 target_of(dz), has_prev)
+                                 target_of(dz), has_prev, bn=bn is not None)
     if not plan.launches:
         sums = (dz.new_zeros(c_in if has_prev else 0, dtype=torch.float32) for _ in range(2))
         return (_like(dx, dz), *sums)
@@ -606,12 +644,16 @@ def conv_bwd_data(dz: Tensor, y: Tensor, a: Tensor, b: Tensor, c: Tensor, weight
                   w_out, c_out, stride, padding, dilation, stride // math.gcd(stride, dilation),
                   KH=kh, KW=weight.shape[3], HAS_RES=residual is not None, HAS_PREV=has_prev,
                   DOT_PRECISION=dot_precision(dz.dtype))
-        if has_prev:  # part[tile, i*c_in + c]: the two sums as a batch of two
-            sum_dx, sum_dx_xhat = column_sums(part.view(-1, 2, c_in).transpose(0, 1),
-                                              sums[0], counters=counters)
-        else:  # two distinct tensors: op outputs must not alias each other
-            sum_dx, sum_dx_xhat = (dz.new_empty(0, dtype=torch.float32) for _ in range(2))
-    return _like(dx, dz), sum_dx, sum_dx_xhat
+    # part[tile, i*c_in + c]: the two sums as planes c_in apart, rows 2*c_in apart.
+    planes = part.view(-1, 2, c_in).transpose(0, 1) if has_prev else None
+    if bn is not None:
+        outs = bn_backward_sums(sums[0], planes, 2 * c_in, counters, bn, None)[:5]
+    elif has_prev:
+        with device_guard(dz):
+            outs = column_sums(planes, sums[0], counters=counters)
+    else:  # two distinct tensors: op outputs must not alias each other
+        outs = [dz.new_empty(0, dtype=torch.float32) for _ in range(2)]
+    return (_like(dx, dz), *outs)
 
 
 def conv_bwd_weight(x: Tensor, in_scale: Tensor | None, in_shift: Tensor | None, in_relu: bool,

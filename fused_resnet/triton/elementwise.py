@@ -26,7 +26,6 @@ from ._common import (
     reduction_counters,
     relu_keep_nan,
     row_tile,
-    sum_rows,
     target_of,
     vec,
     zero_counters,
@@ -203,8 +202,36 @@ def bn_backward_kernel(sum_dz_ptr, sum_dz_xhat_ptr, scale_ptr, mean_ptr, invstd_
 
 
 @triton.jit
+def _sum_planes(ptr, plane, row_stride, start, end, offs_c, c_mask, THREE: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CG: tl.constexpr):
+    """Sums over rows [start, end) of planes 0, 1 (and 2, THREE) of ``ptr[p*plane +
+    r*row_stride + c]``, all in one row loop (independent loads per step), in row order;
+    CG: read through L2 (another program's stores)."""
+    acc0 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(start, end, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        mask = (offs_r < end)[:, None] & c_mask[None, :]
+        at = ptr + offs_r[:, None] * row_stride + offs_c[None, :]
+        if CG:
+            acc0 += tl.sum(tl.load(at, mask=mask, other=0.0, cache_modifier=".cg"), axis=0)
+            acc1 += tl.sum(tl.load(at + plane, mask=mask, other=0.0, cache_modifier=".cg"),
+                           axis=0)
+            if THREE:
+                acc2 += tl.sum(tl.load(at + 2 * plane, mask=mask, other=0.0,
+                                       cache_modifier=".cg"), axis=0)
+        else:
+            acc0 += tl.sum(tl.load(at, mask=mask, other=0.0), axis=0)
+            acc1 += tl.sum(tl.load(at + plane, mask=mask, other=0.0), axis=0)
+            if THREE:
+                acc2 += tl.sum(tl.load(at + 2 * plane, mask=mask, other=0.0), axis=0)
+    return acc0, acc1, acc2
+
+
+@triton.jit
 def bn_backward_sums_kernel(
-    part_ptr, scratch_ptr, counter_ptr, rows, C, chunk,
+    part_ptr, scratch_ptr, counter_ptr, rows, C, row_stride, plane_stride, chunk,
     scale_ptr, mean_ptr, invstd_ptr, a_ptr, b_ptr, c_ptr, dweight_ptr, dbias_ptr, count,
     scale_d_ptr, mean_d_ptr, invstd_d_ptr, a_d_ptr, b_d_ptr, c_d_ptr, dweight_d_ptr,
     dbias_d_ptr, count_d,
@@ -213,22 +240,18 @@ def bn_backward_sums_kernel(
     HAS_BIAS_D: tl.constexpr, TICKET: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """block_end_bwd's sums (part[0|1|2, row, c]: dz, dz*xhat, dz*xhat_d) reduced as
-    column_sum_kernel does (groups, the last to arrive adding them in order), ending in BN
-    backward (bn_backward_channels) of the block's last BN from sums 0 and 1 and, HAS_D,
-    of the projection's BN from sums 0 and 2."""
+    """Per-tile BN-backward sums (sum p of row r, channel c at part_ptr + p*plane_stride +
+    r*row_stride + c: dz, dz*xhat and, HAS_D, dz*xhat_d) reduced as column_sum_kernel does
+    (groups, the last to arrive adding them in order), ending in BN backward
+    (bn_backward_channels) of one BN from sums 0 and 1 and, HAS_D, of a projection's BN
+    from sums 0 and 2 (block_end_bwd's; conv_bwd_data's have no third)."""
     pid_c = tl.program_id(0)
     offs_c, c_mask = channel_tile(pid_c, C, BLOCK_C)
     g = tl.program_id(1)
     start = g * chunk
-    end = tl.minimum(rows, start + chunk)
-    plane = rows.to(tl.int64) * C
-    s0 = sum_rows(part_ptr, C, start, end, offs_c, c_mask, BLOCK_R, BLOCK_C, False)
-    s1 = sum_rows(part_ptr + plane, C, start, end, offs_c, c_mask, BLOCK_R, BLOCK_C, False)
-    s2 = s1
-    if HAS_D:
-        s2 = sum_rows(part_ptr + 2 * plane, C, start, end, offs_c, c_mask, BLOCK_R, BLOCK_C,
-                       False)
+    s0, s1, s2 = _sum_planes(part_ptr, plane_stride, row_stride, start,
+                             tl.minimum(rows, start + chunk), offs_c, c_mask, HAS_D, BLOCK_R,
+                             BLOCK_C, False)
     done = True
     if TICKET:
         groups = tl.num_programs(1)
@@ -240,12 +263,8 @@ def bn_backward_sums_kernel(
             tl.store(scratch_ptr + 2 * gplane + at, s2, mask=c_mask)
         done = last_to_arrive(counter_ptr + pid_c, groups)
         if done:
-            s0 = sum_rows(scratch_ptr, C, 0, groups, offs_c, c_mask, BLOCK_R, BLOCK_C, True)
-            s1 = sum_rows(scratch_ptr + gplane, C, 0, groups, offs_c, c_mask, BLOCK_R,
-                           BLOCK_C, True)
-            if HAS_D:
-                s2 = sum_rows(scratch_ptr + 2 * gplane, C, 0, groups, offs_c, c_mask,
-                               BLOCK_R, BLOCK_C, True)
+            s0, s1, s2 = _sum_planes(scratch_ptr, gplane, C, 0, groups, offs_c, c_mask, HAS_D,
+                                     BLOCK_R, BLOCK_C, True)
     if done:
         bn_backward_channels(s0, s1, offs_c, c_mask, scale_ptr, mean_ptr, invstd_ptr, a_ptr,
                              b_ptr, c_ptr, dweight_ptr, dbias_ptr, count, BATCH_STATS,
@@ -317,34 +336,47 @@ def block_end_bwd_bn(d_out: Tensor, out: Tensor, y: Tensor, mean: Tensor, invstd
                                              target_of(d_out), has_d)
     dz, part, counters = _block_end_bwd_main(main, sums, d_out, out, y, mean, invstd, y_d,
                                              mean_d, invstd_d, None)
-    bn = _bn_backward_outputs(scale, weight, bias)
-    bn_d = (_bn_backward_outputs(scale_d, weight_d, bias_d) if has_d
-            else tuple(scale.new_empty(0) for _ in range(5)))
+    outs = bn_backward_sums(sums, part, part.shape[2], counters,
+                            (count, scale, mean, invstd, batch_stats, weight, bias),
+                            (count_d, scale_d, mean_d, invstd_d, batch_stats_d, weight_d,
+                             bias_d) if has_d else None)
+    return (_like(dz, d_out), *outs)
 
-    def bn_args(outs, scale, mean, invstd, count, weight, bias) -> tuple:
+
+def bn_backward_sums(launch, part: Tensor, row_stride: int, counters: Tensor | None,
+                     bn: tuple, bn_d: tuple | None) -> tuple[Tensor, ...]:
+    """Run the plan's bn_backward_sums ``launch`` over the per-tile sums at ``part`` (the
+    planes ``part.stride(0)`` apart, rows ``row_stride`` apart, ``part.shape[-1]``
+    channels): (a, b, c, dweight, dbias) of ``bn`` = (count, scale, mean, invstd,
+    batch_stats, weight, bias), then of ``bn_d`` (empty tensors when None); an absent
+    parameter's gradient is empty."""
+    count, scale, mean, invstd, batch_stats, weight, bias = bn
+    outs = _bn_backward_outputs(scale, weight, bias)
+    outs_d = (_bn_backward_outputs(bn_d[1], bn_d[5], bn_d[6]) if bn_d is not None
+              else tuple(scale.new_empty(0) for _ in range(5)))
+
+    def args(outs, count, scale, mean, invstd, batch_stats, weight, bias) -> tuple:
         """One BN's pointers (absent ones: ``part``, never touched: flags say so)."""
-        if scale is None:
-            return (part,) * 8 + (1.0,)
         a, b, c, dweight, dbias = outs
         return (vec(scale, part), vec(mean, part), vec(invstd, part), a, b, c,
                 dweight if weight is not None else part, dbias if bias is not None else part,
                 float(count))
 
-    scratch = (torch.empty((part.shape[0], sums.grid[1], part.shape[2]), dtype=torch.float32,
-                           device=part.device) if sums.meta["TICKET"] else part)
-    with device_guard(d_out):
-        launcher(bn_backward_sums_kernel)[sums.grid](
-            part, scratch, counters if counters is not None else part, part.shape[1],
-            part.shape[2], sums.meta["chunk"],
-            *bn_args(bn, scale, mean, invstd, count, weight, bias),
-            *bn_args(bn_d, scale_d if has_d else None, mean_d, invstd_d, count_d, weight_d,
-                     bias_d),
-            HAS_D=has_d, BATCH_STATS=batch_stats, HAS_WEIGHT=weight is not None,
-            HAS_BIAS=bias is not None, BATCH_STATS_D=batch_stats_d,
-            HAS_WEIGHT_D=weight_d is not None, HAS_BIAS_D=bias_d is not None,
-            TICKET=sums.meta["TICKET"], BLOCK_R=sums.meta["BLOCK_R"],
-            BLOCK_C=sums.meta["BLOCK_C"], **launch_options(sums.num_warps))
-    return (_like(dz, d_out), *bn, *bn_d)
+    channels = part.shape[-1]
+    scratch = (torch.empty((3 if bn_d else 2, launch.grid[1], channels), dtype=torch.float32,
+                           device=part.device) if launch.meta["TICKET"] else part)
+    with device_guard(part):
+        launcher(bn_backward_sums_kernel)[launch.grid](
+            part, scratch, counters if counters is not None else part, launch.meta["rows"],
+            channels, row_stride, part.stride(0), launch.meta["chunk"], *args(outs, *bn),
+            *(args(outs_d, *bn_d) if bn_d is not None else (part,) * 8 + (1.0,)),
+            HAS_D=bn_d is not None, BATCH_STATS=batch_stats, HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None, BATCH_STATS_D=bool(bn_d and bn_d[4]),
+            HAS_WEIGHT_D=bool(bn_d and bn_d[5] is not None),
+            HAS_BIAS_D=bool(bn_d and bn_d[6] is not None), TICKET=launch.meta["TICKET"],
+            BLOCK_R=launch.meta["BLOCK_R"], BLOCK_C=launch.meta["BLOCK_C"],
+            **launch_options(launch.num_warps))
+    return (*outs, *outs_d)
 
 
 def _rows_channels(t: Tensor) -> tuple[int, int]:

@@ -151,7 +151,9 @@ def conv_fwd_plan(n: int, c_in: int, h_out: int, w_out: int, c_out: int, k: int,
 
 def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, stride: int,
                     dtype_class: str, target: Target, has_prev: bool,
-                    residual: bool = False) -> OpPlan:
+                    residual: bool = False, bn: bool = False) -> OpPlan:
+    """conv_bwd_data's GEMM and the previous BN's sums; ``bn``: conv_bwd_data_bn's (the
+    sums' reduction ends in that BN's backward)."""
     cfg = configs.choose("dgrad", target, dtype_class, c_in, c_out, k, stride)
     rows = n * h * w
     if rows == 0:
@@ -168,8 +170,11 @@ def conv_dgrad_plan(n: int, c_in: int, h: int, w: int, c_out: int, k: int, strid
                  es * (2 * out_rows * c_out + c_out * k * k * c_in
                        + rows * c_in * (1 + (2 if has_prev else 0) + (1 if residual else 0))),
                  steps)
-    sums = [column_sum_launch(tiles, c_in, target, 2)] if has_prev else []  # sum, sum*xhat
-    return OpPlan("conv_bwd_data", (gemm, *sums))
+    if bn:
+        sums = [bn_backward_sums_launch(tiles, c_in, target, False)]
+    else:
+        sums = [column_sum_launch(tiles, c_in, target, 2)] if has_prev else []  # sum, sum*xhat
+    return OpPlan("conv_bwd_data_bn" if bn else "conv_bwd_data", (gemm, *sums))
 
 
 def conv_wgrad_plan(n: int, c_in: int, c_out: int, h_out: int, w_out: int, k: int, stride: int,
@@ -219,7 +224,7 @@ def bn_backward_sums_launch(rows: int, channels: int, target: Target, has_d: boo
     col_blocks = cdiv(channels, block_c)
     planes = 3 if has_d else 2
     return Launch("bn_backward_sums", (col_blocks, groups), warps,
-                  meta={"chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
+                  meta={"rows": rows, "chunk": chunk, "BLOCK_R": block_r, "BLOCK_C": block_c,
                         "TICKET": groups > 1, "counters": col_blocks if groups > 1 else 0},
                   bytes=4 * (planes * (rows + _scratch_rows(groups)) + 10 * (planes - 1))
                   * channels, flops=planes * rows * channels,
@@ -387,6 +392,23 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
                  + _vecs(prev_scale=prev_scale, prev_shift=prev_shift, prev_mean=prev_mean,
                          prev_invstd=prev_invstd))
         return OpPlan(op, (*stage, *plan, *out))
+    if op == "conv_bwd_data_bn":
+        (dz, y, a, b, c, weight, input_size, stride, _, _, _, prev_y, prev_scale, prev_shift,
+         prev_mean, prev_invstd) = args[:16]
+        n, c_in, h, w = input_size
+        plan = conv_dgrad_plan(n, c_in, h, w, dz.shape[1], weight.shape[2], stride,
+                               _dtype_class(dz.dtype), target, True, bn=True)
+        out = _like("dx", (n, c_in, h, w), dz)
+        vectors = _vecs(scale=prev_scale, mean=prev_mean, invstd=prev_invstd)
+        if not plan.launches:  # empty batch: zero sums, then BN backward of them
+            return OpPlan(op, (*out, *_fill("sum_dx", c_in), *_fill("sum_dx_xhat", c_in),
+                               *vectors, *bn_backward_plan(c_in, target)))
+        stage = (_nhwc("dz", dz) + _nhwc("y", y) + _vecs(a=a, b=b, c=c)
+                 + _krsc(weight, dz.dtype) + _nhwc("prev_y", prev_y)
+                 + _vecs(prev_scale=prev_scale, prev_shift=prev_shift, prev_mean=prev_mean,
+                         prev_invstd=prev_invstd))
+        gemm, sums = plan.launches
+        return OpPlan(op, (*stage, gemm, *vectors, sums, *out))
     if op == "conv_bwd_weight":
         x, in_scale, in_shift, _, dz, y, a, b, c, weight, stride = args[:11]
         n, c_in, _, _ = x.shape

@@ -16,6 +16,7 @@ from .._fakes import (
     fake_block_end_bwd_bn,
     fake_bn_backward,
     fake_conv_bn_fwd,
+    fake_conv_bwd_data_bn,
     register_fakes,
 )
 from . import conv, elementwise
@@ -47,9 +48,16 @@ SCHEMAS = {
 }
 # Triton only: BN backward's coefficients and parameter gradients in one launch (the other
 # backends run reference.bn_backward, a few torch ops), a training unit's conv with its
-# BN finalization (the others run conv_fwd, then bn_finalize), and the block end's
-# backward with its BNs' backward (the others run block_end_bwd, then bn_backward).
+# BN finalization (the others run conv_fwd, then bn_finalize), and the block end's and an
+# inner dgrad's backward with the BN backward of the sums they reduce (the others run
+# block_end_bwd or conv_bwd_data, then bn_backward).
 EXTRA_SCHEMAS = {
+    "conv_bwd_data_bn": "(Tensor dz, Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, "
+                        "int[] input_size, int stride, int padding, int dilation, int groups, "
+                        "Tensor prev_y, Tensor prev_scale, Tensor prev_shift, "
+                        "Tensor prev_mean, Tensor prev_invstd, int prev_count, "
+                        "bool prev_batch_stats, Tensor? prev_weight, Tensor? prev_bias) "
+                        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "block_end_bwd_bn": "(Tensor d_out, Tensor out, Tensor y, Tensor mean, Tensor invstd, "
                         "Tensor? y_d, Tensor? mean_d, Tensor? invstd_d, int count, "
                         "Tensor scale, bool batch_stats, Tensor? weight, Tensor? bias, "
@@ -77,6 +85,7 @@ IMPLS = {
     "bn_backward": elementwise.bn_backward,
     "conv_bn_fwd": conv.conv_bn_fwd,
     "block_end_bwd_bn": elementwise.block_end_bwd_bn,
+    "conv_bwd_data_bn": conv.conv_bwd_data_bn,
 }
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 MUTATES = {"bn_finalize": _RUNNING_STATS, "conv_bn_fwd": _RUNNING_STATS}
@@ -102,4 +111,6 @@ def register_all() -> dict:
     torch.library.register_fake(f"fused_resnet::conv_bn_fwd{SUFFIX}")(fake_conv_bn_fwd)
     torch.library.register_fake(f"fused_resnet::block_end_bwd_bn{SUFFIX}")(
         fake_block_end_bwd_bn)
+    torch.library.register_fake(f"fused_resnet::conv_bwd_data_bn{SUFFIX}")(
+        fake_conv_bwd_data_bn)
     return defs
