@@ -65,14 +65,13 @@ def _fake_conv_bwd_weight(x, in_scale, in_shift, in_relu, dz, y, a, b, c, weight
 
 def fake_bn_backward(sum_dz, sum_dz_xhat, count, scale, mean, invstd, batch_stats, weight,
                      bias):
-    """Of the Triton-only ``bn_backward_triton`` op (reference.bn_backward, with an empty
-    tensor for an absent parameter's gradient)."""
+    """Of the BN-backward ops (``bn_backward`` of the cpp backend, ``bn_backward_triton``):
+    reference.bn_backward, with an empty tensor for an absent parameter's gradient."""
     def grad(p):
         return (torch.empty_like(p, memory_format=torch.contiguous_format) if p is not None
                 else scale.new_empty(0))
 
-    return (*(torch.empty_like(scale, dtype=torch.float32) for _ in range(3)), grad(weight),
-            grad(bias))
+    return (*(torch.empty_like(scale) for _ in range(3)), grad(weight), grad(bias))
 
 
 _FAKES = {name: globals()[f"_fake_{name}"] for name in OP_NAMES}

@@ -29,7 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from ._fakes import OP_NAMES, _op_exists, register_fakes  # noqa: F401 (one set of fakes)
+from ._fakes import (  # noqa: F401 (one set of fakes)
+    OP_NAMES,
+    _op_exists,
+    fake_bn_backward,
+    register_fakes,
+)
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -70,11 +75,13 @@ if _EXTENSION_UNAVAILABLE is None:
     # The test-only CPU twins of the CUDA conv kernels (_conv_fwd_igemm, _conv_bwd_data_igemm,
     # _conv_bwd_weight_igemm: csrc/cpu/conv_igemm_cpu.cpp) share the ops' signatures.
     register_fakes("_igemm", prefix="_")
+    if _op_exists("bn_backward"):
+        torch.library.register_fake("fused_resnet::bn_backward")(fake_bn_backward)
 
 
 # --------------------------------------------------------------------------- backends
 # The backends with a kernel of their own for BN backward (the others run it in torch).
-BN_BACKWARD_KERNELS = {"triton": "bn_backward_triton"}
+BN_BACKWARD_KERNELS = {"triton": "bn_backward_triton", "cpp": "bn_backward"}
 
 
 @dataclass(frozen=True)
@@ -111,13 +118,15 @@ def get_backend(name: str) -> Backend:
         raise RuntimeError(f"fused_resnet backend {name!r} is not available: {missing}")
     if name == "reference":
         return _backend_from(name, lambda op: getattr(reference, op))
+    extra = {}
+    if name in BN_BACKWARD_KERNELS:
+        extra["bn_backward"] = getattr(torch.ops.fused_resnet, BN_BACKWARD_KERNELS[name])
     if name == "triton":
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"),
-                             bn_backward=getattr(torch.ops.fused_resnet,
-                                                 BN_BACKWARD_KERNELS[name]))
+                             **extra)
     if name == "cuda" and cuda_emulated():
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet_cuda_emu, op))
-    return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op))
+    return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op), **extra)
 
 
 def cuda_emulated() -> bool:
@@ -140,7 +149,8 @@ def _backend_unavailable_reason(name: str) -> str | None:
     if _EXTENSION_UNAVAILABLE is not None:
         return _EXTENSION_UNAVAILABLE
     key = {"cpp": "CPU", "cuda": "CUDA"}[name]
-    missing = [op for op in OP_NAMES if not has_kernel(op, key)]
+    wanted = OP_NAMES + ((BN_BACKWARD_KERNELS[name],) if name in BN_BACKWARD_KERNELS else ())
+    missing = [op for op in wanted if not has_kernel(op, key)]
     if missing:
         return f"fused_resnet._C was built without {key} kernels for {', '.join(missing)}"
     return None

@@ -302,6 +302,33 @@ def test_bn_finalize_cumulative_sequence():
         assert rel_err(state[k], ref_state[k]) <= 1e-6, k
 
 
+# ----------------------------------------------------------------------------- bn_backward
+@pytest.mark.parametrize("stat", [torch.float32, torch.float64])
+@pytest.mark.parametrize("param_dtype", [None, torch.bfloat16], ids=["param_stat", "param_bf16"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("batch_stats", [True, False], ids=["batch", "fixed"])
+def test_bn_backward(stat, param_dtype, affine, batch_stats):
+    """(a, b, c) as reference.bn_bwd_coeffs, the same arithmetic in the same order: equal;
+    the parameters' gradients in their dtype, fresh tensors; an absent one empty."""
+    c, count = 11, 98
+    sums = (torch.randn(c, dtype=stat) * count, torch.randn(c, dtype=stat) * count)
+    stats = (torch.randn(c, dtype=stat) + 1.0, torch.randn(c, dtype=stat) + 2.0,
+             torch.rand(c, dtype=stat) + 0.1)  # scale, mean, invstd
+    pd = param_dtype or stat
+    w, b = (torch.randn(c, dtype=pd), torch.randn(c, dtype=pd)) if affine else (None, None)
+    out = ops.bn_backward(*sums, count, *stats, batch_stats, w, b)
+    ref = R.bn_backward(*sums, count, *stats, batch_stats, w, b)
+    for i, (o, r) in enumerate(zip(out[:3], ref[:3])):
+        assert o.dtype == stat and o.shape == (c,), i
+        assert torch.equal(o, r), f"coefficient {'abc'[i]}: {rel_err(o, r):.1e}"
+    for o, r, s in zip(out[3:], ref[3:], (sums[1], sums[0])):
+        if not affine:
+            assert o.numel() == 0
+            continue
+        assert o.dtype == pd and torch.equal(o, r)
+        assert o.data_ptr() != s.data_ptr()  # two BNs' parameters never share a gradient
+
+
 # ----------------------------------------------------------------------------- numerics
 def test_stats_stable_when_mean_dominates():
     """|mean| >> std: statistics against float64 statistics of the same stored y."""
@@ -420,6 +447,12 @@ def test_other_op_errors():
         ops.bn_finalize(c, c, 10, None, None, None, None, None, 0.1, 1e-5, True)
     with pytest.raises(RuntimeError, match="count must be > 0"):
         ops.bn_finalize(c, c, 0, None, None, None, None, None, 0.1, 1e-5, False)
+    with pytest.raises(RuntimeError, match="sum_dz must be a 1-D per-channel tensor of 5"):
+        ops.bn_backward(c[:4], c, 10, c, c, c, True, None, None)
+    with pytest.raises(RuntimeError, match="invstd must have dtype Float"):
+        ops.bn_backward(c, c, 10, c, c, c.double(), True, None, None)
+    with pytest.raises(RuntimeError, match="bias must be 1-D with 5 elements"):
+        ops.bn_backward(c, c, 10, c, c, c, True, c, c[:3])
     with pytest.raises(RuntimeError, match="dz .* is not the output of a conv"):
         ops.conv_bwd_data(y, y, c, c, c, torch.randn(5, 3, 3, 3), [2, 3, 8, 8], 1, 0, 1, 1,
                           None, None, None, None, None, None)

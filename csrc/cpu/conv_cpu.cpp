@@ -51,7 +51,7 @@ FR_ROW_KERNEL void bn_bwd_dy_row(
 Tensor prologue_act(const Tensor& x_in, const OptTensor& scale_in, const OptTensor& shift_in,
                     bool do_relu) {
   const auto sd = stat_dtype(x_in.scalar_type());
-  if (!scale_in && !do_relu) return x_in.to(sd);
+  if (!scale_in && !do_relu) return as_dtype(x_in, sd);
   const auto fmt = memory_format(x_in);
   const Tensor x = x_in.contiguous(fmt);
   const OptTensor scale = contiguous(scale_in), shift = contiguous(shift_in);
@@ -213,20 +213,33 @@ bool pixel_gemm(const Tensor& weight, int64_t stride, int64_t padding, int64_t g
          stride == 1 && padding == 0 && groups == 1;
 }
 
-// [N, C, H, W] channels-last <-> [N*H*W, C] (views, no copy).
-Tensor as_pixels(const Tensor& t) {
-  return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+// Views as one as_strided each (permute + reshape dispatch two or three ops, which on small
+// layers cost as much as the arithmetic around them):
+// [N, C, H, W] channels-last contiguous <-> [N*H*W, C] contiguous, pixels x channels (or
+// its transpose, channels x pixels);
+Tensor as_pixels(const Tensor& t, bool transposed = false) {
+  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(t.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const int64_t P = t.size(0) * t.size(2) * t.size(3), C = t.size(1);
+  return transposed ? t.as_strided({C, P}, {1, C}, t.storage_offset())
+                    : t.as_strided({P, C}, {C, 1}, t.storage_offset());
 }
 Tensor from_pixels(const Tensor& m, at::IntArrayRef nchw) {
-  return m.view({nchw[0], nchw[2], nchw[3], nchw[1]}).permute({0, 3, 1, 2});
+  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(m.is_contiguous() && m.size(1) == nchw[1]);
+  const int64_t C = nchw[1], W = nchw[3];
+  return m.as_strided(nchw, {nchw[2] * W * C, 1, W * C, C}, m.storage_offset());
+}
+// a 1x1 filter [K, C, 1, 1] (any strides) as the [K, C] matrix, or its transpose [C, K].
+Tensor filter_matrix(const Tensor& w, bool transposed) {
+  const int64_t K = w.size(0), C = w.size(1), sk = w.stride(0), sc = w.stride(1);
+  return transposed ? w.as_strided({C, K}, {sc, sk}, w.storage_offset())
+                    : w.as_strided({K, C}, {sk, sc}, w.storage_offset());
 }
 
 Tensor gemm_fwd(const Tensor& a, const Tensor& w, int64_t stride, int64_t padding,
                 int64_t dilation, int64_t groups, at::MemoryFormat fmt) {
   if (pixel_gemm(w, stride, padding, groups, fmt)) {
-    const int64_t K = w.size(0);
-    return from_pixels(at::mm(as_pixels(a), w.reshape({K, -1}).t()),
-                       {a.size(0), K, a.size(2), a.size(3)});
+    return from_pixels(at::mm(as_pixels(a), filter_matrix(w, true)),
+                       {a.size(0), w.size(0), a.size(2), a.size(3)});
   }
   return at::convolution(a, w, std::nullopt, {stride, stride}, {padding, padding},
                          {dilation, dilation}, false, {0, 0}, groups)
@@ -236,7 +249,7 @@ Tensor gemm_fwd(const Tensor& a, const Tensor& w, int64_t stride, int64_t paddin
 Tensor gemm_dgrad(const Tensor& dy, const Tensor& w, at::IntArrayRef input_size, int64_t stride,
                   int64_t padding, int64_t dilation, int64_t groups, at::MemoryFormat fmt) {
   if (pixel_gemm(w, stride, padding, groups, fmt))
-    return from_pixels(at::mm(as_pixels(dy), w.reshape({w.size(0), -1})), input_size);
+    return from_pixels(at::mm(as_pixels(dy), filter_matrix(w, false)), input_size);
   // Only the shape and memory format of the input matter; an expanded (stride-0) stand-in
   // reads as NCHW, and ATen then picks slower algorithms and returns dx in NCHW. at::empty
   // touches no page.
@@ -253,7 +266,7 @@ Tensor gemm_wgrad(const Tensor& dy, const Tensor& act, const Tensor& w, int64_t 
                   int64_t padding, int64_t dilation, int64_t groups) {
   if (pixel_gemm(w, stride, padding, groups, memory_format(act)) &&
       memory_format(dy) == at::MemoryFormat::ChannelsLast)
-    return at::mm(as_pixels(dy).t(), as_pixels(act)).view(w.sizes());
+    return at::mm(as_pixels(dy, true), as_pixels(act)).view(w.sizes());
   return std::get<1>(at::convolution_backward(dy, act, w, std::nullopt, {stride, stride},
                                               {padding, padding}, {dilation, dilation}, false,
                                               {0, 0}, groups, {false, true, false}));
@@ -270,7 +283,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   const auto sd = stat_dtype(x_in.scalar_type());
   const bool has_res = st.residual.defined();
   const Tensor a = prologue_act(st.x, st.in_scale, st.in_shift, in_relu);
-  const Tensor conv = gemm_fwd(a, st.w.to(sd), stride, padding, dilation, groups, st.fmt);
+  const Tensor conv = gemm_fwd(a, as_dtype(st.w, sd), stride, padding, dilation, groups, st.fmt);
   // fp32/fp64: the epilogue overwrites the conv output, which this op owns. A fresh output
   // costs a first touch of every page (on small layers as much as the GEMM) and a stream.
   const bool in_place = conv.scalar_type() == x_in.scalar_type();
@@ -347,7 +360,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
   const auto sd = stat_dtype(dz.scalar_type());
   const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
   const Tensor dx_acc =
-      gemm_dgrad(dy, st.w.to(sd), input_size, stride, padding, dilation, groups, st.fmt);
+      gemm_dgrad(dy, as_dtype(st.w, sd), input_size, stride, padding, dilation, groups, st.fmt);
   const bool has_res = st.residual.defined(), has_prev = st.prev_y.defined();
   const int64_t C = input_size[1];
   const Layout L = layout_of(input_size, st.fmt);
@@ -411,9 +424,9 @@ Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTens
     gemm_stride = 1;
   }
   const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
-  const Tensor dw = gemm_wgrad(dy, act, weight.to(stat_dtype(dz.scalar_type())),
+  const Tensor dw = gemm_wgrad(dy, act, as_dtype(weight, stat_dtype(dz.scalar_type())),
                                gemm_stride, padding, dilation, groups);
-  return dw.to(weight.scalar_type()).contiguous(st.w_fmt);
+  return as_dtype(dw, weight.scalar_type()).contiguous(st.w_fmt);
 }
 
 }  // namespace
