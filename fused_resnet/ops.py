@@ -33,6 +33,7 @@ from ._fakes import (  # noqa: F401 (one set of fakes)
     OP_NAMES,
     _op_exists,
     fake_bn_backward,
+    fake_conv_bwd,
     register_fakes,
 )
 
@@ -70,13 +71,17 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- fakes
+# The cpp backend's CPU ops beyond the six, with their fakes: BN backward in one call
+# (Backend.bn_backward) and a conv's data and weight gradients in one (Backend.conv_bwd).
+CPP_EXTRA_OPS = {"bn_backward": fake_bn_backward, "conv_bwd": fake_conv_bwd}
 if _EXTENSION_UNAVAILABLE is None:
     register_fakes()
     # The test-only CPU twins of the CUDA conv kernels (_conv_fwd_igemm, _conv_bwd_data_igemm,
     # _conv_bwd_weight_igemm: csrc/cpu/conv_igemm_cpu.cpp) share the ops' signatures.
     register_fakes("_igemm", prefix="_")
-    if _op_exists("bn_backward"):
-        torch.library.register_fake("fused_resnet::bn_backward")(fake_bn_backward)
+    for name, fake in CPP_EXTRA_OPS.items():
+        if _op_exists(name):
+            torch.library.register_fake(f"fused_resnet::{name}")(fake)
 
 
 # --------------------------------------------------------------------------- backends
@@ -98,6 +103,9 @@ class Backend:
     conv_bwd_data: Callable
     conv_bwd_weight: Callable
     bn_backward: Callable = reference.bn_backward
+    # conv_bwd_weight and conv_bwd_data in one call (:func:`fused_resnet.reference.conv_bwd`),
+    # where the backend has it (cpp: the output gradient's BN map made once for both GEMMs).
+    conv_bwd: Callable | None = None
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -121,6 +129,8 @@ def get_backend(name: str) -> Backend:
     extra = {}
     if name in BN_BACKWARD_KERNELS:
         extra["bn_backward"] = getattr(torch.ops.fused_resnet, BN_BACKWARD_KERNELS[name])
+    if name == "cpp":
+        extra["conv_bwd"] = torch.ops.fused_resnet.conv_bwd
     if name == "triton":
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"),
                              **extra)
@@ -149,7 +159,7 @@ def _backend_unavailable_reason(name: str) -> str | None:
     if _EXTENSION_UNAVAILABLE is not None:
         return _EXTENSION_UNAVAILABLE
     key = {"cpp": "CPU", "cuda": "CUDA"}[name]
-    wanted = OP_NAMES + ((BN_BACKWARD_KERNELS[name],) if name in BN_BACKWARD_KERNELS else ())
+    wanted = OP_NAMES + (tuple(CPP_EXTRA_OPS) if name == "cpp" else ())
     missing = [op for op in wanted if not has_kernel(op, key)]
     if missing:
         return f"fused_resnet._C was built without {key} kernels for {', '.join(missing)}"
