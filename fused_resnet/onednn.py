@@ -187,19 +187,39 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 
 
 # ------------------------------------------------------------------ the path of a call
-# Measured on a 2-core AMD EPYC (Zen3, AVX2), float32, channels_last, interleaved timing,
+# Measured on a 2-core AMD EPYC (Zen3, AVX2, shared), channels_last, interleaved timing,
 # eager/variant time ratios (docs: benchmarks/README.md, "CPU paths"):
-#   eval, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
+#   eval, float32, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
 #       1.09-1.18x (batch 8); the cpp kernels 0.89x;
-#   training fwd+bwd, 16 bottlenecks, batch 2, 1 thread: cpp 0.96x (spatial sizes / 4),
-#       0.98x (224x224 sizes; per block 0.95-1.04x), reference 0.73x (256->64 at 28x28).
-# Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run,
-# else ATen's own ops (the block's torchvision forward), never the slower fused kernels.
+#   training fwd+bwd, float32, 16 bottlenecks, batch 2, 1 thread: cpp 1.22x (spatial sizes
+#       / 4; per block 0.94-2.20x), 1.02x (224x224 sizes; per block 0.99-1.05x);
+#   bfloat16 (oneDNN without native bf16 kernels on this CPU), spatial sizes / 4: cpp 3.1x
+#       eval, 6.8x training, but its training gradients are within 2x of ATen's bf16 error
+#       only narrowly (tests/test_blocks.py), so bf16 stays on ATen unless asked for.
+# Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run;
+# the cpp kernels for float32 training (batch statistics); else ATen's own ops (the block's
+# torchvision forward).
 ONEDNN, ATEN = "onednn", "aten"
 _WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
                "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
-_WHY_ATEN = ("on the CPU ATen's convolutions and BatchNorm run faster than the cpp kernels "
-             "(training fwd+bwd 0.96-0.98x eager with cpp)")
+_WHY_CPP = ("float32 training: the cpp kernels' fused forward and backward run faster than "
+            "ATen's convolutions and BatchNorm (16 ResNet-50 bottlenecks, batch 2: 1.02-1.22x)")
+_WHY_ATEN = "ATen's convolutions and BatchNorm: the cpp kernels are not faster for this call"
+_WHY_ATEN_BF16 = ("bfloat16: the cpp kernels' training gradients are within 2x of ATen's bf16 "
+                  "error only narrowly; ask for backend='cpp' to run them")
+_WHY_ATEN_COMPILE = "under torch.compile: Inductor compiles ATen's graph of the block"
+
+
+def _auto_on_cpu(plan, x: Tensor, autocast: bool) -> tuple[str, str]:
+    """Where auto runs a CPU block call that oneDNN cannot: (path, why)."""
+    if x.dtype == torch.bfloat16:
+        return ATEN, _WHY_ATEN_BF16
+    if torch.compiler.is_compiling():
+        return ATEN, _WHY_ATEN_COMPILE
+    if (plan.backend.name == "cpp" and not autocast and x.dtype == torch.float32
+            and not plan.fixed_stats):
+        return plan.backend.name, _WHY_CPP
+    return ATEN, _WHY_ATEN
 
 
 def choose_path(requested: str, plan, x: Tensor, tensors: tuple,
@@ -219,5 +239,6 @@ def choose_path(requested: str, plan, x: Tensor, tensors: tuple,
     # torch.export keeps the fused ops in the exported program.
     if requested == "auto" and x.device.type == "cpu" and not torch.compiler.is_exporting() \
             and not any(u.norm.sync for u in plan.units):
-        return ATEN, f"{reason}; {_WHY_ATEN}"
+        path, why = _auto_on_cpu(plan, x, autocast)
+        return path, f"{reason}; {why}"
     return plan.backend.name, reason
