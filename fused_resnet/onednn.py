@@ -193,31 +193,43 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 #       1.09-1.18x (batch 8); the cpp kernels 0.89x;
 #   training fwd+bwd, float32, 16 bottlenecks, batch 2, 1 thread: cpp 1.22x (spatial sizes
 #       / 4; per block 0.94-2.20x), 1.02x (224x224 sizes; per block 0.99-1.05x);
-#   bfloat16 (oneDNN without native bf16 kernels on this CPU), spatial sizes / 4: cpp 3.1x
-#       eval, 6.8x training, but its training gradients are within 2x of ATen's bf16 error
-#       only narrowly (tests/test_blocks.py), so bf16 stays on ATen unless asked for.
+#   bfloat16, where oneDNN has no native bf16 kernels (AVX2), 16 bottlenecks, batch 2,
+#       1 thread: cpp (GEMMs in float32) 3.1x eval and 6.8x training at spatial sizes / 4,
+#       8.1x and 16.6x at 224x224 sizes.
 # Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run;
-# the cpp kernels for float32 training (batch statistics); else ATen's own ops (the block's
-# torchvision forward).
+# the cpp kernels for float32 training (batch statistics) and for bfloat16 without native
+# bf16 convolutions; else ATen's own ops (the block's torchvision forward).
 ONEDNN, ATEN = "onednn", "aten"
 _WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
                "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
 _WHY_CPP = ("float32 training: the cpp kernels' fused forward and backward run faster than "
             "ATen's convolutions and BatchNorm (16 ResNet-50 bottlenecks, batch 2: 1.02-1.22x)")
+_WHY_CPP_BF16 = ("bfloat16 without native bf16 convolutions in oneDNN on this CPU: the cpp "
+                 "kernels (GEMMs in float32) run 3-17x faster than ATen's")
 _WHY_ATEN = "ATen's convolutions and BatchNorm: the cpp kernels are not faster for this call"
-_WHY_ATEN_BF16 = ("bfloat16: the cpp kernels' training gradients are within 2x of ATen's bf16 "
-                  "error only narrowly; ask for backend='cpp' to run them")
+_WHY_ATEN_BF16 = ("bfloat16 with native bf16 convolutions in oneDNN on this CPU: ATen's (the "
+                  "cpp kernels compute in float32)")
 _WHY_ATEN_COMPILE = "under torch.compile: Inductor compiles ATen's graph of the block"
+
+
+def _native_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 convolutions on this CPU (AVX512-BF16, AMX)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
+_NATIVE_BF16 = _native_bf16()  # once, at import (as _MISSING)
 
 
 def _auto_on_cpu(plan, x: Tensor, autocast: bool) -> tuple[str, str]:
     """Where auto runs a CPU block call that oneDNN cannot: (path, why)."""
-    if x.dtype == torch.bfloat16:
-        return ATEN, _WHY_ATEN_BF16
     if torch.compiler.is_compiling():
         return ATEN, _WHY_ATEN_COMPILE
-    if (plan.backend.name == "cpp" and not autocast and x.dtype == torch.float32
-            and not plan.fixed_stats):
+    if plan.backend.name != "cpp" or autocast:
+        return ATEN, _WHY_ATEN
+    if x.dtype == torch.bfloat16:
+        return (ATEN, _WHY_ATEN_BF16) if _NATIVE_BF16 else (plan.backend.name, _WHY_CPP_BF16)
+    if x.dtype == torch.float32 and not plan.fixed_stats:
         return plan.backend.name, _WHY_CPP
     return ATEN, _WHY_ATEN
 

@@ -221,11 +221,11 @@ def test_nan_propagates(cpu_backend):
 @pytest.mark.parametrize("kind", ["bottleneck", "basic"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_cpp_bfloat16_block_vs_torchvision_bfloat16(kind, train):
-    """Whole blocks on the cpp kernels in bfloat16 against torchvision's block in bfloat16
-    itself (docs/design.md's rule, over six runs). The margin is narrow for training a small
-    basic block: on other seeds its BN-weight gradient came out at 2.2x torchvision's bf16
-    error (the reference backend's too: the fused dataflow's rounding), one reason auto
-    leaves bfloat16 CPU blocks to ATen."""
+    """Whole blocks on the cpp kernels in bfloat16 (auto's choice where oneDNN has no native
+    bf16 convolutions) against torchvision's block in bfloat16 itself (docs/design.md's
+    rule, over six runs). The margin is narrow for training a small basic block: on other
+    seeds its BN-weight gradient came out at 2.2x torchvision's bf16 error, the reference
+    backend's alike (the fused dataflow's rounding, as on a GPU)."""
     shape = SHAPES[1] if kind == "bottleneck" else SHAPES[3]
     kind, inplanes, planes, stride, projection, hw = shape
     runs, plains = [], []

@@ -238,23 +238,40 @@ def test_auto_on_cpu_float32_training_runs_the_cpp_kernels():
         assert fused.backend_status(x)["path"] == "cpp"
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["f64", "bf16"])
-def test_auto_on_cpu_training_in_other_dtypes_is_atens_own_forward(dtype):
-    """Where no fused path is measured faster (bf16: see its reason), auto runs the torchvision
-    forward: the very values, gradients and running statistics of the torchvision block."""
+def test_auto_on_cpu_float64_training_is_atens_own_forward():
+    """Where no fused path is measured faster, auto runs the torchvision forward: the very
+    values, gradients and running statistics of the torchvision block."""
     tv, fused = make_blocks("bottleneck", 16, 4, 2, projection=True, backend="auto")
-    tv, fused = tv.to(dtype), fused.to(dtype)
-    x = torch.randn(3, 16, 9, 9, dtype=dtype, requires_grad=True)
+    tv, fused = tv.double(), fused.double()
+    x = torch.randn(3, 16, 9, 9, dtype=torch.float64, requires_grad=True)
     status = fused.backend_status(x)
     assert status["path"] == "aten" and "batch statistics" in status["why"], status
-    if dtype == torch.bfloat16:
-        assert "bfloat16" in status["why"] and "backend='cpp'" in status["why"], status
     out, ref = fused(x), tv(x)
     assert torch.equal(out, ref)
     g_out, = torch.autograd.grad(out.sum(), fused.conv2.weight)
     g_ref, = torch.autograd.grad(ref.sum(), tv.conv2.weight)
     assert torch.equal(g_out, g_ref)
     assert torch.equal(fused.bn3.running_var, tv.bn3.running_var)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["no_native", "native"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_auto_on_cpu_bfloat16_by_onednns_bf16_support(monkeypatch, native_bf16, train):
+    """bfloat16: the cpp kernels where oneDNN has no native bf16 convolutions (its own bf16
+    path is then many times slower), ATen's where it has them (not measured faster)."""
+    monkeypatch.setattr(onednn, "_NATIVE_BF16", native_bf16)
+    tv, fused = make_blocks("bottleneck", 16, 4, 2, projection=True, backend="auto")
+    tv, fused = tv.bfloat16().train(train), fused.bfloat16().train(train)
+    x = torch.randn(3, 16, 9, 9, dtype=torch.bfloat16, requires_grad=True)
+    status = fused.backend_status(x)
+    out = fused(x)
+    assert "bfloat16" in status["why"], status
+    if native_bf16:
+        assert status["path"] == "aten", status
+        assert torch.equal(out, tv(x))
+    else:
+        assert status["path"] == "cpp", status
+        assert type(out.grad_fn).__name__ == "ResidualBlockFunctionBackward"
 
 
 def test_auto_on_cpu_leaves_autocast_and_eval_with_gradients_to_aten():
