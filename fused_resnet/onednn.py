@@ -192,18 +192,20 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 #   eval, float32, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
 #       1.09-1.18x (batch 8); the cpp kernels 0.89x;
 #   training fwd+bwd, float32, 16 bottlenecks, batch 2, 1 thread: cpp 1.22x (spatial sizes
-#       / 4; per block 0.94-2.20x), 1.02x (224x224 sizes; per block 0.99-1.05x);
+#       / 4; per block 0.94-2.20x), 1.02x (224x224 sizes; per block 0.99-1.05x); the 7
+#       basic blocks of ResNet-18/34: 0.93-1.00x (/ 4), 0.98-1.03x (224x224);
 #   bfloat16, where oneDNN has no native bf16 kernels (AVX2), 16 bottlenecks, batch 2,
 #       1 thread: cpp (GEMMs in float32) 3.1x eval and 6.8x training at spatial sizes / 4,
 #       8.1x and 16.6x at 224x224 sizes.
 # Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run;
-# the cpp kernels for float32 training (batch statistics) and for bfloat16 without native
-# bf16 convolutions; else ATen's own ops (the block's torchvision forward).
+# the cpp kernels for float32 bottleneck training (batch statistics) and for bfloat16
+# without native bf16 convolutions; else ATen's own ops (the block's torchvision forward).
 ONEDNN, ATEN = "onednn", "aten"
 _WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
                "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
-_WHY_CPP = ("float32 training: the cpp kernels' fused forward and backward run faster than "
-            "ATen's convolutions and BatchNorm (16 ResNet-50 bottlenecks, batch 2: 1.02-1.22x)")
+_WHY_CPP = ("float32 bottleneck training: the cpp kernels' fused forward and backward run "
+            "faster than ATen's convolutions and BatchNorm (16 ResNet-50 bottlenecks, batch 2: "
+            "1.02-1.22x)")
 _WHY_CPP_BF16 = ("bfloat16 without native bf16 convolutions in oneDNN on this CPU: the cpp "
                  "kernels (GEMMs in float32) run 3-17x faster than ATen's")
 _WHY_ATEN = "ATen's convolutions and BatchNorm: the cpp kernels are not faster for this call"
@@ -221,6 +223,12 @@ def _native_bf16() -> bool:
 _NATIVE_BF16 = _native_bf16()  # once, at import (as _MISSING)
 
 
+def _bottleneck(plan) -> bool:
+    """A chain of three conv-BN units ending in a residual (basic blocks, two units, measured
+    no faster in float32 training on the cpp kernels)."""
+    return plan.residual and len(plan.chain) == 3
+
+
 def _auto_on_cpu(plan, x: Tensor, autocast: bool) -> tuple[str, str]:
     """Where auto runs a CPU block call that oneDNN cannot: (path, why)."""
     if torch.compiler.is_compiling():
@@ -229,7 +237,7 @@ def _auto_on_cpu(plan, x: Tensor, autocast: bool) -> tuple[str, str]:
         return ATEN, _WHY_ATEN
     if x.dtype == torch.bfloat16:
         return (ATEN, _WHY_ATEN_BF16) if _NATIVE_BF16 else (plan.backend.name, _WHY_CPP_BF16)
-    if x.dtype == torch.float32 and not plan.fixed_stats:
+    if x.dtype == torch.float32 and not plan.fixed_stats and _bottleneck(plan):
         return plan.backend.name, _WHY_CPP
     return ATEN, _WHY_ATEN
 

@@ -214,13 +214,13 @@ def test_auto_on_cpu_eval_takes_onednn_and_says_why():
     assert _cache(fused).packed
 
 
-def test_auto_on_cpu_float32_training_runs_the_cpp_kernels():
-    """float32 training (batch statistics): the fused cpp kernels, measured faster than ATen;
+def test_auto_on_cpu_float32_bottleneck_training_runs_the_cpp_kernels():
+    """float32 bottleneck training (batch statistics): the cpp kernels, measured faster;
     values, gradients and running statistics as torchvision's block in float64."""
     tv, fused = make_blocks("bottleneck", 16, 4, 2, projection=True, backend="auto")
     x = torch.randn(3, 16, 9, 9).contiguous(memory_format=CL)
     status = fused.backend_status(x.requires_grad_())
-    assert status["path"] == "cpp" and "float32 training" in status["why"], status
+    assert status["path"] == "cpp" and "float32 bottleneck training" in status["why"], status
     oracle = copy.deepcopy(tv).double()
     x64 = x.detach().double().requires_grad_()
     out, ref = fused(x), oracle(x64)
@@ -274,7 +274,7 @@ def test_auto_on_cpu_bfloat16_by_onednns_bf16_support(monkeypatch, native_bf16, 
         assert type(out.grad_fn).__name__ == "ResidualBlockFunctionBackward"
 
 
-def test_auto_on_cpu_leaves_autocast_and_eval_with_gradients_to_aten():
+def test_auto_on_cpu_leaves_autocast_eval_with_gradients_and_basic_blocks_to_aten():
     _, fused = make_blocks("bottleneck", 16, 4, backend="auto")
     x = torch.randn(2, 16, 7, 7, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -282,6 +282,9 @@ def test_auto_on_cpu_leaves_autocast_and_eval_with_gradients_to_aten():
     assert status["path"] == "aten" and status["why"].startswith("under autocast"), status
     fused.eval()  # fixed statistics, a gradient wanted: not measured faster on cpp
     status = fused.backend_status(x)
+    assert status["path"] == "aten" and "not faster" in status["why"], status
+    _, basic = make_blocks("basic", 8, 8, backend="auto")  # float32 training: no faster
+    status = basic.backend_status(torch.randn(2, 8, 5, 5, requires_grad=True))
     assert status["path"] == "aten" and "not faster" in status["why"], status
 
 
