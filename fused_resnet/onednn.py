@@ -191,8 +191,8 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 # eager/variant time ratios (docs: benchmarks/README.md, "CPU paths"):
 #   eval, float32, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
 #       1.09-1.18x (batch 8); the cpp kernels 0.89x;
-#   training fwd+bwd, float32, 16 bottlenecks, batch 2, 1 thread: cpp 1.22x (spatial sizes
-#       / 4; per block 0.94-2.20x), 1.02x (224x224 sizes; per block 0.99-1.05x); the 7
+#   training fwd+bwd, float32, 16 bottlenecks, batch 2, 1 thread: cpp 1.17-1.22x (spatial sizes
+#       / 4; per block 0.94-2.24x), 1.02x (224x224 sizes; per block 0.99-1.06x); the 7
 #       basic blocks of ResNet-18/34: 0.93-1.00x (/ 4), 0.98-1.03x (224x224);
 #   bfloat16, where oneDNN has no native bf16 kernels (AVX2), 16 bottlenecks, batch 2,
 #       1 thread: cpp (GEMMs in float32) 3.1x eval and 6.8x training at spatial sizes / 4,

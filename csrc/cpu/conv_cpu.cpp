@@ -218,13 +218,13 @@ bool pixel_gemm(const Tensor& weight, int64_t stride, int64_t padding, int64_t g
 // [N, C, H, W] channels-last contiguous <-> [N*H*W, C] contiguous, pixels x channels (or
 // its transpose, channels x pixels);
 Tensor as_pixels(const Tensor& t, bool transposed = false) {
-  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(t.is_contiguous(at::MemoryFormat::ChannelsLast));
+  TORCH_INTERNAL_ASSERT(t.is_contiguous(at::MemoryFormat::ChannelsLast));
   const int64_t P = t.size(0) * t.size(2) * t.size(3), C = t.size(1);
   return transposed ? t.as_strided({C, P}, {1, C}, t.storage_offset())
                     : t.as_strided({P, C}, {C, 1}, t.storage_offset());
 }
 Tensor from_pixels(const Tensor& m, at::IntArrayRef nchw) {
-  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(m.is_contiguous() && m.size(1) == nchw[1]);
+  TORCH_INTERNAL_ASSERT(m.is_contiguous() && m.size(1) == nchw[1]);
   const int64_t C = nchw[1], W = nchw[3];
   return m.as_strided(nchw, {nchw[2] * W * C, 1, W * C, C}, m.storage_offset());
 }
