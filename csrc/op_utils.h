@@ -134,6 +134,11 @@ inline void check_dgrad_operands(const char* op, const Tensor& dz, at::IntArrayR
   check_channel(*prev_invstd, C, vec, dz.device(), op, "prev_invstd");
 }
 
+// t in dtype `d`: t itself when it has it (Tensor::to dispatches an op even then).
+inline Tensor as_dtype(const Tensor& t, at::ScalarType d) {
+  return t.scalar_type() == d ? t : t.to(d);
+}
+
 inline OptTensor contiguous(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
 }
@@ -233,6 +238,32 @@ inline void check_branch_scale(const OptTensor& branch_scale, const Tensor& data
               " (the statistics dtype of the data), got ", t.scalar_type());
   TORCH_CHECK(t.device() == data.device(), op, ": branch_scale is on ", t.device(),
               ", expected ", data.device());
+}
+
+// bn_backward: the sums, scale and statistics per channel in one statistics dtype; weight and
+// bias (any floating dtype: the gradients take it) with as many elements.
+inline void check_bn_backward(const Tensor& sum_dz, const Tensor& sum_dz_xhat, int64_t count,
+                              const Tensor& scale, const Tensor& mean, const Tensor& invstd,
+                              const OptTensor& weight, const OptTensor& bias) {
+  const char* op = "bn_backward";
+  const auto sd = scale.scalar_type();
+  TORCH_CHECK(sd == at::kFloat || sd == at::kDouble, op,
+              ": scale must be float32 or float64 (a statistics dtype), got ", sd);
+  TORCH_CHECK(scale.dim() == 1, op, ": scale must be 1-D, got shape ", scale.sizes());
+  const int64_t C = scale.numel();
+  for (auto [t, name] : {std::pair{&sum_dz, "sum_dz"}, std::pair{&sum_dz_xhat, "sum_dz_xhat"},
+                         std::pair{&mean, "mean"}, std::pair{&invstd, "invstd"}})
+    check_channel(*t, C, sd, scale.device(), op, name);
+  TORCH_CHECK(count > 0, op, ": count must be > 0, got ", count);
+  for (auto [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    if (!*t) continue;
+    TORCH_CHECK((*t)->dim() == 1 && (*t)->numel() == C, op, ": ", name, " must be 1-D with ", C,
+                " elements, got shape ", (*t)->sizes());
+    TORCH_CHECK(at::isFloatingType((*t)->scalar_type()), op, ": ", name,
+                " must be floating point, got ", (*t)->scalar_type());
+    TORCH_CHECK((*t)->device() == scale.device(), op, ": ", name, " is on ", (*t)->device(),
+                ", expected ", scale.device());
+  }
 }
 
 inline void check_block_end_bwd(const Tensor& d_out, const Tensor& out, const Tensor& y,

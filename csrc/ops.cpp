@@ -6,6 +6,20 @@
 
 TORCH_LIBRARY(fused_resnet, m) {
   fr::define_fused_ops(m);
+  // BN backward's coefficients and parameter gradients (reference.bn_backward; an absent
+  // parameter's gradient is an empty tensor): a CPU kernel only, for the cpp backend. (The
+  // Triton backend registers its own, bn_backward_triton.)
+  m.def(
+      "bn_backward(Tensor sum_dz, Tensor sum_dz_xhat, int count, Tensor scale, Tensor mean, "
+      "Tensor invstd, bool batch_stats, Tensor? weight, Tensor? bias) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // conv_bwd_weight and conv_bwd_data of one conv in one call (reference.conv_bwd): a CPU
+  // kernel only, for the cpp backend, which then maps the output gradient once for both.
+  m.def(
+      "conv_bwd(Tensor x, Tensor? in_scale, Tensor? in_shift, bool in_relu, Tensor dz, "
+      "Tensor y, Tensor a, Tensor b, Tensor c, Tensor weight, int stride, int padding, "
+      "int dilation, int groups, Tensor? residual, Tensor? prev_mean, Tensor? prev_invstd) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // Test-only: the CPU twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight
   // (cpu/conv_igemm_cpu.cpp), same args, same semantics. The leading underscore keeps them
   // out of the public op set.

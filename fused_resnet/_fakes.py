@@ -63,16 +63,25 @@ def _fake_conv_bwd_weight(x, in_scale, in_shift, in_relu, dz, y, a, b, c, weight
     return torch.empty_like(weight)
 
 
+def fake_conv_bwd(x, in_scale, in_shift, in_relu, dz, y, a, b, c, weight, stride, padding,
+                  dilation, groups, residual=None, prev_mean=None, prev_invstd=None):
+    """Of the cpp backend's ``conv_bwd`` (conv_bwd_data and conv_bwd_weight in one)."""
+    return (*_fake_conv_bwd_data(dz, y, a, b, c, weight, list(x.shape), stride, padding,
+                                 dilation, groups, residual,
+                                 x if prev_mean is not None else None, None, None, None, None),
+            _fake_conv_bwd_weight(x, in_scale, in_shift, in_relu, dz, y, a, b, c, weight,
+                                  stride, padding, dilation, groups))
+
+
 def fake_bn_backward(sum_dz, sum_dz_xhat, count, scale, mean, invstd, batch_stats, weight,
                      bias):
-    """Of the Triton-only ``bn_backward_triton`` op (reference.bn_backward, with an empty
-    tensor for an absent parameter's gradient)."""
+    """Of the BN-backward ops (``bn_backward`` of the cpp backend, ``bn_backward_triton``):
+    reference.bn_backward, with an empty tensor for an absent parameter's gradient."""
     def grad(p):
         return (torch.empty_like(p, memory_format=torch.contiguous_format) if p is not None
                 else scale.new_empty(0))
 
-    return (*(torch.empty_like(scale, dtype=torch.float32) for _ in range(3)), grad(weight),
-            grad(bias))
+    return (*(torch.empty_like(scale) for _ in range(3)), grad(weight), grad(bias))
 
 
 def fake_conv_bn_fwd(x, weight, stride, padding, dilation, groups, in_scale, in_shift,

@@ -334,7 +334,6 @@ class ResidualBlockFunction(torch.autograd.Function):
         out, outs = forward_train(plan, x, tensors, branch_scale)
         ctx.plan = plan
         ctx.counts = [u.count for u in outs]
-        ctx.input_size = list(x.shape)
         weights = [t[0] for t in _split_units(tensors, len(plan.units))]
         vectors = [v for u in outs for v in (u.y, u.scale, u.shift, u.mean, u.invstd)]
         ctx.has_branch_scale = branch_scale is not None
@@ -363,7 +362,7 @@ class ResidualBlockFunction(torch.autograd.Function):
         unit_tensors = [(weights[i], *ctx.bn_params[i]) for i in range(n_units)]
         grads: list = [None] * (k * n_units)
 
-        done: dict = {}  # unit -> its BN backward, where block_end_bwd_bn computed it
+        done: dict = {}  # unit -> its BN backward, where an op computed it with its sums
 
         def bn_backward(i: int, sum_dz: Tensor | None, sum_dz_xhat: Tensor | None):
             """(a, b, c) of unit i's BN backward, and its parameters' gradients."""
@@ -420,6 +419,30 @@ class ResidualBlockFunction(torch.autograd.Function):
                 prev_count=prev.count, prev_batch_stats=norm.batch_stats, prev_weight=gamma,
                 prev_bias=beta)
 
+        def conv_backward(i: int, inp: Tensor, prev: _UnitOut | None, dz: Tensor, abc,
+                          want_dx: bool, residual: Tensor | None = None):
+            """(dw or None, dgrad's outputs or None) of conv i. Where the backend has
+            ``conv_bwd_data_bn``, an inner dgrad's sums end in the previous BN's backward
+            (recorded in ``done``; the sums come back as None); else one call for both
+            where the backend has ``conv_bwd`` and both are wanted (the cpp backend then
+            maps dy once)."""
+            if (want_dx and prev is not None and ops.conv_bwd_data_bn is not None
+                    and not plan.units[i - 1].norm.sync):
+                dw = wgrad(i, inp, prev, dz, abc)
+                dx, a, b, c, dgamma, dbeta = dgrad_bn(i, dz, abc, prev)
+                done[i - 1] = (a, b, c), (dgamma, dbeta)
+                return dw, (dx, None, None)
+            if ops.conv_bwd is None or not (want_dx and unit_needs[i][0]):
+                dw = wgrad(i, inp, prev, dz, abc)
+                return dw, dgrad(i, dz, abc, inp.shape, residual, prev) if want_dx else None
+            c = plan.units[i].conv
+            dx, sum_dx, sum_dx_xhat, dw = ops.conv_bwd(
+                inp, prev.scale if prev else None, prev.shift if prev else None,
+                prev is not None, dz, outs[i].y, *abc, weights[i], c.stride, c.padding,
+                c.dilation, c.groups, residual, prev.mean if prev else None,
+                prev.invstd if prev else None)
+            return dw, (dx, sum_dx, sum_dx_xhat)
+
         last = outs[n_chain - 1]
         sc = outs[n_chain] if plan.shortcut else None
         end = dict(d_out=d_out.contiguous(memory_format=reference.memory_format(out)), out=out,
@@ -450,10 +473,11 @@ class ResidualBlockFunction(torch.autograd.Function):
         if sc is not None:
             x_sc = plan.shortcut_input(x)
             abc, param_grads = bn_backward(n_chain, sum_dz_shortcut, sum_dz_xhat_d)
-            set_grads(n_chain, wgrad(n_chain, x_sc, None, dz_shortcut, abc), param_grads)
+            dw, dgrad_out = conv_backward(n_chain, x_sc, None, dz_shortcut, abc, needs[1])
+            set_grads(n_chain, dw, param_grads)
             d_shortcut = None
             if needs[1]:
-                d_shortcut = dgrad(n_chain, dz_shortcut, abc, x_sc.shape)[0]
+                d_shortcut = dgrad_out[0]
                 if plan.shortcut_pool is not None:
                     d_shortcut = plan.shortcut_pool.backward(d_shortcut, x).contiguous(
                         memory_format=reference.memory_format(dz_shortcut))
@@ -463,19 +487,14 @@ class ResidualBlockFunction(torch.autograd.Function):
             abc, param_grads = bn_backward(i, sum_dz, sum_dz_xhat)
             prev = outs[i - 1] if i > 0 else None
             inp = prev.y if prev else x
-            set_grads(i, wgrad(i, inp, prev, dz, abc), param_grads)
             upstream = needs[1] or any(any(unit_needs[j][:3]) for j in range(i))
+            dw, dgrad_out = conv_backward(i, inp, prev, dz, abc, upstream,
+                                          residual=None if prev else d_shortcut)
+            set_grads(i, dw, param_grads)
             if not upstream:
                 break
-            if prev is not None and ops.conv_bwd_data_bn is not None \
-                    and not plan.units[i - 1].norm.sync:
-                # The dgrad's sums end in the previous BN's backward: one op.
-                dz, a, b, c, dgamma, dbeta = dgrad_bn(i, dz, abc, prev)
-                done[i - 1] = (a, b, c), (dgamma, dbeta)
-                sum_dz = sum_dz_xhat = None
-            elif prev is not None:
-                dz, sum_dz, sum_dz_xhat = dgrad(i, dz, abc, prev.y.shape, prev=prev)
+            if prev is not None:
+                dz, sum_dz, sum_dz_xhat = dgrad_out
             else:
-                dx = dgrad(i, dz, abc, ctx.input_size, residual=d_shortcut)[0]
-                return (None, dx, None, *grads)
+                return (None, dgrad_out[0], None, *grads)
         return (None, None, None, *grads)

@@ -34,6 +34,7 @@ from ._fakes import (
     fake_block_end_bwd_bn,
     fake_bn_backward,
     fake_conv_bn_fwd,
+    fake_conv_bwd,
     fake_conv_bwd_data_bn,
 )
 from .launch_plan import Launch, Target
@@ -156,7 +157,7 @@ class LaunchRecorder(TorchDispatchMode):
 
 _KERNELS = {**_FAKES, "bn_backward": fake_bn_backward, "conv_bn_fwd": fake_conv_bn_fwd,
             "block_end_bwd_bn": fake_block_end_bwd_bn,
-            "conv_bwd_data_bn": fake_conv_bwd_data_bn}
+            "conv_bwd_data_bn": fake_conv_bwd_data_bn, "conv_bwd": fake_conv_bwd}
 _SIGNATURES = {op: inspect.signature(fake) for op, fake in _KERNELS.items()}
 
 

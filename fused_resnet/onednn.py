@@ -187,19 +187,59 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 
 
 # ------------------------------------------------------------------ the path of a call
-# Measured on a 2-core AMD EPYC (Zen3, AVX2), float32, channels_last, interleaved timing,
+# Measured on a 2-core AMD EPYC (Zen3, AVX2, shared), channels_last, interleaved timing,
 # eager/variant time ratios (docs: benchmarks/README.md, "CPU paths"):
-#   eval, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
+#   eval, float32, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
 #       1.09-1.18x (batch 8); the cpp kernels 0.89x;
-#   training fwd+bwd, 16 bottlenecks, batch 2, 1 thread: cpp 0.96x (spatial sizes / 4),
-#       0.98x (224x224 sizes; per block 0.95-1.04x), reference 0.73x (256->64 at 28x28).
-# Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run,
-# else ATen's own ops (the block's torchvision forward), never the slower fused kernels.
+#   training fwd+bwd, float32, 16 bottlenecks, batch 2, 1 thread: cpp 1.17-1.22x (spatial sizes
+#       / 4; per block 0.94-2.24x), 1.02x (224x224 sizes; per block 0.99-1.06x); the 7
+#       basic blocks of ResNet-18/34: 0.93-1.00x (/ 4), 0.98-1.03x (224x224);
+#   bfloat16, where oneDNN has no native bf16 kernels (AVX2), 16 bottlenecks, batch 2,
+#       1 thread: cpp (GEMMs in float32) 3.1x eval and 6.8x training at spatial sizes / 4,
+#       8.1x and 16.6x at 224x224 sizes.
+# Hence the rule for a block whose backend is "auto", on the CPU: oneDNN where it can run;
+# the cpp kernels for float32 bottleneck training (batch statistics) and for bfloat16
+# without native bf16 convolutions; else ATen's own ops (the block's torchvision forward).
 ONEDNN, ATEN = "onednn", "aten"
 _WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
                "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
-_WHY_ATEN = ("on the CPU ATen's convolutions and BatchNorm run faster than the cpp kernels "
-             "(training fwd+bwd 0.96-0.98x eager with cpp)")
+_WHY_CPP = ("float32 bottleneck training: the cpp kernels' fused forward and backward run "
+            "faster than ATen's convolutions and BatchNorm (16 ResNet-50 bottlenecks, batch 2: "
+            "1.02-1.22x)")
+_WHY_CPP_BF16 = ("bfloat16 without native bf16 convolutions in oneDNN on this CPU: the cpp "
+                 "kernels (GEMMs in float32) run 3-17x faster than ATen's")
+_WHY_ATEN = "ATen's convolutions and BatchNorm: the cpp kernels are not faster for this call"
+_WHY_ATEN_BF16 = ("bfloat16 with native bf16 convolutions in oneDNN on this CPU: ATen's (the "
+                  "cpp kernels compute in float32)")
+_WHY_ATEN_COMPILE = "under torch.compile: Inductor compiles ATen's graph of the block"
+
+
+def _native_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 convolutions on this CPU (AVX512-BF16, AMX)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
+_NATIVE_BF16 = _native_bf16()  # once, at import (as _MISSING)
+
+
+def _bottleneck(plan) -> bool:
+    """A chain of three conv-BN units ending in a residual (basic blocks, two units, measured
+    no faster in float32 training on the cpp kernels)."""
+    return plan.residual and len(plan.chain) == 3
+
+
+def _auto_on_cpu(plan, x: Tensor, autocast: bool) -> tuple[str, str]:
+    """Where auto runs a CPU block call that oneDNN cannot: (path, why)."""
+    if torch.compiler.is_compiling():
+        return ATEN, _WHY_ATEN_COMPILE
+    if plan.backend.name != "cpp" or autocast:
+        return ATEN, _WHY_ATEN
+    if x.dtype == torch.bfloat16:
+        return (ATEN, _WHY_ATEN_BF16) if _NATIVE_BF16 else (plan.backend.name, _WHY_CPP_BF16)
+    if x.dtype == torch.float32 and not plan.fixed_stats and _bottleneck(plan):
+        return plan.backend.name, _WHY_CPP
+    return ATEN, _WHY_ATEN
 
 
 def choose_path(requested: str, plan, x: Tensor, tensors: tuple,
@@ -219,5 +259,6 @@ def choose_path(requested: str, plan, x: Tensor, tensors: tuple,
     # torch.export keeps the fused ops in the exported program.
     if requested == "auto" and x.device.type == "cpu" and not torch.compiler.is_exporting() \
             and not any(u.norm.sync for u in plan.units):
-        return ATEN, f"{reason}; {_WHY_ATEN}"
+        path, why = _auto_on_cpu(plan, x, autocast)
+        return path, f"{reason}; {why}"
     return plan.backend.name, reason

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from ._fakes import OP_NAMES, _op_exists, register_fakes  # noqa: F401 (one set of fakes)
+from ._fakes import (  # noqa: F401 (one set of fakes)
+    OP_NAMES,
+    _op_exists,
+    fake_bn_backward,
+    fake_conv_bwd,
+    register_fakes,
+)
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -65,28 +71,38 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- fakes
+# The cpp backend's CPU ops beyond the six, with their fakes: BN backward in one call
+# (Backend.bn_backward) and a conv's data and weight gradients in one (Backend.conv_bwd).
+CPP_EXTRA_OPS = {"bn_backward": fake_bn_backward, "conv_bwd": fake_conv_bwd}
 if _EXTENSION_UNAVAILABLE is None:
     register_fakes()
     # The test-only CPU twins of the CUDA conv kernels (_conv_fwd_igemm, _conv_bwd_data_igemm,
     # _conv_bwd_weight_igemm: csrc/cpu/conv_igemm_cpu.cpp) share the ops' signatures.
     register_fakes("_igemm", prefix="_")
+    for name, fake in CPP_EXTRA_OPS.items():
+        if _op_exists(name):
+            torch.library.register_fake(f"fused_resnet::{name}")(fake)
 
 
 # --------------------------------------------------------------------------- backends
 # Ops beyond the six that a backend may implement in one op (the others compose them:
 # bn_backward in torch, conv_fwd then bn_finalize, block_end_bwd or conv_bwd_data then
-# bn_backward), and the backends that do.
-EXTRA_OPS = ("bn_backward", "conv_bn_fwd", "block_end_bwd_bn", "conv_bwd_data_bn")
-EXTRA_KERNELS = {"triton": EXTRA_OPS}
+# bn_backward, conv_bwd_weight and conv_bwd_data), and the backends that do: op -> the
+# name of its torch.ops.fused_resnet op.
+EXTRA_OPS = ("bn_backward", "conv_bn_fwd", "block_end_bwd_bn", "conv_bwd_data_bn", "conv_bwd")
+EXTRA_KERNELS = {
+    "triton": {op: op + "_triton" for op in EXTRA_OPS if op != "conv_bwd"},
+    "cpp": {"bn_backward": "bn_backward", "conv_bwd": "conv_bwd"},
+}
 
 
 @dataclass(frozen=True)
 class Backend:
     """The six fused ops of one backend (see the module docstring), ``bn_backward``
     (:func:`fused_resnet.reference.bn_backward`: plain torch unless the backend has a
-    kernel for it), ``conv_bn_fwd``, ``block_end_bwd_bn`` and ``conv_bwd_data_bn``
-    (their :mod:`fused_resnet.reference` compositions, each in one op, where the backend
-    has it)."""
+    kernel for it), ``conv_bn_fwd``, ``block_end_bwd_bn``, ``conv_bwd_data_bn`` and
+    ``conv_bwd`` (their :mod:`fused_resnet.reference` compositions, each in one op, where
+    the backend has it: :data:`EXTRA_KERNELS`)."""
 
     name: str
     conv_fwd: Callable
@@ -99,6 +115,8 @@ class Backend:
     conv_bn_fwd: Callable | None = None  # None: conv_fwd, then bn_finalize
     block_end_bwd_bn: Callable | None = None  # None: block_end_bwd, then bn_backward
     conv_bwd_data_bn: Callable | None = None  # None: conv_bwd_data, then bn_backward
+    # None: conv_bwd_weight and conv_bwd_data (cpp has it: dy's BN map made once for both).
+    conv_bwd: Callable | None = None
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -119,13 +137,14 @@ def get_backend(name: str) -> Backend:
         raise RuntimeError(f"fused_resnet backend {name!r} is not available: {missing}")
     if name == "reference":
         return _backend_from(name, lambda op: getattr(reference, op))
+    extra = {op: getattr(torch.ops.fused_resnet, kernel)
+             for op, kernel in EXTRA_KERNELS.get(name, {}).items()}
     if name == "triton":
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op + "_triton"),
-                             **{op: getattr(torch.ops.fused_resnet, op + "_triton")
-                                for op in EXTRA_KERNELS[name]})
+                             **extra)
     if name == "cuda" and cuda_emulated():
         return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet_cuda_emu, op))
-    return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op))
+    return _backend_from(name, lambda op: getattr(torch.ops.fused_resnet, op), **extra)
 
 
 def cuda_emulated() -> bool:
@@ -148,7 +167,8 @@ def _backend_unavailable_reason(name: str) -> str | None:
     if _EXTENSION_UNAVAILABLE is not None:
         return _EXTENSION_UNAVAILABLE
     key = {"cpp": "CPU", "cuda": "CUDA"}[name]
-    missing = [op for op in OP_NAMES if not has_kernel(op, key)]
+    wanted = OP_NAMES + (tuple(CPP_EXTRA_OPS) if name == "cpp" else ())
+    missing = [op for op in wanted if not has_kernel(op, key)]
     if missing:
         return f"fused_resnet._C was built without {key} kernels for {', '.join(missing)}"
     return None

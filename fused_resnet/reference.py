@@ -495,3 +495,36 @@ def conv_bwd_weight(
     dw = conv2d_weight(act.to(acc_dtype), list(weight.shape), dy.to(acc_dtype), stride, padding,
                        dilation, groups)
     return dw.to(weight.dtype).contiguous(memory_format=memory_format(weight))
+
+
+def conv_bwd(
+    x: Tensor,
+    in_scale: Tensor | None,
+    in_shift: Tensor | None,
+    in_relu: bool,
+    dz: Tensor,
+    y: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    weight: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int = 1,
+    residual: Tensor | None = None,
+    prev_mean: Tensor | None = None,
+    prev_invstd: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`conv_bwd_data` and :func:`conv_bwd_weight` of one conv whose forward read
+    ``x`` through the prologue ``[relu](x*in_scale + in_shift)``: ``(dx, sum_dx,
+    sum_dx_xhat, dw)``. With ``prev_mean``/``prev_invstd``, ``x`` is the previous unit's raw
+    output (so ``in_relu``): ``dx`` is masked by that ReLU and summed for its BN backward."""
+    dw = conv_bwd_weight(x, in_scale, in_shift, in_relu, dz, y, a, b, c, weight, stride,
+                         padding, dilation, groups)
+    prev = prev_mean is not None
+    dx, sum_dx, sum_dx_xhat = conv_bwd_data(
+        dz, y, a, b, c, weight, list(x.shape), stride, padding, dilation, groups, residual,
+        x if prev else None, in_scale if prev else None, in_shift if prev else None,
+        prev_mean, prev_invstd)
+    return dx, sum_dx, sum_dx_xhat, dw

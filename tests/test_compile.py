@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from conftest import TRITON_BLOCK_BACKENDS, assert_close, make_blocks, randomize_bn
+from conftest import TRITON_BLOCK_BACKENDS, assert_close, make_blocks, randomize_bn, rel_err
 from torch import nn
 
 import fused_resnet
@@ -57,8 +57,11 @@ def test_converted_resnet50_aot_eager():
     x = torch.randn(2, 3, 48, 48)
     for train in (False, True):
         model.train(train)
-        ref = copy.deepcopy(model)(x)
-        assert_close(compiled(x), ref, torch.float32, what=f"train={train}")
+        # On the CPU auto runs eager float32 training on the cpp kernels and a compiled graph
+        # on ATen's ops: both against float64, the compiled within 2x of eager's error.
+        ref = copy.deepcopy(model).double()(x.double())
+        eager_err = rel_err(copy.deepcopy(model)(x), ref)
+        assert_close(compiled(x), ref, torch.float32, plain_err=eager_err, what=f"train={train}")
 
 
 @pytest.mark.skipif(not TRITON_BLOCK_BACKENDS, reason="Triton kernels cannot run here")

@@ -76,7 +76,8 @@ def check_op(name: str, args64: dict, dtype: torch.dtype, main: str, device="cpu
         if rl.numel() == 0:
             continue
         if o.dim() == 4:
-            want = R.memory_format(low["weight" if name == "conv_bwd_weight" else main])
+            is_dw = name == "conv_bwd_weight" or (name == "conv_bwd" and i == 3)
+            want = R.memory_format(low["weight" if is_dw else main])
             assert o.is_contiguous(memory_format=want), f"{what}: memory format"
         tol = TOLERANCE[dtype]
         if dtype in (torch.float16, torch.bfloat16):
@@ -118,7 +119,7 @@ def out_hw(h, k, s, p, d):
 # ----------------------------------------------------------------------------- schemas
 def test_schema_names_match_reference():
     for name in ("conv_fwd", "bn_finalize", "block_end", "block_end_bwd", "conv_bwd_data",
-                 "conv_bwd_weight"):
+                 "conv_bwd_weight", "bn_backward", "conv_bwd"):
         schema = [a.name for a in getattr(ops, name).default._schema.arguments]
         assert schema == list(inspect.signature(getattr(R, name)).parameters), name
 
@@ -196,6 +197,44 @@ def test_conv_bwd_weight(geom, fmt, dtype, fused):
     if fused:
         args.update(in_scale=chan(c, 0.5), in_shift=chan(c))
     check_op("conv_bwd_weight", args, dtype, "x")
+
+
+@pytest.mark.parametrize("dtype", DT)
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("geom", GEOMS, ids=GEOM_IDS)
+@pytest.mark.parametrize("input_kind", ["block_input", "prev_unit", "prev_unit_res"])
+def test_conv_bwd(geom, fmt, dtype, input_kind):
+    """Both gradients in one call (dy mapped once; a 3x3 in one ATen convolution_backward)
+    against reference.conv_bwd: the block's input (plain; a projection's or the first conv's
+    with the shortcut's gradient as residual) and a previous unit's raw output behind its
+    BN+ReLU (dx masked, that BN's sums; with a residual too)."""
+    n, c, h, w, k, r, s, p, d, g = geom
+    ho, wo = out_hw(h, r, s, p, d), out_hw(w, r, s, p, d)
+    args = dict(x=data(n, c, h, w, fmt=fmt), in_relu=False,
+                dz=data(n, k, ho, wo, fmt=fmt, offset=0.0), y=data(n, k, ho, wo, fmt=fmt),
+                a=chan(k, 0.5), b=chan(k) * 0.2, c=chan(k) * 0.2,
+                weight=data(k, c // g, r, r, offset=0.0, scale=0.3), stride=s, padding=p,
+                dilation=d, groups=g)
+    if input_kind == "block_input":
+        args.update(residual=data(n, c, h, w, fmt=fmt, offset=0.0))
+    else:
+        args.update(in_scale=chan(c, 0.5), in_shift=chan(c), in_relu=True,
+                    prev_mean=chan(c) + 0.5, prev_invstd=chan(c, 0.5))
+        if input_kind == "prev_unit_res":
+            args.update(residual=data(n, c, h, w, fmt=fmt, offset=0.0))
+    check_op("conv_bwd", args, dtype, "dz")
+
+
+def test_conv_bwd_plain_and_strided_1x1():
+    """No residual, no prologue; the strided 1x1 (a subsampled weight-gradient GEMM)."""
+    for k_size, stride in ((1, 2), (3, 1)):
+        args = dict(x=data(2, 11, 9, 9, fmt=CL), in_relu=False,
+                    dz=data(2, 7, 5 if stride == 2 else 9, 5 if stride == 2 else 9, fmt=CL,
+                            offset=0.0), a=chan(7, 0.5), b=chan(7) * 0.2, c=chan(7) * 0.2,
+                    weight=data(7, 11, k_size, k_size, offset=0.0, scale=0.3), stride=stride,
+                    padding=k_size // 2, dilation=1, groups=1)
+        args["y"] = data(*args["dz"].shape, fmt=CL)
+        check_op("conv_bwd", args, torch.float32, "dz")
 
 
 # ----------------------------------------------------------------------------- elementwise ops
@@ -300,6 +339,33 @@ def test_bn_finalize_cumulative_sequence():
         R.bn_finalize(mean, m2, 8, None, None, *ref_state.values(), None, 1e-5, True)
     for k in state:
         assert rel_err(state[k], ref_state[k]) <= 1e-6, k
+
+
+# ----------------------------------------------------------------------------- bn_backward
+@pytest.mark.parametrize("stat", [torch.float32, torch.float64])
+@pytest.mark.parametrize("param_dtype", [None, torch.bfloat16], ids=["param_stat", "param_bf16"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("batch_stats", [True, False], ids=["batch", "fixed"])
+def test_bn_backward(stat, param_dtype, affine, batch_stats):
+    """(a, b, c) as reference.bn_bwd_coeffs, the same arithmetic in the same order: equal;
+    the parameters' gradients in their dtype, fresh tensors; an absent one empty."""
+    c, count = 11, 98
+    sums = (torch.randn(c, dtype=stat) * count, torch.randn(c, dtype=stat) * count)
+    stats = (torch.randn(c, dtype=stat) + 1.0, torch.randn(c, dtype=stat) + 2.0,
+             torch.rand(c, dtype=stat) + 0.1)  # scale, mean, invstd
+    pd = param_dtype or stat
+    w, b = (torch.randn(c, dtype=pd), torch.randn(c, dtype=pd)) if affine else (None, None)
+    out = ops.bn_backward(*sums, count, *stats, batch_stats, w, b)
+    ref = R.bn_backward(*sums, count, *stats, batch_stats, w, b)
+    for i, (o, r) in enumerate(zip(out[:3], ref[:3])):
+        assert o.dtype == stat and o.shape == (c,), i
+        assert torch.equal(o, r), f"coefficient {'abc'[i]}: {rel_err(o, r):.1e}"
+    for o, r, s in zip(out[3:], ref[3:], (sums[1], sums[0])):
+        if not affine:
+            assert o.numel() == 0
+            continue
+        assert o.dtype == pd and torch.equal(o, r)
+        assert o.data_ptr() != s.data_ptr()  # two BNs' parameters never share a gradient
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -420,6 +486,12 @@ def test_other_op_errors():
         ops.bn_finalize(c, c, 10, None, None, None, None, None, 0.1, 1e-5, True)
     with pytest.raises(RuntimeError, match="count must be > 0"):
         ops.bn_finalize(c, c, 0, None, None, None, None, None, 0.1, 1e-5, False)
+    with pytest.raises(RuntimeError, match="sum_dz must be a 1-D per-channel tensor of 5"):
+        ops.bn_backward(c[:4], c, 10, c, c, c, True, None, None)
+    with pytest.raises(RuntimeError, match="invstd must have dtype Float"):
+        ops.bn_backward(c, c, 10, c, c, c.double(), True, None, None)
+    with pytest.raises(RuntimeError, match="bias must be 1-D with 5 elements"):
+        ops.bn_backward(c, c, 10, c, c, c, True, c, c[:3])
     with pytest.raises(RuntimeError, match="dz .* is not the output of a conv"):
         ops.conv_bwd_data(y, y, c, c, c, torch.randn(5, 3, 3, 3), [2, 3, 8, 8], 1, 0, 1, 1,
                           None, None, None, None, None, None)

@@ -214,13 +214,36 @@ def test_auto_on_cpu_eval_takes_onednn_and_says_why():
     assert _cache(fused).packed
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_auto_on_cpu_training_is_atens_own_forward(dtype):
-    """Where no fused path is faster, auto runs the torchvision forward: the very values,
-    gradients and running statistics of the torchvision block."""
+def test_auto_on_cpu_float32_bottleneck_training_runs_the_cpp_kernels():
+    """float32 bottleneck training (batch statistics): the cpp kernels, measured faster;
+    values, gradients and running statistics as torchvision's block in float64."""
     tv, fused = make_blocks("bottleneck", 16, 4, 2, projection=True, backend="auto")
-    tv, fused = tv.to(dtype), fused.to(dtype)
-    x = torch.randn(3, 16, 9, 9, dtype=dtype, requires_grad=True)
+    x = torch.randn(3, 16, 9, 9).contiguous(memory_format=CL)
+    status = fused.backend_status(x.requires_grad_())
+    assert status["path"] == "cpp" and "float32 bottleneck training" in status["why"], status
+    oracle = copy.deepcopy(tv).double()
+    x64 = x.detach().double().requires_grad_()
+    out, ref = fused(x), oracle(x64)
+    assert type(out.grad_fn).__name__ == "ResidualBlockFunctionBackward"  # the fused path ran
+    assert_close(out, ref, torch.float32)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    out.backward(g.float())
+    ref.backward(g)
+    assert_close(x.grad, x64.grad, torch.float32, what="x.grad")
+    for (name, p), q in zip(fused.named_parameters(), oracle.parameters()):
+        assert_close(p.grad, q.grad, torch.float32, what=name)
+    for (name, b), c in zip(fused.named_buffers(), oracle.buffers()):
+        assert_close(b, c, torch.float32, what=name)
+    with torch.no_grad():  # training without a gradient: the same path (running stats)
+        assert fused.backend_status(x)["path"] == "cpp"
+
+
+def test_auto_on_cpu_float64_training_is_atens_own_forward():
+    """Where no fused path is measured faster, auto runs the torchvision forward: the very
+    values, gradients and running statistics of the torchvision block."""
+    tv, fused = make_blocks("bottleneck", 16, 4, 2, projection=True, backend="auto")
+    tv, fused = tv.double(), fused.double()
+    x = torch.randn(3, 16, 9, 9, dtype=torch.float64, requires_grad=True)
     status = fused.backend_status(x)
     assert status["path"] == "aten" and "batch statistics" in status["why"], status
     out, ref = fused(x), tv(x)
@@ -229,6 +252,40 @@ def test_auto_on_cpu_training_is_atens_own_forward(dtype):
     g_ref, = torch.autograd.grad(ref.sum(), tv.conv2.weight)
     assert torch.equal(g_out, g_ref)
     assert torch.equal(fused.bn3.running_var, tv.bn3.running_var)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["no_native", "native"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_auto_on_cpu_bfloat16_by_onednns_bf16_support(monkeypatch, native_bf16, train):
+    """bfloat16: the cpp kernels where oneDNN has no native bf16 convolutions (its own bf16
+    path is then many times slower), ATen's where it has them (not measured faster)."""
+    monkeypatch.setattr(onednn, "_NATIVE_BF16", native_bf16)
+    tv, fused = make_blocks("bottleneck", 16, 4, 2, projection=True, backend="auto")
+    tv, fused = tv.bfloat16().train(train), fused.bfloat16().train(train)
+    x = torch.randn(3, 16, 9, 9, dtype=torch.bfloat16, requires_grad=True)
+    status = fused.backend_status(x)
+    out = fused(x)
+    assert "bfloat16" in status["why"], status
+    if native_bf16:
+        assert status["path"] == "aten", status
+        assert torch.equal(out, tv(x))
+    else:
+        assert status["path"] == "cpp", status
+        assert type(out.grad_fn).__name__ == "ResidualBlockFunctionBackward"
+
+
+def test_auto_on_cpu_leaves_autocast_eval_with_gradients_and_basic_blocks_to_aten():
+    _, fused = make_blocks("bottleneck", 16, 4, backend="auto")
+    x = torch.randn(2, 16, 7, 7, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        status = fused.backend_status(x)
+    assert status["path"] == "aten" and status["why"].startswith("under autocast"), status
+    fused.eval()  # fixed statistics, a gradient wanted: not measured faster on cpp
+    status = fused.backend_status(x)
+    assert status["path"] == "aten" and "not faster" in status["why"], status
+    _, basic = make_blocks("basic", 8, 8, backend="auto")  # float32 training: no faster
+    status = basic.backend_status(torch.randn(2, 8, 5, 5, requires_grad=True))
+    assert status["path"] == "aten" and "not faster" in status["why"], status
 
 
 def test_a_named_backend_keeps_its_kernels_in_training():

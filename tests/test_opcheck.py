@@ -58,14 +58,26 @@ def samples(name: str, dtype: torch.dtype):
         dz = torch.randn_like(y)
         return [(x, s6, h6, True, dz, y, s5, h5, s5, w3, 2, 1, 1, 1),
                 (x_cl, None, None, False, dz, y, s5, h5, s5, w3, 2, 1, 1, 1)]
+    if name == "conv_bwd":
+        dz = torch.randn_like(y)
+        return [(x, s6, h6, True, dz, y, s5, h5, s5, w3, 2, 1, 1, 1, x, h6, s6),
+                (x_cl, None, None, False, dz, y, s5, h5, s5, w3, 2, 1, 1, 1, None, None, None),
+                (x, None, None, False, dz.new_empty(2, 5, 4, 4).normal_(), y, s5, h5, s5,
+                 torch.randn(5, 6, 1, 1, dtype=dtype), 2, 0, 1, 1, x, None, None)]
+    if name == "bn_backward":
+        sums = (_v(5, sd) * 30, _v(5, sd) * 30)
+        return [(*sums, 32, s5, h5, s5, True, s5, h5),
+                (*sums, 32, s5, h5, s5, False, None, s5.to(torch.bfloat16))]
     raise KeyError(name)
 
 
 REGISTERED = [n for n in ops.OP_NAMES if ops._op_exists(n)]
+# The cpp backend's ops beyond the six.
+EXTRA = [n for n in ops.CPP_EXTRA_OPS if ops._op_exists(n)]
 
 
 @pytest.mark.skipif(not REGISTERED, reason="no fused custom op is registered (_C not built)")
-@pytest.mark.parametrize("name", REGISTERED or ["none"])
+@pytest.mark.parametrize("name", REGISTERED + EXTRA or ["none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_opcheck(name, dtype):
     op = getattr(torch.ops.fused_resnet, name)

@@ -1,6 +1,8 @@
-// CPU kernels of bn_finalize, block_end, block_end_bwd (fused loops over csrc/common math).
+// CPU kernels of bn_finalize, block_end, block_end_bwd and bn_backward (fused loops over
+// csrc/common math).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <c10/util/TypeCast.h>
 #include <torch/library.h>
 
 #include "common/bn.h"
@@ -61,9 +63,8 @@ std::tuple<Tensor, Tensor, Tensor> bn_finalize(
   if (update_running_stats) {
     rm = working_copy(*running_mean, sd);
     rv = working_copy(*running_var, sd);
-    if (num_batches_tracked) {
-      num_batches_tracked->add_(1);
-      nbt = num_batches_tracked->item<int64_t>();
+    if (num_batches_tracked) {  // a CPU int64 scalar: no add_ and item (two dispatches)
+      nbt = ++*num_batches_tracked->data_ptr<int64_t>();
     }
   }
   const int64_t C = mean.numel();
@@ -189,12 +190,57 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> block_end_bwd(
   return {dz, sum_dz, sum_dz_xhat, sum_dz_xhat_d};
 }
 
+// reference.bn_backward in one call: (a, b, c) of dy = a*dz + b*y + c and the BN parameters'
+// gradients in their dtypes (an empty tensor for an absent parameter). A few small torch ops
+// each, these coefficients cost more per block call than the arithmetic of whole passes.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_backward(
+    const Tensor& sum_dz_in, const Tensor& sum_dz_xhat_in, int64_t count, const Tensor& scale_in,
+    const Tensor& mean_in, const Tensor& invstd_in, bool batch_stats, const OptTensor& weight,
+    const OptTensor& bias) {
+  check_bn_backward(sum_dz_in, sum_dz_xhat_in, count, scale_in, mean_in, invstd_in, weight, bias);
+  const Tensor sum_dz = sum_dz_in.contiguous(), sum_dz_xhat = sum_dz_xhat_in.contiguous();
+  const Tensor scale = scale_in.contiguous(), mean = mean_in.contiguous(),
+               invstd = invstd_in.contiguous();
+  Tensor a = at::empty_like(scale), b = at::empty_like(scale), c = at::empty_like(scale);
+  AT_DISPATCH_FLOATING_TYPES(scale.scalar_type(), "bn_backward_cpu", [&] {
+    using T = scalar_t;
+    const T* s0 = sum_dz.const_data_ptr<T>();
+    const T* s1 = sum_dz_xhat.const_data_ptr<T>();
+    const T* sp = scale.const_data_ptr<T>();
+    const T* mp = mean.const_data_ptr<T>();
+    const T* ip = invstd.const_data_ptr<T>();
+    T* ap = a.data_ptr<T>();
+    T* bp = b.data_ptr<T>();
+    T* cp = c.data_ptr<T>();
+    for (int64_t k = 0; k < scale.numel(); ++k)
+      bn_bwd_coeffs<T>(s0[k], s1[k], T(count), sp[k], mp[k], ip[k], batch_stats, &ap[k], &bp[k],
+                       &cp[k]);
+  });
+  // dweight = sum(dz*xhat), dbias = sum(dz), in the parameters' dtypes (as Tensor.to rounds).
+  auto grad = [&](const OptTensor& p, const Tensor& sum) {
+    if (!p) return at::empty({0}, scale.options());
+    Tensor g = at::empty({sum.numel()}, p->options().memory_format(at::MemoryFormat::Contiguous));
+    AT_DISPATCH_FLOATING_TYPES(sum.scalar_type(), "bn_backward_grad_cpu", [&] {
+      const scalar_t* sp = sum.const_data_ptr<scalar_t>();
+      using S = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
+                                      "bn_backward_grad_cpu", [&] {
+        scalar_t* gp = g.data_ptr<scalar_t>();
+        for (int64_t k = 0; k < g.numel(); ++k) gp[k] = c10::convert<scalar_t, S>(sp[k]);
+      });
+    });
+    return g;
+  };
+  return {a, b, c, grad(weight, sum_dz_xhat), grad(bias, sum_dz)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_resnet, CPU, m) {
   m.impl("bn_finalize", &bn_finalize);
   m.impl("block_end", &block_end);
   m.impl("block_end_bwd", &block_end_bwd);
+  m.impl("bn_backward", &bn_backward);
 }
 
 }  // namespace fr::cpu

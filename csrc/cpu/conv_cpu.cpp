@@ -1,6 +1,6 @@
-// CPU kernels of conv_fwd, conv_bwd_data, conv_bwd_weight: the GEMM goes through ATen in
-// the accumulate dtype; prologue, epilogue, statistics, masks and sums are fused loops over
-// csrc/common math.
+// CPU kernels of conv_fwd, conv_bwd_data, conv_bwd_weight and conv_bwd (the last two in one):
+// the GEMM goes through ATen in the accumulate dtype; prologue, epilogue, statistics, masks and
+// sums are fused loops over csrc/common math.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/convolution.h>
@@ -51,7 +51,7 @@ FR_ROW_KERNEL void bn_bwd_dy_row(
 Tensor prologue_act(const Tensor& x_in, const OptTensor& scale_in, const OptTensor& shift_in,
                     bool do_relu) {
   const auto sd = stat_dtype(x_in.scalar_type());
-  if (!scale_in && !do_relu) return x_in.to(sd);
+  if (!scale_in && !do_relu) return as_dtype(x_in, sd);
   const auto fmt = memory_format(x_in);
   const Tensor x = x_in.contiguous(fmt);
   const OptTensor scale = contiguous(scale_in), shift = contiguous(shift_in);
@@ -213,20 +213,33 @@ bool pixel_gemm(const Tensor& weight, int64_t stride, int64_t padding, int64_t g
          stride == 1 && padding == 0 && groups == 1;
 }
 
-// [N, C, H, W] channels-last <-> [N*H*W, C] (views, no copy).
-Tensor as_pixels(const Tensor& t) {
-  return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+// Views as one as_strided each (permute + reshape dispatch two or three ops, which on small
+// layers cost as much as the arithmetic around them):
+// [N, C, H, W] channels-last contiguous <-> [N*H*W, C] contiguous, pixels x channels (or
+// its transpose, channels x pixels);
+Tensor as_pixels(const Tensor& t, bool transposed = false) {
+  TORCH_INTERNAL_ASSERT(t.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const int64_t P = t.size(0) * t.size(2) * t.size(3), C = t.size(1);
+  return transposed ? t.as_strided({C, P}, {1, C}, t.storage_offset())
+                    : t.as_strided({P, C}, {C, 1}, t.storage_offset());
 }
 Tensor from_pixels(const Tensor& m, at::IntArrayRef nchw) {
-  return m.view({nchw[0], nchw[2], nchw[3], nchw[1]}).permute({0, 3, 1, 2});
+  TORCH_INTERNAL_ASSERT(m.is_contiguous() && m.size(1) == nchw[1]);
+  const int64_t C = nchw[1], W = nchw[3];
+  return m.as_strided(nchw, {nchw[2] * W * C, 1, W * C, C}, m.storage_offset());
+}
+// a 1x1 filter [K, C, 1, 1] (any strides) as the [K, C] matrix, or its transpose [C, K].
+Tensor filter_matrix(const Tensor& w, bool transposed) {
+  const int64_t K = w.size(0), C = w.size(1), sk = w.stride(0), sc = w.stride(1);
+  return transposed ? w.as_strided({C, K}, {sc, sk}, w.storage_offset())
+                    : w.as_strided({K, C}, {sk, sc}, w.storage_offset());
 }
 
 Tensor gemm_fwd(const Tensor& a, const Tensor& w, int64_t stride, int64_t padding,
                 int64_t dilation, int64_t groups, at::MemoryFormat fmt) {
   if (pixel_gemm(w, stride, padding, groups, fmt)) {
-    const int64_t K = w.size(0);
-    return from_pixels(at::mm(as_pixels(a), w.reshape({K, -1}).t()),
-                       {a.size(0), K, a.size(2), a.size(3)});
+    return from_pixels(at::mm(as_pixels(a), filter_matrix(w, true)),
+                       {a.size(0), w.size(0), a.size(2), a.size(3)});
   }
   return at::convolution(a, w, std::nullopt, {stride, stride}, {padding, padding},
                          {dilation, dilation}, false, {0, 0}, groups)
@@ -236,7 +249,7 @@ Tensor gemm_fwd(const Tensor& a, const Tensor& w, int64_t stride, int64_t paddin
 Tensor gemm_dgrad(const Tensor& dy, const Tensor& w, at::IntArrayRef input_size, int64_t stride,
                   int64_t padding, int64_t dilation, int64_t groups, at::MemoryFormat fmt) {
   if (pixel_gemm(w, stride, padding, groups, fmt))
-    return from_pixels(at::mm(as_pixels(dy), w.reshape({w.size(0), -1})), input_size);
+    return from_pixels(at::mm(as_pixels(dy), filter_matrix(w, false)), input_size);
   // Only the shape and memory format of the input matter; an expanded (stride-0) stand-in
   // reads as NCHW, and ATen then picks slower algorithms and returns dx in NCHW. at::empty
   // touches no page.
@@ -253,7 +266,7 @@ Tensor gemm_wgrad(const Tensor& dy, const Tensor& act, const Tensor& w, int64_t 
                   int64_t padding, int64_t dilation, int64_t groups) {
   if (pixel_gemm(w, stride, padding, groups, memory_format(act)) &&
       memory_format(dy) == at::MemoryFormat::ChannelsLast)
-    return at::mm(as_pixels(dy).t(), as_pixels(act)).view(w.sizes());
+    return at::mm(as_pixels(dy, true), as_pixels(act)).view(w.sizes());
   return std::get<1>(at::convolution_backward(dy, act, w, std::nullopt, {stride, stride},
                                               {padding, padding}, {dilation, dilation}, false,
                                               {0, 0}, groups, {false, true, false}));
@@ -270,7 +283,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_fwd(
   const auto sd = stat_dtype(x_in.scalar_type());
   const bool has_res = st.residual.defined();
   const Tensor a = prologue_act(st.x, st.in_scale, st.in_shift, in_relu);
-  const Tensor conv = gemm_fwd(a, st.w.to(sd), stride, padding, dilation, groups, st.fmt);
+  const Tensor conv = gemm_fwd(a, as_dtype(st.w, sd), stride, padding, dilation, groups, st.fmt);
   // fp32/fp64: the epilogue overwrites the conv output, which this op owns. A fresh output
   // costs a first touch of every page (on small layers as much as the GEMM) and a stream.
   const bool in_place = conv.scalar_type() == x_in.scalar_type();
@@ -335,24 +348,16 @@ FR_ROW_KERNEL void dgrad_prev_row(
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
-    const Tensor& dz, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
-    const Tensor& weight, at::IntArrayRef input_size, int64_t stride, int64_t padding,
-    int64_t dilation, int64_t groups, const OptTensor& residual, const OptTensor& prev_y,
-    const OptTensor& prev_scale, const OptTensor& prev_shift, const OptTensor& prev_mean,
-    const OptTensor& prev_invstd) {
-  const ConvBwdDataArgs st = stage_conv_bwd_data(
-      kAten, "conv_bwd_data", dz, y, a, b, c, weight, input_size, stride, padding, dilation,
-      groups, residual, prev_y, prev_scale, prev_shift, prev_mean, prev_invstd);
-  const auto sd = stat_dtype(dz.scalar_type());
-  const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
-  const Tensor dx_acc =
-      gemm_dgrad(dy, st.w.to(sd), input_size, stride, padding, dilation, groups, st.fmt);
+// conv_bwd_data's epilogue over the GEMM's dx_acc: dx [+ residual], or behind a previous
+// BN+ReLU the masked dx and that BN's backward sums. Returns (dx, sum_dx, sum_dx_xhat).
+std::tuple<Tensor, Tensor, Tensor> dgrad_epilogue(const ConvBwdDataArgs& st,
+                                                  const Tensor& dx_acc,
+                                                  at::IntArrayRef input_size) {
   const bool has_res = st.residual.defined(), has_prev = st.prev_y.defined();
   const int64_t C = input_size[1];
   const Layout L = layout_of(input_size, st.fmt);
 
-  FR_DISPATCH(dz.scalar_type(), "conv_bwd_data_epilogue_cpu", [&] {
+  FR_DISPATCH(st.dx.scalar_type(), "conv_bwd_data_epilogue_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* gp = dx_acc.const_data_ptr<acc_t>();
     const scalar_t* rp = has_res ? st.residual.const_data_ptr<scalar_t>() : nullptr;
@@ -393,6 +398,39 @@ std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
   return {st.dx, st.sum_dx, st.sum_dx_xhat};
 }
 
+std::tuple<Tensor, Tensor, Tensor> conv_bwd_data(
+    const Tensor& dz, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
+    const Tensor& weight, at::IntArrayRef input_size, int64_t stride, int64_t padding,
+    int64_t dilation, int64_t groups, const OptTensor& residual, const OptTensor& prev_y,
+    const OptTensor& prev_scale, const OptTensor& prev_shift, const OptTensor& prev_mean,
+    const OptTensor& prev_invstd) {
+  const ConvBwdDataArgs st = stage_conv_bwd_data(
+      kAten, "conv_bwd_data", dz, y, a, b, c, weight, input_size, stride, padding, dilation,
+      groups, residual, prev_y, prev_scale, prev_shift, prev_mean, prev_invstd);
+  const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
+  const Tensor dx_acc = gemm_dgrad(dy, as_dtype(st.w, stat_dtype(dz.scalar_type())),
+                                   input_size, stride, padding, dilation, groups, st.fmt);
+  return dgrad_epilogue(st, dx_acc, input_size);
+}
+
+// A strided 1x1 conv reads every stride-th pixel: stride 1 over those gives the same sums,
+// and avoids oneDNN's strided 1x1 channels_last float32 weight gradient, which returns wrong
+// values now and then (torch 2.14 on CPU; found by test_randomized).
+bool subsampled_wgrad(const Tensor& weight, int64_t stride, int64_t padding) {
+  return weight.size(2) == 1 && weight.size(3) == 1 && padding == 0 && stride > 1;
+}
+
+// The weight gradient's input operand: the forward prologue's activation, subsampled where
+// subsampled_wgrad (then the GEMM runs at stride 1).
+Tensor wgrad_input(const ConvBwdWeightArgs& st, bool in_relu, const Tensor& weight,
+                   int64_t stride, int64_t padding) {
+  Tensor act = prologue_act(st.x, st.in_scale, st.in_shift, in_relu);
+  if (!subsampled_wgrad(weight, stride, padding)) return act;
+  return act.slice(2, 0, std::nullopt, stride)
+      .slice(3, 0, std::nullopt, stride)
+      .contiguous(memory_format(act));
+}
+
 Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTensor& in_shift,
                        bool in_relu, const Tensor& dz, const Tensor& y, const Tensor& a,
                        const Tensor& b, const Tensor& c, const Tensor& weight, int64_t stride,
@@ -400,20 +438,51 @@ Tensor conv_bwd_weight(const Tensor& x, const OptTensor& in_scale, const OptTens
   const ConvBwdWeightArgs st =
       stage_conv_bwd_weight(kAten, "conv_bwd_weight", x, in_scale, in_shift, dz, y, a, b, c,
                             weight, stride, padding, dilation, groups);
-  Tensor act = prologue_act(st.x, st.in_scale, st.in_shift, in_relu);
-  int64_t gemm_stride = stride;
-  if (weight.size(2) == 1 && weight.size(3) == 1 && padding == 0 && stride > 1) {
-    // A strided 1x1 conv reads every stride-th pixel: stride 1 over those gives the same
-    // sums, and avoids oneDNN's strided 1x1 channels_last float32 weight gradient, which
-    // returns wrong values now and then (torch 2.14 on CPU; found by test_randomized).
-    const auto fmt = memory_format(act);
-    act = act.slice(2, 0, std::nullopt, stride).slice(3, 0, std::nullopt, stride).contiguous(fmt);
-    gemm_stride = 1;
-  }
+  const Tensor act = wgrad_input(st, in_relu, weight, stride, padding);
   const Tensor dy = bn_bwd_dy(st.dy, st.fmt);
-  const Tensor dw = gemm_wgrad(dy, act, weight.to(stat_dtype(dz.scalar_type())),
-                               gemm_stride, padding, dilation, groups);
-  return dw.to(weight.scalar_type()).contiguous(st.w_fmt);
+  const Tensor dw = gemm_wgrad(dy, act, as_dtype(weight, stat_dtype(dz.scalar_type())),
+                               subsampled_wgrad(weight, stride, padding) ? 1 : stride, padding,
+                               dilation, groups);
+  return as_dtype(dw, weight.scalar_type()).contiguous(st.w_fmt);
+}
+
+// conv_bwd_weight and conv_bwd_data of one conv (reference.conv_bwd): the BN-backward map dy
+// is made once for both GEMMs, and a conv that is not a pixel GEMM runs both in one ATen
+// convolution_backward. With prev_mean/prev_invstd, x is a previous unit's raw output read
+// through relu(x*in_scale + in_shift): dx is masked by that ReLU and summed for its BN.
+std::tuple<Tensor, Tensor, Tensor, Tensor> conv_bwd(
+    const Tensor& x, const OptTensor& in_scale, const OptTensor& in_shift, bool in_relu,
+    const Tensor& dz, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& c,
+    const Tensor& weight, int64_t stride, int64_t padding, int64_t dilation, int64_t groups,
+    const OptTensor& residual, const OptTensor& prev_mean, const OptTensor& prev_invstd) {
+  const bool has_prev = prev_mean.has_value();
+  TORCH_CHECK(!has_prev || in_relu, "conv_bwd: prev_mean means x was read through a ReLU; "
+              "in_relu must be true");
+  const ConvBwdWeightArgs sw =
+      stage_conv_bwd_weight(kAten, "conv_bwd", x, in_scale, in_shift, dz, y, a, b, c, weight,
+                            stride, padding, dilation, groups);
+  const ConvBwdDataArgs sd = stage_conv_bwd_data(
+      kAten, "conv_bwd", dz, y, a, b, c, weight, x.sizes(), stride, padding, dilation, groups,
+      residual, has_prev ? OptTensor(x) : std::nullopt, has_prev ? in_scale : std::nullopt,
+      has_prev ? in_shift : std::nullopt, prev_mean, prev_invstd);
+  const auto acc = stat_dtype(dz.scalar_type());
+  const Tensor act = wgrad_input(sw, in_relu, weight, stride, padding);
+  const Tensor dy = bn_bwd_dy(sd.dy, sd.fmt);
+  const Tensor w = as_dtype(weight, acc);
+  Tensor dx_acc, dw;
+  if (pixel_gemm(w, stride, padding, groups, sd.fmt) ||
+      subsampled_wgrad(weight, stride, padding)) {  // GEMMs of their own
+    dx_acc = gemm_dgrad(dy, w, x.sizes(), stride, padding, dilation, groups, sd.fmt);
+    dw = gemm_wgrad(dy, act, w, subsampled_wgrad(weight, stride, padding) ? 1 : stride, padding,
+                    dilation, groups);
+  } else {
+    std::tie(dx_acc, dw, std::ignore) = at::convolution_backward(
+        dy, act, w, std::nullopt, {stride, stride}, {padding, padding}, {dilation, dilation},
+        false, {0, 0}, groups, {true, true, false});
+    dx_acc = dx_acc.contiguous(sd.fmt);
+  }
+  auto [dx, sum_dx, sum_dx_xhat] = dgrad_epilogue(sd, dx_acc, x.sizes());
+  return {dx, sum_dx, sum_dx_xhat, as_dtype(dw, weight.scalar_type()).contiguous(sw.w_fmt)};
 }
 
 }  // namespace
@@ -422,6 +491,7 @@ TORCH_LIBRARY_IMPL(fused_resnet, CPU, m) {
   m.impl("conv_fwd", &conv_fwd);
   m.impl("conv_bwd_data", &conv_bwd_data);
   m.impl("conv_bwd_weight", &conv_bwd_weight);
+  m.impl("conv_bwd", &conv_bwd);
 }
 
 }  // namespace fr::cpu
