@@ -9,7 +9,8 @@ Layout: activations are NHWC (channels_last) internally; a GEMM row is one outpu
 for dgrad, input) pixel, a column one channel, and the reduction runs tap by tap
 (kh, kw) over channel blocks, so no division sits in the inner loop. Offsets are int64
 (tensors may exceed 2**31 elements). Reductions (statistics, BN-backward sums, split-K)
-write per-tile partials that a second kernel merges in a fixed order: deterministic.
+write per-tile partials that one more launch merges in a fixed order (docs/design.md §1,
+"Reductions in one launch"): deterministic.
 """
 
 from __future__ import annotations

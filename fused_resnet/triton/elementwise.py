@@ -1,9 +1,10 @@
-"""Per-channel kernels: block_end, block_end_bwd (with BN-backward sums), bn_finalize,
-bn_backward (BN backward's coefficients and parameter gradients).
+"""Per-channel kernels: block_end, block_end_bwd (with BN-backward sums, or ending in BN
+backward: block_end_bwd_bn), bn_finalize, bn_backward (BN backward's coefficients and
+parameter gradients).
 
 Tested under the Triton CPU interpreter and compiled ahead of time (see conv.py). Tensors
 are viewed as NHWC rows x channels; sums are per-tile partials reduced in tile order
-(deterministic, no atomics).
+(deterministic: integer tickets, no floating-point atomics).
 """
 
 from __future__ import annotations
