@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fused_resnet.triton import configs, plans
 
 H100 = configs.TARGETS["sm90"]
-REDUCTIONS = ("column_sum", "merge_stats")
+REDUCTIONS = ("column_sum", "merge_stats", "bn_backward_sums")
 
 
 def resnet50_convs(batch: int):
@@ -42,6 +42,13 @@ def _op_plans(batch, c_in, c_out, k, s, h, dc, target=H100):
         "wgrad": plans.conv_wgrad_plan(batch, c_in, c_out, h_out, h_out, k, s, dc, target),
         "block_end_bwd": plans.block_end_bwd_plan(batch * h_out * h_out, c_out, dc, target,
                                                   True),
+        # Triton's training ops: the reductions end in BN finalization / BN backward.
+        "conv_bn_fwd": plans.conv_fwd_plan(batch, c_in, h_out, h_out, c_out, k, s, dc, target,
+                                           True, finalize=True),
+        "dgrad_bn": plans.conv_dgrad_plan(batch, c_in, h, h, c_out, k, s, dc, target, True,
+                                          bn=True),
+        "block_end_bwd_bn": plans.block_end_bwd_bn_plan(batch * h_out * h_out, c_out, dc,
+                                                        target, True),
     }
 
 
@@ -71,15 +78,16 @@ def test_wgrad_launches_two_waves_on_132_sms(batch, dc):
 
 @pytest.mark.parametrize("dc", configs.DTYPE_CLASSES)
 def test_launch_budget_at_batch_128(dc):
-    """Eval forward: one kernel per conv. Training: the GEMM plus at most three merge
-    levels (statistics) or two column-sum levels per sum."""
+    """Eval forward: one kernel per conv. Training: each op is its kernel plus one
+    reduction launch (statistics, sums, split-K), which ends in the BN step it feeds
+    where Triton has the op for it."""
     for conv in resnet50_convs(128):
         p = _op_plans(*conv, dc)
         assert [launch.kernel for launch in p["fwd_eval"]] == ["conv_fwd"]
-        assert len(p["fwd_train"]) <= 1 + 3, (conv, p["fwd_train"])
-        assert len(p["dgrad"]) <= 1 + 2 * 2, (conv, p["dgrad"])
+        for name in ("fwd_train", "conv_bn_fwd", "dgrad", "dgrad_bn", "block_end_bwd",
+                     "block_end_bwd_bn"):
+            assert len(p[name]) == 2, (conv, name, p[name])
         assert len(p["wgrad"]) <= 1 + 1, (conv, p["wgrad"])
-        assert len(p["block_end_bwd"]) <= 1 + 3 * 2, (conv, p["block_end_bwd"])
     assert len(plans.bn_finalize_plan(2048, H100)) == 1
     assert len(plans.block_end_plan(128 * 56 * 56, 256, dc, H100)) == 1
 
