@@ -160,6 +160,12 @@ def reduction_counters(launch, device: torch.device) -> torch.Tensor | None:
     return torch.empty(launch.meta["counters"], dtype=torch.int32, device=device)
 
 
+def counter_args(counters: torch.Tensor | None, absent: torch.Tensor) -> tuple:
+    """A producer's (counter_ptr, n_counters) for :func:`zero_counters`: ``absent`` (never
+    written) and 0 when its reduction needs no counters."""
+    return (absent, 0) if counters is None else (counters, counters.numel())
+
+
 def column_sums(part: torch.Tensor, launch, outs: list[torch.Tensor] | None = None,
                 counters: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Deterministic sums over dim 1 of an fp32 ``[batch, rows, cols]`` view (batch <= 3,

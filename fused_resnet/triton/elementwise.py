@@ -18,6 +18,7 @@ from ._common import (
     channel_tile,
     check_data,
     column_sums,
+    counter_args,
     device_guard,
     dtype_class,
     last_to_arrive,
@@ -400,8 +401,7 @@ def _block_end_bwd_main(main, sums, d_out, out, y, mean, invstd, y_d, mean_d, in
         launcher(block_end_bwd_kernel)[main.grid](
             nhwc(d_out), nhwc(out), nhwc(y), vec(mean, y), vec(invstd, y),
             nhwc(y_d) if has_d else y, vec(mean_d, y), vec(invstd_d, y), dz, part,
-            counters if counters is not None else part,
-            counters.numel() if counters is not None else 0, rows, c,
+            *counter_args(counters, part), rows, c,
             *_branch_args(branch_scale, d_out), HAS_D=has_d,
             HAS_BRANCH=branch_scale is not None, **main.meta, **launch_options(main.num_warps))
     return dz, part, counters

@@ -332,6 +332,36 @@ def _like(name: str, shape, like) -> list[Launch]:
     return _copy(name, out.numel(), like.dtype.itemsize, like.dtype.itemsize)
 
 
+def _conv_fwd_shape(x, weight, stride: int, padding: int, dilation: int) -> tuple:
+    """(N, C_in, C_out, kernel, [H_out, W_out]) of a forward conv."""
+    n, c_in, h, w = x.shape
+    c_out, _, kh, _ = weight.shape
+    size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
+    return n, c_in, c_out, kh, size
+
+
+def _conv_fwd_stage(x, weight, in_scale, in_shift) -> list[Launch]:
+    """The copies of a forward conv's launcher before its GEMM's own arguments."""
+    return (_nhwc("x", x) + _krsc(weight, x.dtype)
+            + _vecs(in_scale=in_scale, in_shift=in_shift))
+
+
+def _dgrad_stage(dz, y, a, b, c, weight, residual, prev_y, prev_scale, prev_shift, prev_mean,
+                 prev_invstd) -> list[Launch]:
+    """The copies of a dgrad launcher before its GEMM."""
+    return (_nhwc("dz", dz) + _nhwc("y", y) + _vecs(a=a, b=b, c=c) + _krsc(weight, dz.dtype)
+            + _nhwc("residual", residual) + _nhwc("prev_y", prev_y)
+            + _vecs(prev_scale=prev_scale, prev_shift=prev_shift, prev_mean=prev_mean,
+                    prev_invstd=prev_invstd))
+
+
+def _block_end_bwd_stage(d_out, out, y, mean, invstd, y_d, mean_d, invstd_d) -> list[Launch]:
+    """The copies of block_end_bwd's launcher before its kernel."""
+    return (_nhwc("d_out", d_out) + _nhwc("out", out) + _nhwc("y", y)
+            + _vecs(mean=mean, invstd=invstd) + _nhwc("y_d", y_d)
+            + _vecs(mean_d=mean_d, invstd_d=invstd_d))
+
+
 def _dtype_class(dtype) -> str:
     import torch
 
@@ -346,34 +376,27 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
     if op == "conv_fwd":
         (x, weight, stride, padding, dilation, _, in_scale, in_shift, _, out_scale, out_shift,
          residual, res_scale, res_shift, _, stats) = args
-        n, c_in, h, w = x.shape
-        c_out, _, kh, _ = weight.shape
-        size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
+        n, c_in, c_out, kh, size = _conv_fwd_shape(x, weight, stride, padding, dilation)
         plan = conv_fwd_plan(n, c_in, *size, c_out, kh, stride, _dtype_class(x.dtype), target,
                              stats, residual is not None)
         out = _like("y", (n, c_out, *size), x)
         if not plan.launches:  # empty batch: the statistics of nothing, filled by torch
             return OpPlan(op, (*(_fill("mean", c_out) + _fill("m2", c_out) if stats else []),
                                *out))
-        stage = (_nhwc("x", x) + _krsc(weight, x.dtype)
-                 + _vecs(in_scale=in_scale, in_shift=in_shift, out_scale=out_scale,
-                         out_shift=out_shift)
+        stage = (_conv_fwd_stage(x, weight, in_scale, in_shift)
+                 + _vecs(out_scale=out_scale, out_shift=out_shift)
                  + _nhwc("residual", residual) + _vecs(res_scale=res_scale, res_shift=res_shift))
         return OpPlan(op, (*stage, *plan, *out))
     if op == "conv_bn_fwd":
         x, weight, stride, padding, dilation, _, in_scale, in_shift = args[:8]
-        n, c_in, h, w = x.shape
-        c_out, _, kh, _ = weight.shape
-        size = [(s + 2 * padding - dilation * (kh - 1) - 1) // stride + 1 for s in (h, w)]
+        n, c_in, c_out, kh, size = _conv_fwd_shape(x, weight, stride, padding, dilation)
         plan = conv_fwd_plan(n, c_in, *size, c_out, kh, stride, _dtype_class(x.dtype), target,
                              True, finalize=True)
         out = _like("y", (n, c_out, *size), x)
         if not plan.launches:  # empty batch: the statistics of nothing, then bn_finalize
             return OpPlan(op, (*_fill("mean", c_out), *_fill("m2", c_out), *out,
                                *bn_finalize_plan(c_out, target)))
-        stage = (_nhwc("x", x) + _krsc(weight, x.dtype)
-                 + _vecs(in_scale=in_scale, in_shift=in_shift))
-        return OpPlan(op, (*stage, *plan, *out))
+        return OpPlan(op, (*_conv_fwd_stage(x, weight, in_scale, in_shift), *plan, *out))
     if op == "conv_bwd_data":
         (dz, y, a, b, c, weight, input_size, stride, _, _, _, residual, prev_y, prev_scale,
          prev_shift, prev_mean, prev_invstd) = args
@@ -386,11 +409,8 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
         if not plan.launches:
             sums = _fill("sum_dx", c_in) + _fill("sum_dx_xhat", c_in) if has_prev else []
             return OpPlan(op, (*sums, *out))
-        stage = (_nhwc("dz", dz) + _nhwc("y", y) + _vecs(a=a, b=b, c=c)
-                 + _krsc(weight, dz.dtype) + _nhwc("residual", residual)
-                 + _nhwc("prev_y", prev_y)
-                 + _vecs(prev_scale=prev_scale, prev_shift=prev_shift, prev_mean=prev_mean,
-                         prev_invstd=prev_invstd))
+        stage = _dgrad_stage(dz, y, a, b, c, weight, residual, prev_y, prev_scale, prev_shift,
+                             prev_mean, prev_invstd)
         return OpPlan(op, (*stage, *plan, *out))
     if op == "conv_bwd_data_bn":
         (dz, y, a, b, c, weight, input_size, stride, _, _, _, prev_y, prev_scale, prev_shift,
@@ -403,10 +423,8 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
         if not plan.launches:  # empty batch: zero sums, then BN backward of them
             return OpPlan(op, (*out, *_fill("sum_dx", c_in), *_fill("sum_dx_xhat", c_in),
                                *vectors, *bn_backward_plan(c_in, target)))
-        stage = (_nhwc("dz", dz) + _nhwc("y", y) + _vecs(a=a, b=b, c=c)
-                 + _krsc(weight, dz.dtype) + _nhwc("prev_y", prev_y)
-                 + _vecs(prev_scale=prev_scale, prev_shift=prev_shift, prev_mean=prev_mean,
-                         prev_invstd=prev_invstd))
+        stage = _dgrad_stage(dz, y, a, b, c, weight, None, prev_y, prev_scale, prev_shift,
+                             prev_mean, prev_invstd)
         gemm, sums = plan.launches
         return OpPlan(op, (*stage, gemm, *vectors, sums, *out))
     if op == "conv_bwd_weight":
@@ -431,9 +449,7 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
     if op == "block_end_bwd":
         d_out, out_t, y, mean, invstd, y_d, mean_d, invstd_d = args[:8]
         n, c, h, w = d_out.shape
-        stage = (_nhwc("d_out", d_out) + _nhwc("out", out_t) + _nhwc("y", y)
-                 + _vecs(mean=mean, invstd=invstd) + _nhwc("y_d", y_d)
-                 + _vecs(mean_d=mean_d, invstd_d=invstd_d))
+        stage = _block_end_bwd_stage(d_out, out_t, y, mean, invstd, y_d, mean_d, invstd_d)
         plan = block_end_bwd_plan(n * h * w, c, _dtype_class(d_out.dtype), target,
                                   y_d is not None)
         return OpPlan(op, (*stage, *plan, *_like("dz", d_out.shape, d_out)))
@@ -441,9 +457,7 @@ def op_plan(op: str, args: tuple, target: Target) -> OpPlan:
         d_out, out_t, y, mean, invstd, y_d, mean_d, invstd_d, _, scale, _, _, _, _, scale_d = \
             args[:15]
         n, c, h, w = d_out.shape
-        stage = (_nhwc("d_out", d_out) + _nhwc("out", out_t) + _nhwc("y", y)
-                 + _vecs(mean=mean, invstd=invstd) + _nhwc("y_d", y_d)
-                 + _vecs(mean_d=mean_d, invstd_d=invstd_d))
+        stage = _block_end_bwd_stage(d_out, out_t, y, mean, invstd, y_d, mean_d, invstd_d)
         plan = block_end_bwd_bn_plan(n * h * w, c, _dtype_class(d_out.dtype), target,
                                      y_d is not None)
         vectors = _vecs(scale=scale, mean=mean, invstd=invstd)
