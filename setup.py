@@ -64,6 +64,11 @@ def make_extension():
                        *(ROOT / "csrc/cpu").glob("*.cpp")])
     cuda_sources = rel([*(ROOT / "csrc/cuda").glob("*.cu"), *(ROOT / "csrc/cuda").glob("*.cpp")])
     cxx_flags = ["-O3", "-std=c++20", "-g0"]  # -g0: no debug info, faster builds
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        # at::parallel_for is inline: without -fopenmp the CPU kernels' loops run on one
+        # thread. Compile only, no link flag: the OpenMP symbols resolve to the runtime torch
+        # has loaded, so the process keeps one thread pool.
+        cxx_flags.append("-fopenmp")
     common = dict(name="fused_resnet._C", include_dirs=[str(ROOT / "csrc")])
 
     cuda_home, how = find_cuda_home()
