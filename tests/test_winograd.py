@@ -5,6 +5,7 @@ checks, when the eval path takes it, and the blocks that use it against torchvis
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -90,6 +91,34 @@ def test_rejects_bad_input(bad, match):
         winograd.conv3x3(*args, relu=True)
 
 
+def test_workspace_is_used_when_large_enough_and_results_do_not_depend_on_it():
+    x, weight, bias, residual = _case(2, 13, 21, 9, 7, torch.float32)
+    u, op = winograd.transform_weight(weight), torch.ops.fused_resnet.winograd_conv3x3
+    numel = winograd.workspace_numel(list(x.shape), 21)
+    plain = op(x, u, bias, residual, True)
+    for ws in (torch.full((numel,), float("nan")), torch.full((numel - 1,), float("nan"))):
+        before = ws.clone()
+        assert torch.equal(op(x, u, bias, residual, True, ws), plain)
+        assert ws.isnan().all() == (ws.numel() < numel)  # used as scratch only if it fits
+        assert ws.numel() < numel or not torch.equal(ws, before)
+    with pytest.raises(RuntimeError, match="workspace must be"):
+        op(x, u, bias, residual, True, torch.empty(numel, dtype=torch.float64))
+
+
+def test_each_thread_keeps_one_workspace():
+    x, weight, bias, _ = _case(1, 8, 8, 16, 16, torch.float32)
+    u = winograd.transform_weight(weight)
+    winograd.conv3x3(x, u, bias)
+    ws = winograd._local.workspace
+    winograd.conv3x3(x[:, :, :8, :8].contiguous(memory_format=CL), u, bias)  # smaller: same
+    assert winograd._local.workspace is ws
+    seen = []
+    thread = threading.Thread(target=lambda: (winograd.conv3x3(x, u, bias),
+                                              seen.append(winograd._local.workspace)))
+    thread.start(), thread.join()
+    assert seen and seen[0] is not ws
+
+
 def test_empty_batch():
     x, weight, bias, _ = _case(1, 5, 6, 7, 7, torch.float32)
     out = winograd.conv3x3(x[:0], winograd.transform_weight(weight), bias)
@@ -106,6 +135,10 @@ def test_fits_only_stride1_padding1_3x3_with_enough_tiles():
                                               (1, 0, 1, 1)]:
         assert not winograd.fits(w3, stride, padding, dilation, groups, many)
     assert not winograd.fits(w1, 1, 1, 1, 1, many)
+    # A workspace past the cap (64 channels at 56x56 from batch 10): direct.
+    w64 = torch.empty(64, 64, 3, 3)
+    assert winograd.fits(w64, 1, 1, 1, 1, [8, 64, 56, 56])
+    assert not winograd.fits(w64, 1, 1, 1, 1, [10, 64, 56, 56])
 
 
 # ------------------------------------------------------------------------ in the blocks

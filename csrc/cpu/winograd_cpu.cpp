@@ -142,7 +142,7 @@ FR_ROW_KERNEL void output_tiles(const T* __restrict__ m, const T* __restrict__ b
 }
 
 Tensor winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
-                        const OptTensor& residual, bool relu) {
+                        const OptTensor& residual, bool relu, const OptTensor& workspace) {
   constexpr const char* op = "winograd_conv3x3";
   check_data(x, op, "x");
   const auto dt = x.scalar_type();
@@ -168,7 +168,21 @@ Tensor winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
   const int64_t tiles = g.tiles();
   Tensor out = at::empty({N, K, H, W}, x.options().memory_format(cl));
   if (N == 0 || H == 0 || W == 0) return out;
-  const Tensor v = at::empty({kPos, tiles, C}, x.options());
+  // The transformed input V [36, tiles, C] and the products M [36, tiles, K]: in the caller's
+  // workspace when it is large enough (fresh multi-megabyte buffers are page-faulted in on
+  // every call), else allocated.
+  const int64_t v_numel = kPos * tiles * C, m_numel = kPos * tiles * K;
+  Tensor v, m;
+  if (workspace && workspace->numel() >= v_numel + m_numel) {
+    TORCH_CHECK(workspace->scalar_type() == dt && workspace->is_contiguous(), op,
+                ": workspace must be a contiguous ", dt, " tensor");
+    const Tensor flat = workspace->view(-1);
+    v = flat.narrow(0, 0, v_numel).view({kPos, tiles, C});
+    m = flat.narrow(0, v_numel, m_numel).view({kPos, tiles, K});
+  } else {
+    v = at::empty({kPos, tiles, C}, x.options());
+    m = at::empty({kPos, tiles, K}, x.options());
+  }
   const Tensor b = bias.contiguous();
   const Tensor uc = u.contiguous();
   const int64_t in_grain = std::max<int64_t>(1, 32768 / (kPos * C));
@@ -179,7 +193,7 @@ Tensor winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
     at::parallel_for(0, tiles, in_grain, [&](int64_t t0, int64_t t1) {
       input_tiles<scalar_t>(xp, vp, g, C, t0, t1);
     });
-    const Tensor m = at::bmm(v, uc);  // [36, tiles, K]
+    at::bmm_out(m, v, uc);
     const scalar_t* mp = m.const_data_ptr<scalar_t>();
     const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, tiles, out_grain, [&](int64_t t0, int64_t t1) {
