@@ -211,7 +211,8 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 # Measured on a 2-core AMD EPYC (Zen3, AVX2, shared), channels_last, interleaved timing,
 # eager/variant time ratios (docs: benchmarks/README.md, "CPU paths"):
 #   eval, float32, 16 ResNet-50 bottlenecks: oneDNN fused + prepacked 1.24-1.40x (batch 1),
-#       1.09-1.18x (batch 8); the cpp kernels 0.89x;
+#       1.09-1.18x (batch 8); with Winograd for the 3x3s with enough tiles 1.36-1.42x
+#       (batch 1) and 1.47x (batch 8), 1.26-1.36x compile_freezing; the cpp kernels 0.89x;
 #   training fwd+bwd, float32, 16 bottlenecks, batch 2, 1 thread: cpp 1.17-1.22x (spatial sizes
 #       / 4; per block 0.94-2.24x), 1.02x (224x224 sizes; per block 0.99-1.06x); the 7
 #       basic blocks of ResNet-18/34: 0.93-1.00x (/ 4), 0.98-1.03x (224x224);
@@ -223,7 +224,8 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
 # without native bf16 convolutions; else ATen's own ops (the block's torchvision forward).
 ONEDNN, ATEN = "onednn", "aten"
 _WHY_ONEDNN = ("eval with fixed statistics, float32, no gradient: one oneDNN convolution per "
-               "conv with BN folded and ReLU/residual as post-ops, weights prepacked")
+               "conv with BN folded and ReLU/residual as post-ops, weights prepacked (3x3s "
+               "with enough output tiles by Winograd F(4x4, 3x3))")
 _WHY_CPP = ("float32 bottleneck training: the cpp kernels' fused forward and backward run "
             "faster than ATen's convolutions and BatchNorm (16 ResNet-50 bottlenecks, batch 2: "
             "1.02-1.22x)")
