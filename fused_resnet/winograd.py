@@ -33,10 +33,10 @@ TILE = 4  # outputs per tile side
 
 # Least output tiles (N * ceil(H/4) * ceil(W/4)) for the batched GEMM to beat oneDNN's direct
 # convolution: below it the transformed weight (4x the direct one) is read for too few tiles.
-# Measured on a 2-core AMD EPYC (Zen3, AVX2), ResNet-50's 3x3 convolutions at batch 1: 196,
-# 49 and 16 tiles (64, 128, 256 channels) 1.5-2x faster, 4 tiles (512 channels at 7x7) slower.
+# Measured on a 2-core AMD EPYC (Zen3, AVX2), ResNet-50's 3x3 convolutions at batch 1, 1 and 2
+# threads: 196, 49 and 16 tiles (64, 128, 256 channels) 1.6-2.5x faster, 4 tiles (512
+# channels at 7x7) 0.6-0.7x; at batch 8 (32 tiles and more) every one 1.6-2.3x faster.
 MIN_TILES = 16
-
 
 # Most bytes of the per-thread workspace (the transformed input and the GEMM products, 36
 # values per tile and channel): a convolution that needs more runs direct. Fresh buffers of
