@@ -69,7 +69,10 @@ def _workspace(numel: int, dtype: torch.dtype) -> Tensor:
     """This thread's workspace of at least ``numel`` elements of ``dtype`` (grown, kept)."""
     ws = getattr(_local, "workspace", None)
     if ws is None or ws.dtype != dtype or ws.numel() < numel:
-        ws = _local.workspace = torch.empty(numel, dtype=dtype)
+        # A normal tensor even when made under inference_mode: an inference tensor could not
+        # be written outside it.
+        with torch.inference_mode(False):
+            ws = _local.workspace = torch.empty(numel, dtype=dtype)
     return ws
 
 

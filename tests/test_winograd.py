@@ -119,6 +119,20 @@ def test_each_thread_keeps_one_workspace():
     assert seen and seen[0] is not ws
 
 
+def test_blocks_run_in_and_out_of_inference_mode_in_either_order():
+    _, fused = make_blocks("bottleneck", 16, 4, 1, False, backend="cpp")
+    fused.eval()
+    x = torch.randn(1, 16, 16, 16).contiguous(memory_format=CL)
+    winograd._local.__dict__.pop("workspace", None)  # made fresh under inference_mode
+    with torch.inference_mode():
+        first = fused(x)
+    assert _paths(fused)[1] == "winograd"
+    with torch.no_grad():
+        assert torch.equal(fused(x), first)
+    with torch.inference_mode():
+        assert torch.equal(fused(x), first)
+
+
 def test_empty_batch():
     x, weight, bias, _ = _case(1, 5, 6, 7, 7, torch.float32)
     out = winograd.conv3x3(x[:0], winograd.transform_weight(weight), bias)
