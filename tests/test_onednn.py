@@ -143,14 +143,16 @@ TRIGGERS = {
 
 
 @pytest.mark.parametrize("trigger", list(TRIGGERS))
-def test_cache_never_serves_stale_weights(trigger):
-    _, fused = make_blocks("bottleneck", 12, 6, 2, projection=True, backend="cpp")
+@pytest.mark.parametrize("stride,hw", [(2, 9), (1, 16)], ids=["direct", "winograd"])
+def test_cache_never_serves_stale_weights(trigger, stride, hw):
+    _, fused = make_blocks("bottleneck", 12, 6, stride, projection=True, backend="cpp")
     # Every tensor at version 0 (a copy's parameters, the buffers .to() makes), as after
     # any later .to(): a version counter alone cannot tell the old tensors from the new.
     fused = copy.deepcopy(fused).double().float().eval()
-    x = torch.randn(2, 12, 9, 9).contiguous(memory_format=CL)
+    x = torch.randn(2, 12, hw, hw).contiguous(memory_format=CL)
     before = _eval(fused, x)
-    assert _cache(fused).packed
+    (units, _), = _cache(fused).packed.values()
+    assert isinstance(units[1], onednn._WinogradUnit) == (stride == 1)  # conv2, the 3x3
     TRIGGERS[trigger](fused)
     after = _eval(fused, x)
     assert_close(after, _oracle(fused, x), torch.float32, what=f"after {trigger}")
