@@ -53,7 +53,7 @@ def _is_frozen_bn(m: nn.Module) -> bool:
 def _conv_problem(conv: nn.Module, name: str) -> str | None:
     if type(conv) not in (nn.Conv2d, FusedStemConv):
         return f"{name} is a {type(conv).__name__}, not an nn.Conv2d"
-    if conv.bias is not None:
+    if _tensor(conv, "bias") is not None:
         return f"{name} has a bias"
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return f"{name} uses padding {conv.padding!r} ({conv.padding_mode})"
@@ -126,7 +126,7 @@ def _unit_spec(conv: nn.Conv2d, bn: nn.Module, sync_group) -> UnitSpec:
     c = ConvSpec(conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
     if _is_frozen_bn(bn):
         return UnitSpec(c, NormSpec(False, False, None, float(bn.eps)))
-    has_running = bn.running_mean is not None
+    has_running = _tensor(bn, "running_mean") is not None
     batch_stats = bn.training or not has_running
     if isinstance(bn, nn.SyncBatchNorm):
         sync_group = (bn.process_group,)
@@ -137,9 +137,21 @@ def _unit_spec(conv: nn.Conv2d, bn: nn.Module, sync_group) -> UnitSpec:
                                 group=sync_group[0] if sync else None))
 
 
+def _tensor(m: nn.Module, name: str) -> Tensor | None:
+    """``getattr(m, name, None)`` for a parameter or buffer, in that lookup order (an instance
+    attribute, then parameters, then buffers), without nn.Module.__getattr__'s cost, which
+    a block call pays per tensor."""
+    d = m.__dict__
+    if name in d:
+        return d[name]
+    params = d["_parameters"]
+    return params[name] if name in params else d["_buffers"].get(name)
+
+
 def _unit_tensors(conv: nn.Conv2d, bn: nn.Module) -> tuple:
-    return (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-            getattr(bn, "num_batches_tracked", None))
+    return (_tensor(conv, "weight"), _tensor(bn, "weight"), _tensor(bn, "bias"),
+            _tensor(bn, "running_mean"), _tensor(bn, "running_var"),
+            _tensor(bn, "num_batches_tracked"))
 
 
 def _autocast_dtype(x: Tensor) -> torch.dtype | None:
@@ -210,10 +222,12 @@ class _FusedUnits:
 
     def fuse_problem(self) -> str | None:
         """Why this module cannot run fused (its layers as they are now), or None."""
-        shortcut = self._shortcut()
+        return self._units_problem(self._chain(), self._shortcut())
+
+    def _units_problem(self, chain: list, shortcut: list | str) -> str | None:
         if isinstance(shortcut, str):
             return shortcut
-        return units_problem(self._chain(), shortcut) or self._layers_problem()
+        return units_problem(chain, shortcut) or self._layers_problem()
 
     def _first_conv(self) -> nn.Conv2d:
         raise NotImplementedError
@@ -331,12 +345,12 @@ class _FusedUnits:
                                  f"got input size {size}")
 
     def _plan(self) -> tuple[list, BlockPlan]:
-        reason = self.fuse_problem()
+        chain, shortcut = self._chain(), self._shortcut()
+        reason = self._units_problem(chain, shortcut)
         if reason:
             raise ValueError(f"{type(self).__name__} cannot run fused: {reason}")
         if self._ops is None:
             raise RuntimeError(f"{type(self).__name__}: {self._ops_error}")
-        chain, shortcut = self._chain(), self._shortcut()
         specs = [_unit_spec(c, b, self.sync_bn) for c, b in chain + shortcut]
         plan = BlockPlan(tuple(specs[:len(chain)]), specs[len(chain)] if shortcut else None,
                          self._ops, self.residual, self._shortcut_pool() if shortcut else None)
