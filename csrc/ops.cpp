@@ -23,9 +23,10 @@ TORCH_LIBRARY(fused_resnet, m) {
   // A 3x3 convolution (stride 1, padding 1) by Winograd's F(4x4, 3x3) from the transformed
   // weight u [36, C, K] (winograd.transform_weight), plus bias, an optional residual and an
   // optional ReLU; `workspace` (scratch, overwritten) holds its intermediates when large
-  // enough. A CPU kernel only, for eval blocks on the CPU (fused_resnet/winograd.py).
+  // enough. Also returns whether the whole output is finite (else the caller recomputes it
+  // directly). A CPU kernel only, for eval blocks on the CPU (fused_resnet/winograd.py).
   m.def("winograd_conv3x3(Tensor x, Tensor u, Tensor bias, Tensor? residual, bool relu, "
-        "Tensor(a!)? workspace=None) -> Tensor");
+        "Tensor(a!)? workspace=None) -> (Tensor, bool)");
   // Test-only: the CPU twins of the CUDA conv_fwd / conv_bwd_data / conv_bwd_weight
   // (cpu/conv_igemm_cpu.cpp), same args, same semantics. The leading underscore keeps them
   // out of the public op set.

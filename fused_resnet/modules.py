@@ -376,12 +376,14 @@ class _FusedUnits:
         self._check_batch_stats(x, units, plan)
         tensors = [t for c, b in units for t in _unit_tensors(c, b)]
         path, _ = onednn.choose_path(self.backend, plan, x, tuple(tensors), autocast is not None)
-        if path == onednn.ONEDNN and self._drops_path():  # fixed statistics, drop path active
+        if path == onednn.ONEDNN and not self._drops_path():  # drop path: per-sample scales
+            out = onednn.forward(self.__dict__, plan, x, tuple(tensors))
+            if out is not None:
+                return out
+        if path == onednn.ONEDNN:  # not served: NaN or infinity in x or the weights
             path = onednn.ATEN if self.backend == "auto" else plan.backend.name
         if path == onednn.ATEN:
             return self._eager_forward(x)
-        if path == onednn.ONEDNN:
-            return onednn.forward(self.__dict__, plan, x, tuple(tensors))
         inp = x
         if autocast is not None:
             # As torchvision under autocast: convs in the autocast dtype (weights cast,

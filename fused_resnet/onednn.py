@@ -10,6 +10,9 @@ A 3x3 convolution with enough output tiles runs by Winograd's F(4x4, 3x3) instea
 (:mod:`fused_resnet.winograd`: 4x fewer multiplies), its bias, ReLU and residual in the
 kernel's output transform.
 
+oneDNN's ReLU post-op maps NaN to 0 (PyTorch's ReLU keeps it): a call whose input or folded
+weights hold a NaN or infinity is not served here (:func:`forward` returns None).
+
 The folded weights are prepacked into oneDNN's blocked layout (or transformed for Winograd)
 once and cached on the block:
 
@@ -28,6 +31,7 @@ why once (:func:`unavailable`).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -104,7 +108,7 @@ class _Unit:
         (:func:`fused_resnet.winograd.fits`), else with the weight prepacked for oneDNN."""
         if winograd.fits(self.weight, self.stride[0], self.padding[0], self.dilation[0],
                          self.groups, input_shape):
-            return _WinogradUnit(winograd.transform_weight(self.weight), self.bias)
+            return _WinogradUnit(winograd.transform_weight(self.weight), self.bias, self)
         w = torch.ops.mkldnn._reorder_convolution_weight(
             self.weight, self.padding, self.stride, self.dilation, self.groups, input_shape)
         return _Unit(w, self.bias, self.padding, self.stride, self.dilation, self.groups)
@@ -121,13 +125,16 @@ class _Unit:
 
 @dataclass(frozen=True)
 class _WinogradUnit:
-    """A 3x3 unit run by :func:`fused_resnet.winograd.conv3x3` (weight transformed)."""
+    """A 3x3 unit run by :func:`fused_resnet.winograd.conv3x3` (weight transformed), and
+    directly (``direct``: the unpacked unit) when that result is not all finite."""
 
     u: Tensor
     bias: Tensor
+    direct: _Unit
 
     def __call__(self, x: Tensor, unary: str = "none", residual: Tensor | None = None):
-        return winograd.conv3x3(x, self.u, self.bias, residual, unary == "relu")
+        out, finite = winograd.conv3x3(x, self.u, self.bias, residual, unary == "relu")
+        return out if finite else self.direct(x, unary, residual)
 
 
 def _fold(plan, tensors: tuple) -> list[_Unit]:
@@ -157,9 +164,9 @@ class PackCache:
 
     def clear(self) -> None:
         self.folds = DerivedCache()
-        self.packed: dict[tuple, tuple[list[_Unit], list[_Unit]]] = {}  # -> (packed, folds)
+        self.packed: dict[tuple, tuple] = {}  # -> (packed units or None, folds)
 
-    def units(self, plan, tensors: tuple, input_shape: list[int]) -> list[_Unit]:
+    def units(self, plan, tensors: tuple, input_shape: list[int]) -> list[_Unit] | None:
         eps = tuple(u.norm.eps for u in plan.units)
         folded = self.folds.get(tensors, eps, lambda: _fold(plan, tensors))
         if any(source is not folded for _, source in self.packed.values()):
@@ -179,7 +186,12 @@ class PackCache:
         self.clear()
 
 
-def _pack(folded: list[_Unit], n_chain: int, input_shape: list[int]) -> list[_Unit]:
+def _pack(folded: list[_Unit], n_chain: int, input_shape: list[int]) -> list[_Unit] | None:
+    """The units ready for ``input_shape``; None when a folded weight or bias is not finite
+    (oneDNN's ReLU post-op would turn the NaNs it makes into zeros)."""
+    if not all(bool(torch.isfinite(u.weight).all() and torch.isfinite(u.bias).all())
+               for u in folded):
+        return None
     packed, shape = [], list(input_shape)
     for unit in folded[:n_chain]:
         packed.append(unit.packed(shape))
@@ -188,13 +200,18 @@ def _pack(folded: list[_Unit], n_chain: int, input_shape: list[int]) -> list[_Un
     return packed
 
 
-def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor:
+def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor | None:
     """The eval forward through oneDNN of the block whose ``__dict__`` is ``owner`` (which
-    holds its :class:`PackCache`); only where :func:`choose_path` says ``onednn``."""
+    holds its :class:`PackCache`); only where :func:`choose_path` says ``onednn``.
+
+    None where a NaN or infinity is in ``x`` or the folded weights: oneDNN's ReLU post-op
+    maps NaN to 0, where PyTorch's ReLU keeps it, so such a call takes another path."""
     cache = owner.get("_onednn_cache")
     if cache is None:
         cache = owner["_onednn_cache"] = PackCache()
     units = cache.units(plan, tensors, list(x.shape))
+    if units is None or not math.isfinite(x.sum().item()):  # one pass; an overflow only
+        return None                                           # sends a call elsewhere
     chain, shortcut = units[:len(plan.chain)], units[len(plan.chain):]
     h = x.contiguous(memory_format=CL)
     residual = None

@@ -85,9 +85,11 @@ def transform_weight(weight: Tensor) -> Tensor:
 
 
 def conv3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Tensor | None = None,
-            relu: bool = False) -> Tensor:
+            relu: bool = False) -> tuple[Tensor, bool]:
     """``act(conv3x3(x, w, padding=1) + bias [+ residual])`` from ``u = transform_weight(w)``;
-    ``x`` (and ``residual``) channels_last float32 or float64 on the CPU."""
+    ``x`` (and ``residual``) channels_last float32 or float64 on the CPU. Also whether the
+    output is all finite: a NaN or infinity spreads over whole tiles (a direct convolution
+    keeps it to the 3x3 neighbourhood), so the caller recomputes a non-finite result directly."""
     ws = None  # malformed arguments: the op says what is wrong
     if x.dim() == 4 and u.dim() == 3:
         ws = _workspace(workspace_numel(list(x.shape), u.shape[2]), x.dtype)

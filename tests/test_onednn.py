@@ -86,6 +86,37 @@ def test_not_used_when_a_gradient_is_wanted_or_in_training():
     assert _cache(fused) is None
 
 
+def _poison_input(fused, value):
+    x = torch.randn(1, fused.conv1.in_channels, 16, 16).contiguous(memory_format=CL)
+    x[0, 2, 6, 9] = value
+    return x
+
+
+def _poison_weight(fused, value):
+    with torch.no_grad():
+        fused.conv2.weight[1, 0, 1, 1] = value
+    return torch.randn(1, fused.conv1.in_channels, 16, 16).contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "basic"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("poison", [_poison_input, _poison_weight], ids=["input", "weight"])
+def test_nan_and_inf_propagate_as_in_torchvision(kind, value, poison):
+    # oneDNN's ReLU post-op turns NaN into 0: such calls must leave the oneDNN path.
+    planes = 6 if kind == "bottleneck" else 8
+    tv, fused = make_blocks(kind, 8, planes, 1, True, backend="cpp")
+    tv.eval(), fused.eval()
+    _eval(fused, torch.randn(1, 8, 16, 16))  # packed while finite
+    x = poison(fused, value)
+    tv.load_state_dict(fused.state_dict())
+    out = _eval(fused, x)
+    with torch.no_grad():
+        ref = copy.deepcopy(tv).double()(x.double())
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert_close(out[finite], ref[finite], torch.float32)
+
+
 def test_reference_backend_keeps_its_own_path():
     _, fused = make_blocks("basic", 8, 8, backend="reference")
     _eval(fused.eval(), torch.randn(2, 8, 5, 5))

@@ -49,7 +49,8 @@ SHAPES = [(1, 3, 5, 1, 1), (2, 13, 21, 9, 7), (3, 8, 16, 4, 4), (1, 17, 9, 6, 11
 def test_matches_a_float64_convolution(dtype, shape, relu, with_residual):
     x, weight, bias, residual = _case(*shape, dtype)
     residual = residual if with_residual else None
-    out = winograd.conv3x3(x, winograd.transform_weight(weight), bias, residual, relu)
+    out, finite = winograd.conv3x3(x, winograd.transform_weight(weight), bias, residual, relu)
+    assert finite
     assert out.dtype == dtype and out.shape == (shape[0], shape[2], *shape[3:])
     assert out.is_contiguous(memory_format=CL)
     assert_close(out, _expected(x, weight, bias, residual, relu), dtype)
@@ -59,7 +60,7 @@ def test_float32_error_is_a_few_times_the_direct_convolutions():
     # The documented accuracy: ~1.5-2e-6 relative per convolution at ResNet-50's sizes.
     x, weight, bias, _ = _case(1, 64, 64, 56, 56, torch.float32)
     ref = _expected(x, weight, bias, None, False)
-    out = winograd.conv3x3(x, winograd.transform_weight(weight), bias)
+    out, _ = winograd.conv3x3(x, winograd.transform_weight(weight), bias)
     err = ((out.double() - ref).norm() / ref.norm()).item()
     assert 1e-8 < err < 4e-6
 
@@ -95,10 +96,10 @@ def test_workspace_is_used_when_large_enough_and_results_do_not_depend_on_it():
     x, weight, bias, residual = _case(2, 13, 21, 9, 7, torch.float32)
     u, op = winograd.transform_weight(weight), torch.ops.fused_resnet.winograd_conv3x3
     numel = winograd.workspace_numel(list(x.shape), 21)
-    plain = op(x, u, bias, residual, True)
+    plain, _ = op(x, u, bias, residual, True)
     for ws in (torch.full((numel,), float("nan")), torch.full((numel - 1,), float("nan"))):
         before = ws.clone()
-        assert torch.equal(op(x, u, bias, residual, True, ws), plain)
+        assert torch.equal(op(x, u, bias, residual, True, ws)[0], plain)
         assert ws.isnan().all() == (ws.numel() < numel)  # used as scratch only if it fits
         assert ws.numel() < numel or not torch.equal(ws, before)
     with pytest.raises(RuntimeError, match="workspace must be"):
@@ -119,6 +120,32 @@ def test_each_thread_keeps_one_workspace():
     assert seen and seen[0] is not ws
 
 
+@pytest.mark.parametrize("where,value", [
+    ("x", float("nan")), ("x", float("inf")), ("x", -float("inf")), ("x", 3e38),
+    ("residual", float("nan")), ("residual", float("inf"))])
+def test_says_when_the_output_is_not_finite(where, value):
+    x, weight, bias, residual = _case(2, 9, 8, 10, 11, torch.float32)
+    u = winograd.transform_weight(weight)
+    assert winograd.conv3x3(x, u, bias, residual, True)[1]
+    (x if where == "x" else residual)[1, 4, 5, 6] = value
+    out, finite = winograd.conv3x3(x, u, bias, residual, True)
+    assert not finite and not out.isfinite().all()
+
+
+def test_unit_recomputes_a_non_finite_result_directly():
+    # 3e37 overflows float32 in the input transform (4*d0 - 5*d2 + ...), not in the direct
+    # convolution: the unit's Winograd result is not finite, its direct one is.
+    x, weight, bias, _ = _case(1, 8, 8, 16, 16, torch.float32)
+    x[0, 3, 7, 7] = 3e37
+    unit = onednn._Unit(weight.contiguous(memory_format=CL) * 1e-3, bias, [1, 1], [1, 1],
+                        [1, 1], 1)
+    wino = unit.packed(list(x.shape))
+    assert isinstance(wino, onednn._WinogradUnit)
+    assert not winograd.conv3x3(x, wino.u, bias, None, True)[1]
+    out = wino(x, "relu")
+    assert out.isfinite().all() and torch.equal(out, unit(x, "relu"))
+
+
 def test_blocks_run_in_and_out_of_inference_mode_in_either_order():
     _, fused = make_blocks("bottleneck", 16, 4, 1, False, backend="cpp")
     fused.eval()
@@ -135,8 +162,8 @@ def test_blocks_run_in_and_out_of_inference_mode_in_either_order():
 
 def test_empty_batch():
     x, weight, bias, _ = _case(1, 5, 6, 7, 7, torch.float32)
-    out = winograd.conv3x3(x[:0], winograd.transform_weight(weight), bias)
-    assert out.shape == (0, 6, 7, 7)
+    out, finite = winograd.conv3x3(x[:0], winograd.transform_weight(weight), bias)
+    assert out.shape == (0, 6, 7, 7) and finite
 
 
 def test_fits_only_stride1_padding1_3x3_with_enough_tiles():

@@ -10,6 +10,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <tuple>
 
 #include "cpu/cpu_utils.h"
 #include "op_utils.h"
@@ -70,6 +72,23 @@ inline void store_chunk(const T* __restrict__ src, int64_t n, T* __restrict__ ds
   for (int64_t l = 0; l < n; ++l) dst[l] = src[l];
 }
 
+// out[l] = act(y[l] + bias[l] [+ residual[l]]) for l < n (n <= kCB); nonfinite[l] += v * 0
+// (NaN once any v is NaN or infinite). A whole vector step in fixed-size loops.
+template <class T>
+inline void store_outputs(const T* __restrict__ y, const T* __restrict__ bias,
+                          const T* __restrict__ residual, T* __restrict__ out, int64_t n,
+                          bool relu, T* __restrict__ nonfinite) {
+  alignas(64) T v[kCB];
+  for (int64_t l = 0; l < kCB; ++l) v[l] = y[l] + (l < n ? bias[l] : T(0));
+  if (residual)
+    for (int64_t l = 0; l < n; ++l) v[l] += residual[l];
+  for (int64_t l = 0; l < kCB; ++l) {
+    nonfinite[l] += v[l] * T(0);
+    if (relu) v[l] = std::max(v[l], T(0));  // NaN stays NaN
+  }
+  store_chunk(v, n, out);
+}
+
 struct Geometry {
   int64_t N, H, W, tiles_h, tiles_w;
   int64_t tiles() const { return N * tiles_h * tiles_w; }
@@ -101,17 +120,20 @@ FR_ROW_KERNEL void input_tiles(const T* __restrict__ x, T* __restrict__ v, Geome
         input_1d<kAlpha * kCB, kAlpha * kCB>(d + j * kCB, s + j * kCB);
       for (int64_t i = 0; i < kAlpha; ++i)  // rows: d = s B
         input_1d<kCB, kCB>(s + i * kAlpha * kCB, d + i * kAlpha * kCB);
-      for (int64_t p = 0; p < kPos; ++p) store_chunk(d + p * kCB, nc, v + (p * T_all + t) * C + c0);
+      for (int64_t p = 0; p < kPos; ++p)
+        store_chunk(d + p * kCB, nc, v + (p * T_all + t) * C + c0);
     }
   }
 }
 
 // out = act((A^T m A) + bias [+ residual]) for the tiles [t0, t1): m [36, tiles, K] holds the
-// GEMM products; out and residual are channels-last with K channels.
+// GEMM products; out and residual are channels-last with K channels. Returns whether every
+// output is finite (sum of v * 0: NaN once any v is NaN or infinite).
 template <class T>
-FR_ROW_KERNEL void output_tiles(const T* __restrict__ m, const T* __restrict__ bias,
+FR_ROW_KERNEL bool output_tiles(const T* __restrict__ m, const T* __restrict__ bias,
                                 const T* __restrict__ residual, T* __restrict__ out,
                                 Geometry g, int64_t K, bool relu, int64_t t0, int64_t t1) {
+  alignas(64) T nonfinite[kCB] = {};  // per lane, so that the store loop vectorises
   alignas(64) T a[kPos * kCB], s[kOut * kAlpha * kCB], y[kOut * kOut * kCB];
   const int64_t T_all = g.tiles();
   for (int64_t t = t0; t < t1; ++t) {
@@ -119,9 +141,7 @@ FR_ROW_KERNEL void output_tiles(const T* __restrict__ m, const T* __restrict__ b
     const int64_t y0 = (r / g.tiles_w) * kOut, x0 = (r % g.tiles_w) * kOut;
     for (int64_t k0 = 0; k0 < K; k0 += kCB) {
       const int64_t nk = std::min(kCB, K - k0);
-      for (int64_t p = 0; p < kPos; ++p) {
-        load_chunk(m + (p * T_all + t) * K + k0, nk, a + p * kCB);
-      }
+      for (int64_t p = 0; p < kPos; ++p) load_chunk(m + (p * T_all + t) * K + k0, nk, a + p * kCB);
       for (int64_t j = 0; j < kAlpha; ++j)  // columns: s = A^T m  (4 x 6)
         output_1d<kAlpha * kCB, kAlpha * kCB>(a + j * kCB, s + j * kCB);
       for (int64_t i = 0; i < kOut; ++i)  // rows: y = s A  (4 x 4)
@@ -130,19 +150,23 @@ FR_ROW_KERNEL void output_tiles(const T* __restrict__ m, const T* __restrict__ b
         for (int64_t j = 0; j < kOut && x0 + j < g.W; ++j) {
           const int64_t at = ((n * g.H + y0 + i) * g.W + x0 + j) * K + k0;
           const T* yv = y + (i * kOut + j) * kCB;
-          for (int64_t l = 0; l < nk; ++l) {
-            T v = yv[l] + bias[k0 + l];
-            if (residual) v += residual[at + l];
-            out[at + l] = relu ? std::max(v, T(0)) : v;
-          }
+          store_outputs(yv, bias + k0, residual ? residual + at : nullptr, out + at, nk, relu,
+                        nonfinite);
         }
       }
     }
   }
+  T total = T(0);
+  for (int64_t l = 0; l < kCB; ++l) total += nonfinite[l];
+  return total == T(0);
 }
 
-Tensor winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
-                        const OptTensor& residual, bool relu, const OptTensor& workspace) {
+// Returns the output and whether all of it is finite: the transforms mix a whole 6x6 input
+// tile, so a NaN or infinity spreads further than in a direct convolution (and large finite
+// inputs can overflow); the caller then recomputes directly.
+std::tuple<Tensor, bool> winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
+                                          const OptTensor& residual, bool relu,
+                                          const OptTensor& workspace) {
   constexpr const char* op = "winograd_conv3x3";
   check_data(x, op, "x");
   const auto dt = x.scalar_type();
@@ -167,7 +191,7 @@ Tensor winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
   const Geometry g{N, H, W, (H + kOut - 1) / kOut, (W + kOut - 1) / kOut};
   const int64_t tiles = g.tiles();
   Tensor out = at::empty({N, K, H, W}, x.options().memory_format(cl));
-  if (N == 0 || H == 0 || W == 0) return out;
+  if (N == 0 || H == 0 || W == 0) return {out, true};
   // The transformed input V [36, tiles, C] and the products M [36, tiles, K]: in the caller's
   // workspace when it is large enough (fresh multi-megabyte buffers are page-faulted in on
   // every call), else allocated.
@@ -185,6 +209,7 @@ Tensor winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
   }
   const Tensor b = bias.contiguous();
   const Tensor uc = u.contiguous();
+  std::atomic<bool> finite{true};
   const int64_t in_grain = std::max<int64_t>(1, 32768 / (kPos * C));
   const int64_t out_grain = std::max<int64_t>(1, 32768 / (kPos * K));
   AT_DISPATCH_FLOATING_TYPES(dt, op, [&] {
@@ -197,11 +222,12 @@ Tensor winograd_conv3x3(const Tensor& x, const Tensor& u, const Tensor& bias,
     const scalar_t* mp = m.const_data_ptr<scalar_t>();
     const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, tiles, out_grain, [&](int64_t t0, int64_t t1) {
-      output_tiles<scalar_t>(mp, b.const_data_ptr<scalar_t>(), rp,
-                             out.mutable_data_ptr<scalar_t>(), g, K, relu, t0, t1);
+      if (!output_tiles<scalar_t>(mp, b.const_data_ptr<scalar_t>(), rp,
+                                  out.mutable_data_ptr<scalar_t>(), g, K, relu, t0, t1))
+        finite.store(false, std::memory_order_relaxed);
     });
   });
-  return out;
+  return {out, finite.load()};
 }
 
 }  // namespace
