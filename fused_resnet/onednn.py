@@ -11,7 +11,9 @@ A 3x3 convolution with enough output tiles runs by Winograd's F(4x4, 3x3) instea
 kernel's output transform.
 
 oneDNN's ReLU post-op maps NaN to 0 (PyTorch's ReLU keeps it): a call whose input or folded
-weights hold a NaN or infinity is not served here (:func:`forward` returns None).
+weights hold a NaN or infinity is not served here (:func:`forward` returns None). The input is
+summed once per call, unless it is the unchanged output of the previous block served here
+(outside ``torch.inference_mode``, whose tensors keep no version counter).
 
 The folded weights are prepacked into oneDNN's blocked layout (or transformed for Winograd)
 once and cached on the block:
@@ -32,7 +34,9 @@ why once (:func:`unavailable`).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -210,8 +214,8 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor | None:
     if cache is None:
         cache = owner["_onednn_cache"] = PackCache()
     units = cache.units(plan, tensors, list(x.shape))
-    if units is None or not math.isfinite(x.sum().item()):  # one pass; an overflow only
-        return None                                           # sends a call elsewhere
+    if units is None or not (_made_here(x) or _all_finite(x)):
+        return None
     chain, shortcut = units[:len(plan.chain)], units[len(plan.chain):]
     h = x.contiguous(memory_format=CL)
     residual = None
@@ -220,8 +224,27 @@ def forward(owner: dict, plan, x: Tensor, tensors: tuple) -> Tensor | None:
             if shortcut else h
     for unit in chain[:-1]:
         h = unit(h, "relu")
-    out = chain[-1](h, "relu", residual)
-    return out.contiguous(memory_format=reference.memory_format(x))
+    out = chain[-1](h, "relu", residual).contiguous(memory_format=reference.memory_format(x))
+    # Inference tensors keep no version counter: an in-place edit would go unseen.
+    _local.last_output = None if out.is_inference() else (weakref.ref(out), out._version)
+    return out
+
+
+# The last output this thread's blocks made on this path (from finite inputs and weights):
+# the next block of a chain takes it unchanged and need not sum it again.
+_local = threading.local()
+
+
+def _made_here(x: Tensor) -> bool:
+    last = getattr(_local, "last_output", None)
+    return last is not None and last[0]() is x and not x.is_inference() \
+        and last[1] == x._version
+
+
+def _all_finite(x: Tensor) -> bool:
+    """No NaN or infinity in ``x``: one pass (a sum that overflows only sends a call to
+    another path)."""
+    return math.isfinite(x.sum().item())
 
 
 # ------------------------------------------------------------------ the path of a call

@@ -117,6 +117,29 @@ def test_nan_and_inf_propagate_as_in_torchvision(kind, value, poison):
     assert_close(out[finite], ref[finite], torch.float32)
 
 
+def test_a_chain_sums_only_inputs_it_did_not_make(monkeypatch):
+    blocks = [make_blocks("bottleneck", 16, 4, backend="cpp")[1].eval() for _ in range(3)]
+    summed = []
+    real = onednn._all_finite
+    monkeypatch.setattr(onednn, "_all_finite", lambda x: summed.append(x) or real(x))
+    h = torch.randn(1, 16, 16, 16).contiguous(memory_format=CL)
+    x = h
+    for block in blocks:
+        h = _eval(block, h)
+    assert len(summed) == 1 and summed[0] is x
+    out = _eval(blocks[0], h)  # the last output again: made here, unchanged
+    assert len(summed) == 1
+    out[0, 3, 2, 2] = float("nan")  # the last output changed in place: summed, NaN propagates
+    ref = _eval(copy.deepcopy(blocks[0]).double(), out.double())
+    assert torch.equal(_eval(blocks[0], out).isnan(), ref.isnan()) and ref.isnan().any()
+    assert len(summed) == 2 and summed[1] is out
+    with torch.inference_mode():  # inference tensors keep no version counter: every call sums
+        h = x
+        for block in blocks:
+            h = block(h)
+    assert len(summed) == 5
+
+
 def test_reference_backend_keeps_its_own_path():
     _, fused = make_blocks("basic", 8, 8, backend="reference")
     _eval(fused.eval(), torch.randn(2, 8, 5, 5))
