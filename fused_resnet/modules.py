@@ -380,7 +380,7 @@ class _FusedUnits:
             out = onednn.forward(self.__dict__, plan, x, tuple(tensors))
             if out is not None:
                 return out
-        if path == onednn.ONEDNN:  # not served: NaN or infinity in x or the weights
+        if path == onednn.ONEDNN:  # not served: drop path, or a NaN or infinity in x or weights
             path = onednn.ATEN if self.backend == "auto" else plan.backend.name
         if path == onednn.ATEN:
             return self._eager_forward(x)
