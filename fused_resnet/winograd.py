@@ -30,6 +30,7 @@ _G = torch.tensor([[1 / 4, 0, 0],
                    [1 / 24, -1 / 12, 1 / 6],
                    [0, 0, 1]], dtype=torch.float64)
 TILE = 4  # outputs per tile side
+POSITIONS = (TILE + 2) ** 2  # transformed values per 6x6 input tile (the GEMM batch)
 
 # Least output tiles (N * ceil(H/4) * ceil(W/4)) for the batched GEMM to beat oneDNN's direct
 # convolution: below it the transformed weight (4x the direct one) is read for too few tiles.
@@ -53,7 +54,7 @@ def tiles(input_shape: list[int]) -> int:
 
 
 def workspace_numel(input_shape: list[int], out_channels: int) -> int:
-    return 36 * tiles(input_shape) * (input_shape[1] + out_channels)
+    return POSITIONS * tiles(input_shape) * (input_shape[1] + out_channels)
 
 
 def fits(weight: Tensor, stride: int, padding: int, dilation: int, groups: int,
@@ -81,7 +82,7 @@ def transform_weight(weight: Tensor) -> Tensor:
     [36, C, K] in the weight's dtype (computed in float64)."""
     g = _G.to(weight.device)
     u = torch.einsum("ia,ocab,jb->ijco", g, weight.to(torch.float64), g)
-    return u.reshape(36, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+    return u.reshape(POSITIONS, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
 
 
 def conv3x3(x: Tensor, u: Tensor, bias: Tensor, residual: Tensor | None = None,
